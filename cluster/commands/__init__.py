@@ -1,0 +1,1 @@
+"""One module per `avsa` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""Encoders, heads, losses, config, the DeepSpeed training loop, checkpoints, export, MLflow logging."""

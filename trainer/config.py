@@ -1,0 +1,128 @@
+"""The one AVSA config tree: every section, its defaults, loading, overrides and saving.
+
+Defaults match the papers (shared/REFERENCE.md); the demo shrinks them by overrides.
+Load with :func:`load_config`, which applies a YAML file and then ``--section.key VALUE``
+overrides, validating types and names with errors that name the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
+from trainer.typed_config import ConfigError, apply_overrides, dump_yaml, from_dict, parse_overrides
+
+
+@dataclass
+class StackConfig:
+    """The local stack of real services, all bound to ``host``."""
+
+    host: str = "127.0.0.1"
+    state_dir: str = ".avsa/stack"
+    s3_port: int = 8333
+    weed_master_port: int = 9333
+    weed_volume_port: int = 8089
+    weed_filer_port: int = 8888
+    bucket: str = "avsa"
+    mlflow_port: int = 5000
+    ray_port: int = 6379
+    ray_dashboard_port: int = 8265
+    ray_num_cpus: int = 0  # 0 = all cores
+    start_timeout_s: float = 120.0
+
+
+@dataclass
+class ModelConfig:
+    """Encoders and heads (R(2+1)D-18 video, 9-layer 2D-CNN audio, context transformers)."""
+
+    preset: Literal["paper", "tiny"] = "paper"
+    embed_dim: int = 128
+    context_layers: int = 2
+    context_heads: int = 4
+    context_dropout: float = 0.1
+    direction_encoding: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, curriculum, checkpoints and launch."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 0
+    tau: float = 0.07
+    avc_epochs: int = 50
+    avsa_epochs: int = 50
+    steps_per_epoch: int = 0  # 0 = one pass over the data
+    zero_stage: int = 1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    grad_clip: float = 1.0
+    checkpoint_url: str = ".avsa/checkpoints"
+    checkpoint_every: int = 1000  # steps
+    processes: int = 1  # ranks on this machine for `avsa train`
+    seed: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. The embedded default is a local sqlite store; the stack serves it over HTTP."""
+
+    uri: str = "sqlite:///.avsa/mlflow.db"
+    experiment: str = "avsa"
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation service."""
+
+    tracking_uri: str = ""  # empty = tracking.uri
+    poll_seconds: float = 60.0
+    probe_epochs: int = 100
+
+
+@dataclass
+class Config:
+    """Root of the tree; ``Config()`` is the paper configuration."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then overrides.
+
+    ``overrides`` is either argv-style (``["--train.lr", "3e-4"]``) or a dotted-key mapping.
+    Raises :class:`ConfigError` naming the offending key and file.
+    """
+    cfg = Config()
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        try:
+            cfg = from_dict(Config, data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides))
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
+    Path(path).write_text(dump_yaml(cfg))
