@@ -1,0 +1,107 @@
+"""One way to reach any storage URL: plain path, ``file://`` or ``s3://bucket/key``.
+
+Every path in AVSA goes through :func:`filesystem`; no code path special-cases local files.
+Final artifacts are written with :func:`open_atomic` (temp name, then rename or server-side
+copy), so a reader never sees half an object, and a crash leaves only a temp name behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+from dataloading.config import StorageConfig
+
+TEMP_MARK = ".tmp-"  # temp objects are named "<name>.tmp-<hex>", next to the final name
+
+
+def storage_options(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: S3 endpoint and credentials from ``storage`` or the AWS env vars."""
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    storage = storage or StorageConfig()
+    env = os.environ
+    endpoint = storage.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {"client_kwargs": {}}
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    key = storage.access_key_id or env.get("AWS_ACCESS_KEY_ID")
+    secret = storage.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        options["key"], options["secret"] = key, secret
+    region = storage.region or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")
+    if region:
+        options["client_kwargs"]["region_name"] = region
+    return options
+
+
+def filesystem(url: str, storage: StorageConfig | None = None) -> tuple[AbstractFileSystem, str]:
+    """Resolve ``url`` to ``(filesystem, path inside it)``; plain paths become absolute local paths."""
+    if "://" not in url:
+        url = os.path.abspath(os.path.expanduser(url))
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url, storage))
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL path segments with '/', keeping the scheme (``s3://b/x`` + ``y`` -> ``s3://b/x/y``)."""
+    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+@contextlib.contextmanager
+def open_atomic(url: str, mode: str = "wb", storage: StorageConfig | None = None) -> Iterator[IO[Any]]:
+    """Open ``url`` for writing so that it appears at its final name only once complete.
+
+    Writes go to ``<url>.tmp-<random>``; on success the temp is moved to ``url`` (a rename on
+    file systems, a server-side copy + delete on object stores); on error it is removed and the
+    final name is untouched.
+    """
+    if "w" not in mode:
+        raise ValueError(f"open_atomic is for writing; got mode {mode!r}")
+    fs, path = filesystem(url, storage)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}{TEMP_MARK}{uuid.uuid4().hex}"
+    try:
+        with fs.open(tmp, mode) as fh:
+            yield fh
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            fs.rm(tmp)
+        raise
+
+
+def write_bytes_atomic(url: str, data: bytes, storage: StorageConfig | None = None) -> None:
+    """Atomically write ``data`` to ``url`` (see :func:`open_atomic`)."""
+    with open_atomic(url, "wb", storage) as fh:
+        fh.write(data)
+
+
+def upload_atomic(local_path: str, url: str, storage: StorageConfig | None = None) -> None:
+    """Atomically copy a local file to ``url``, streaming in chunks (multipart on S3)."""
+    with open(local_path, "rb") as src, open_atomic(url, "wb", storage) as dst:
+        while chunk := src.read(8 << 20):
+            dst.write(chunk)
+
+
+def register_webdataset_opener(storage: StorageConfig | None = None) -> None:
+    """Teach webdataset's ``gopen`` to stream ``s3://`` URLs through s3fs (it has no handler).
+
+    Plain paths and ``file://`` keep webdataset's own handlers.
+    """
+    from webdataset import gopen
+
+    def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> IO[bytes]:
+        fs, path = filesystem(url, storage)
+        return fs.open(path, mode, block_size=max(bufsize, 8 << 20))
+
+    for scheme in ("s3", "s3a"):
+        gopen.gopen_schemes[scheme] = gopen_fsspec
