@@ -98,7 +98,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _unknown(key: str, choices: Sequence[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], choices, n=1)
-    hint = f" (did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?)" if close else ""
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f" (did you mean '{section}{close[0]}'?)" if close else ""
     return ConfigError(f"unknown config key '{key}'{hint}; known keys here: {', '.join(sorted(choices))}")
 
 
@@ -187,3 +188,14 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
 def dump_yaml(cfg: Any) -> str:
     """The resolved config as YAML text (what every run and checkpoint saves)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a config tree or mapping (``{"train.lr": 1e-4, ...}``), e.g. for MLflow."""
+    out: dict[str, Any] = {}
+    for key, value in (to_dict(cfg) if not isinstance(cfg, Mapping) else cfg).items():
+        if isinstance(value, Mapping):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,28 @@
+"""`avsa demo`: run the whole system end to end on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+from cluster.cli import add_config_arguments
+from cluster.demo import run_demo
+from trainer.config import Config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="run the pipeline end to end on this machine (local stack, CPU)",
+        description="Starts the local stack (or reuses a healthy one from --stack.state_dir), runs every "
+        "stage against it, prints where the MLflow and Ray dashboards are, and stops what it started.",
+    )
+    parser.add_argument(
+        "--keep-stack", action="store_true", help="leave the stack running to browse the dashboards"
+    )
+    add_config_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    run_demo(cfg, keep_stack=args.keep_stack)
+    return 0
