@@ -1,0 +1,135 @@
+"""AVC and AVSA contrastive losses over the global batch, their accuracies, and the curriculum.
+
+All logits are cosine similarities of unit vectors divided by the temperature τ (0.07).
+
+Global batch: the candidate *targets* are gathered from every rank with an autograd-aware gather,
+so each rank's queries see the whole batch as negatives. Each rank returns the mean loss over its
+own queries; with equal local batches the mean of the ranks' losses is the loss of one process over
+the concatenated batch. Gradients: the gather's backward sums, over ranks, the gradients flowing into
+each rank's slice, so a rank's local gradient is world_size × the single-process gradient of its
+slice. The data-parallel all-reduce that averages gradients over ranks (DDP, DeepSpeed) divides by
+world_size again, so parameter updates equal those of one process on the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from trainer.models import AVSAOutput
+
+Stage = Literal["avc", "avsa"]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward all-reduces (sums) the gradient and keeps this rank's slice.
+
+    An all-reduce rather than a reduce-scatter because gloo has no reduce-scatter; the tensors are
+    a few hundred embeddings, so the extra traffic is negligible.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # all_reduce works in place; autograd may reuse `grad`
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``[n, ...]`` on each rank → (``[world_size·n, ...]`` in rank order, offset of this rank's rows).
+
+    Every rank must pass the same shape. Without an initialised process group this returns ``(x, 0)``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    return _GatherWithGrad.apply(x), dist.get_rank() * x.shape[0]
+
+
+def info_nce(query: torch.Tensor, target: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of local queries ``[n, E]`` against the global batch of targets ``[n, E]`` per rank.
+
+    Query i's positive is target i; every other target of the global batch is a negative.
+    Returns (mean loss over local queries, top-1 accuracy over local queries).
+    """
+    targets, offset = gather_with_grad(target)
+    logits = query @ targets.T / tau  # [n, world_size·n]
+    labels = torch.arange(offset, offset + query.shape[0], device=query.device)
+    loss = F.cross_entropy(logits, labels)
+    with torch.no_grad():
+        positive = logits.gather(1, labels[:, None])
+        # Strictly above every negative: a collapsed model (all logits equal) scores 0, not 1.
+        acc = ((logits >= positive).sum(dim=1) == 1).float().mean()
+    return loss, acc
+
+
+def avsa_loss(
+    query: torch.Tensor, target: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spatial-alignment loss of local queries ``[B, K, E]`` against targets ``[B, K, E]``.
+
+    For query (clip b, viewpoint k) the candidates are: the positive target (b, k); the hard
+    negatives (b, j≠k), the clip's other viewpoints; the easy negatives (c≠b, k), the same viewpoint
+    of every other clip of the global batch. Targets at other viewpoints of other clips are not
+    candidates. Returns (mean cross-entropy over the local B·K queries, AVC-acc = share of queries whose
+    positive beats every easy negative, AVSA-acc = share whose positive beats every hard negative).
+    """
+    b, k = query.shape[:2]
+    targets, offset = gather_with_grad(target)  # [world_size·B, K, E]
+    # The clip's own targets are local, so they are read from `target` directly.
+    hard = torch.einsum("bke,bje->bkj", query, target) / tau  # [B, K, K]; diagonal = positives
+    easy = torch.einsum("bke,cke->bkc", query, targets) / tau  # [B, K, world_size·B]
+    own_clip = torch.arange(targets.shape[0], device=query.device) == (
+        offset + torch.arange(b, device=query.device)[:, None]
+    )  # [B, world_size·B]
+    easy = easy.masked_fill(own_clip[:, None, :], float("-inf"))  # the positive is already in `hard`
+    logits = torch.cat([hard, easy], dim=2)  # [B, K, K + world_size·B]
+    labels = torch.arange(k, device=query.device).expand(b, k)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    with torch.no_grad():
+        positive = hard.diagonal(dim1=1, dim2=2)  # [B, K]
+        others = hard.masked_fill(torch.eye(k, dtype=torch.bool, device=query.device), float("-inf"))
+        avc_acc = (positive > easy.amax(dim=2)).float().mean()
+        avsa_acc = (positive > others.amax(dim=2)).float().mean()
+    return loss, avc_acc, avsa_acc
+
+
+def pretext_loss(out: AVSAOutput, stage: Stage, tau: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The curriculum stage's loss, averaged over both directions (audio→video and video→audio).
+
+    ``avc``: InfoNCE on the clip-level embeddings; ``avsa``: :func:`avsa_loss` per viewpoint.
+    Metrics (detached): ``loss``, ``avc_acc`` (from the stage's own logits) and ``avsa_acc`` (from the
+    per-viewpoint logits, also measured during the AVC stage to show how much spatial alignment the
+    correspondence task alone learns). Every rank must call this with the same stage (collectives).
+    """
+    vp = out.viewpoints
+    pairs = ((vp.video_pred, vp.video), (vp.audio_pred, vp.audio))
+    if stage == "avc":
+        c = out.clips
+        terms = [info_nce(q, t, tau) for q, t in ((c.video_pred, c.video), (c.audio_pred, c.audio))]
+        loss = sum(term[0] for term in terms) / 2
+        avc_acc = sum(term[1] for term in terms) / 2
+        with torch.no_grad():
+            avsa_acc = sum(avsa_loss(q, t, tau)[2] for q, t in pairs) / 2
+    elif stage == "avsa":
+        terms = [avsa_loss(q, t, tau) for q, t in pairs]
+        loss = sum(term[0] for term in terms) / 2
+        avc_acc = sum(term[1] for term in terms) / 2
+        avsa_acc = sum(term[2] for term in terms) / 2
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected 'avc' or 'avsa'")
+    return loss, {"loss": loss.detach(), "avc_acc": avc_acc, "avsa_acc": avsa_acc}
+
+
+def stage_for_epoch(epoch: int, avc_epochs: int) -> Stage:
+    """The curriculum: epochs ``0 .. avc_epochs-1`` train AVC, later ones AVSA (0 = AVSA from scratch)."""
+    return "avc" if epoch < avc_epochs else "avsa"
