@@ -126,6 +126,16 @@ def test_collapsed_embeddings_score_zero_accuracy() -> None:
     assert (avc_acc.item(), avsa_acc.item(), acc.item()) == (0, 0, 0)
 
 
+def test_bf16_embeddings_are_compared_in_fp32() -> None:
+    q, t = unit(4, 3, 8, seed=0).bfloat16(), unit(4, 3, 8, seed=1).bfloat16()
+    loss, *_ = avsa_loss(q, t, 0.07)
+    exact, *_ = avsa_loss(q.double(), t.double(), 0.07)  # the same bf16 values, in fp64
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(exact.item(), rel=1e-5)
+    loss, _ = info_nce(q[:, 0], t[:, 0], 0.07)
+    exact, _ = info_nce(q[:, 0].double(), t[:, 0].double(), 0.07)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
 def random_output(clips: int, views: int, dim: int, seed: int) -> AVSAOutput:
     return AVSAOutput(
         viewpoints=Embeddings(*(unit(clips, views, dim, seed=seed + i) for i in range(4))),

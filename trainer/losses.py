@@ -45,6 +45,11 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Similarities in at least fp32: bf16 has ~3 significant digits, too coarse for logits up to 1/τ ≈ 14."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``[n, ...]`` on each rank → (``[world_size·n, ...]`` in rank order, offset of this rank's rows).
 
@@ -62,6 +67,7 @@ def info_nce(query: torch.Tensor, target: torch.Tensor, tau: float) -> tuple[tor
     Returns (mean loss over local queries, top-1 accuracy over local queries).
     """
     targets, offset = gather_with_grad(target)
+    query, targets = _at_least_fp32(query), _at_least_fp32(targets)
     logits = query @ targets.T / tau  # [n, world_size·n]
     labels = torch.arange(offset, offset + query.shape[0], device=query.device)
     loss = F.cross_entropy(logits, labels)
@@ -85,6 +91,7 @@ def avsa_loss(
     """
     b, k = query.shape[:2]
     targets, offset = gather_with_grad(target)  # [world_size·B, K, E]
+    query, target, targets = _at_least_fp32(query), _at_least_fp32(target), _at_least_fp32(targets)
     # The clip's own targets are local, so they are read from `target` directly.
     hard = torch.einsum("bke,bje->bkj", query, target) / tau  # [B, K, K]; diagonal = positives
     easy = torch.einsum("bke,cke->bkc", query, targets) / tau  # [B, K, world_size·B]
