@@ -8,6 +8,7 @@ copy), so a reader never sees half an object, and a crash leaves only a temp nam
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -97,11 +98,11 @@ def register_webdataset_opener(storage: StorageConfig | None = None) -> None:
 
     Plain paths and ``file://`` keep webdataset's own handlers.
     """
-    from webdataset import gopen
+    gopen_module = importlib.import_module("webdataset.gopen")  # the package shadows it with a function
 
     def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> IO[bytes]:
         fs, path = filesystem(url, storage)
         return fs.open(path, mode, block_size=max(bufsize, 8 << 20))
 
     for scheme in ("s3", "s3a"):
-        gopen.gopen_schemes[scheme] = gopen_fsspec
+        gopen_module.gopen_schemes[scheme] = gopen_fsspec

@@ -43,7 +43,7 @@ class ModelConfig:
     preset: Literal["paper", "tiny"] = "paper"
     embed_dim: int = 128
     context_layers: int = 2
-    context_heads: int = 4
+    context_heads: int = 8  # as in the reference code
     context_dropout: float = 0.1
     direction_encoding: bool = False
 

@@ -1,0 +1,85 @@
+"""`avsa stack up|status|down` as users run it: real processes, loopback only, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cluster.processes import process_tree
+from cluster.stack import Stack, StackError
+from tests.conftest import free_stack_config
+from trainer.typed_config import flatten
+
+pytestmark = pytest.mark.integration
+
+
+def avsa(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_up_status_down_through_the_cli_leaves_nothing_running(tmp_path: Path) -> None:
+    cfg = free_stack_config(tmp_path / "state")
+    overrides = [f"--stack.{k.split('.', 1)[1]}={v}" for k, v in flatten(cfg, "stack.").items()]
+    up = avsa("stack", "up", *overrides, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr + up.stdout
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    roots = [psutil.Process(s["pid"]) for s in state["services"].values()]
+    ours = {p.pid for root in roots for p in process_tree(root)}
+    assert len(ours) > 3  # weed, mlflow (+ workers), ray start and its daemons
+
+    status = avsa("stack", "status", *overrides, cwd=tmp_path)
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.count("healthy") == 3
+    # every listening socket of every one of our processes is on loopback
+    for pid in ours:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        for conn in conns:
+            if conn.status == psutil.CONN_LISTEN:
+                assert conn.laddr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"), (psutil.Process(pid).name(), conn.laddr)
+
+    env = avsa("stack", "env", *overrides, cwd=tmp_path)
+    assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{cfg.mlflow_port}" in env.stdout
+
+    down = avsa("stack", "down", *overrides, cwd=tmp_path)
+    assert down.returncode == 0 and "s3" in down.stdout
+    assert not [pid for pid in ours if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert avsa("stack", "status", *overrides, cwd=tmp_path).returncode == 1
+
+
+def test_a_taken_port_is_refused_clearly_and_nothing_starts(tmp_path: Path) -> None:
+    cfg = free_stack_config(tmp_path / "state")
+    before = {c.pid for c in psutil.Process(os.getpid()).children(recursive=True)}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", cfg.mlflow_port))
+        squatter.listen()
+        with pytest.raises(
+            StackError, match=rf"port {cfg.mlflow_port} on 127.0.0.1 \(needed by mlflow\) is taken"
+        ):
+            Stack(cfg).up(["s3", "mlflow"])
+    assert not (tmp_path / "state" / "state.json").exists()
+    started = [c for c in psutil.Process(os.getpid()).children(recursive=True) if c.pid not in before]
+    assert not started
+
+
+def test_a_second_up_on_a_running_stack_is_refused(tmp_path: Path) -> None:
+    stack = Stack(free_stack_config(tmp_path / "state"))
+    stack.up(["s3"])
+    try:
+        with pytest.raises(StackError, match="already running"):
+            stack.up(["s3"])
+        assert stack.status()["s3"]["healthy"]
+    finally:
+        assert stack.down() == ["s3"]
+    assert stack.status() == {}
