@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -69,6 +70,12 @@ def mel_filterbank(
     rising = (freqs[:, None] - lower) / (centre - lower)
     falling = (upper - freqs[:, None]) / (upper - centre)
     weights = torch.minimum(rising, falling).clamp_min(0.0)
+    empty = int((weights.sum(0) == 0).sum())
+    if empty:
+        # Bands narrower than the FFT bin spacing catch no bin and stay silent (at the dB floor).
+        warnings.warn(
+            f"{empty} of {n_mels} mel bands are empty at n_fft={n_fft}, {sample_rate} Hz", stacklevel=2
+        )
     if area_norm:
         weights = weights * (2.0 / (upper - lower))
     return weights.to(device=device, dtype=dtype)
