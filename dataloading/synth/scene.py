@@ -1,0 +1,299 @@
+"""Scenes: a room, a background and sound sources with trajectories, sampled from a seed.
+
+Angles are radians inside (azimuth counter-clockwise from front +X toward left +Y, elevation
+up), degrees only in the ground-truth JSON. Times are seconds, distances metres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from dataloading.synth.assets import Catalog, SoundAsset, stable_seed
+
+SCHEMA_VERSION = 1
+TRAJECTORY_HZ = 10.0  # ground-truth trajectory samples per second
+
+
+@dataclass(frozen=True)
+class ObjectClass:
+    """A kind of visible object, its picture and the sound class it makes (``None``: silent)."""
+
+    sprite: str
+    sound: str | None
+    width_m: float  # physical width, sets the angular size at a given distance
+
+
+# Each visible object class is tied to one sound class.
+OBJECT_CLASSES = {
+    "horse": ObjectClass("horse", "horse", 2.2),
+    "rocket": ObjectClass("rocket", "jet", 2.5),
+    "astronaut": ObjectClass("astronaut", "robot_voice", 0.9),
+    "cat": ObjectClass("chelsea", "animal", 0.7),
+    "coffee": ObjectClass("coffee", "bubbles", 0.5),
+    "clock": ObjectClass("clock_motion", "bell", 0.6),
+    "motorcycle": ObjectClass("motorcycle_left", "engine", 2.0),
+    "drums": ObjectClass("drum", "drum_loop", 0.9),
+    "pillar": ObjectClass("pillar", None, 0.25),
+}
+SOUNDING_CLASSES = tuple(k for k, v in OBJECT_CLASSES.items() if v.sound)
+OFFSCREEN_LABELS = ("wind", "bird", "horn", "machinery", "crowd")  # heard, never seen
+
+Kind = Literal["visible", "offscreen", "silent", "occluder"]
+
+
+@dataclass(frozen=True)
+class Room:
+    """A shoebox room; ``family`` says which pool it was drawn from ("train" or "eval")."""
+
+    dims: tuple[float, float, float]  # metres
+    rt60: float  # seconds
+    mic: tuple[float, float, float]  # camera/microphone position, metres
+    family: str
+
+
+@dataclass
+class Source:
+    """One object or sound. Direction over time: azimuth drifts linearly, elevation oscillates."""
+
+    id: int
+    kind: Kind
+    object_class: str | None
+    sound: SoundAsset | None
+    azimuth: float  # radians at t=0
+    elevation: float  # radians, centre of the oscillation
+    azimuth_rate: float  # radians per second
+    elevation_amp: float  # radians
+    elevation_period: float  # seconds
+    distance: float  # metres
+    width: float  # angular width on screen, radians
+    gain_db: float
+    events: list[tuple[float, float]] = field(default_factory=list)  # (on, off) seconds
+
+    def direction(self, t: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """(azimuth wrapped to [-π, π), elevation) in radians at times ``t`` (seconds)."""
+        t = np.asarray(t, dtype=np.float64)
+        az = self.azimuth + self.azimuth_rate * t
+        el = self.elevation + self.elevation_amp * np.sin(2 * np.pi * t / self.elevation_period)
+        return (az + np.pi) % (2 * np.pi) - np.pi, el
+
+    @property
+    def visible(self) -> bool:
+        return self.kind in ("visible", "silent", "occluder")
+
+    def active(self, t: np.ndarray) -> np.ndarray:
+        """Boolean mask: is the source sounding at times ``t``."""
+        t = np.asarray(t)
+        mask = np.zeros(t.shape, bool)
+        for on, off in self.events:
+            mask |= (t >= on) & (t < off)
+        return mask
+
+
+@dataclass
+class Scene:
+    seed: int
+    seconds: float
+    room: Room
+    background: str
+    noise_db: float  # diffuse background noise level relative to a 0 dB source at 1 m
+    sources: list[Source]
+
+
+def unit_vector(azimuth: np.ndarray, elevation: np.ndarray) -> np.ndarray:
+    """Unit vectors [..., 3] (x front, y left, z up) for angles in radians."""
+    ce = np.cos(elevation)
+    return np.stack([ce * np.cos(azimuth), ce * np.sin(azimuth), np.sin(elevation)], axis=-1)
+
+
+def sample_room(rng: np.random.Generator, family: str) -> Room:
+    """Training and evaluation rooms come from disjoint size ranges, so eval rooms are unseen."""
+    if family == "train":
+        dims = rng.uniform([5.0, 4.0, 2.8], [9.0, 7.0, 3.5])
+        rt60 = rng.uniform(0.25, 0.6)
+    else:
+        dims = rng.uniform([10.0, 7.5, 3.8], [14.0, 10.0, 5.0])
+        rt60 = rng.uniform(0.5, 0.9)
+    mic = dims * rng.uniform([0.4, 0.4, 0], [0.6, 0.6, 0])
+    mic[2] = min(1.6, dims[2] / 2)  # camera at head height
+    return Room(
+        tuple(float(d) for d in np.round(dims, 3)),
+        round(float(rt60), 3),
+        tuple(float(m) for m in np.round(mic, 3)),
+        family,
+    )
+
+
+def max_distance(room: Room, directions: np.ndarray, margin: float = 0.3) -> float:
+    """The largest distance (m) at which every direction in ``directions`` [..., 3] stays inside
+    the room, ``margin`` metres from the walls."""
+    mic, dims = np.array(room.mic), np.array(room.dims)
+    with np.errstate(divide="ignore"):
+        to_wall = np.where(directions > 0, (dims - margin - mic) / directions, (margin - mic) / directions)
+    to_wall = np.where(np.abs(directions) < 1e-9, np.inf, to_wall)
+    return float(to_wall.min())
+
+
+def sample_events(rng: np.random.Generator, seconds: float) -> list[tuple[float, float]]:
+    """Alternating on/off times: sounds come and go like real ones."""
+    events, t = [], rng.uniform(0, 2.0)
+    while t < seconds - 0.5:
+        on = rng.uniform(1.5, 6.0)
+        events.append((round(t, 3), round(min(seconds, t + on), 3)))
+        t += on + rng.uniform(0.5, 4.0)
+    return events
+
+
+def take_turns(rng: np.random.Generator, sources: list[Source], seconds: float) -> None:
+    """Give the sounding sources non-overlapping events in turn (one at a time), for tests and
+    localisation sets where each source must be heard alone."""
+    sounding = [s for s in sources if s.sound is not None]
+    if not sounding:
+        return
+    for s in sounding:
+        s.events = []
+    t, k = 0.2, 0
+    while t < seconds - 0.5:
+        on = rng.uniform(1.0, 2.0)
+        sounding[k % len(sounding)].events.append((round(t, 3), round(min(seconds, t + on), 3)))
+        t, k = t + on + 0.3, k + 1  # 0.3 s gap lets the reverb of the previous one decay
+
+
+def pick_sound(
+    rng: np.random.Generator, catalog: Catalog, label: str, exclude: set[str]
+) -> SoundAsset | None:
+    choices = [s for s in catalog.by_label(label) if s.source not in exclude] or catalog.by_label(label)
+    return choices[rng.integers(len(choices))] if choices else None
+
+
+def sample_scene(
+    seed: int,
+    seconds: float,
+    catalog: Catalog,
+    *,
+    room_family: str = "train",
+    exclude_sources: set[str] | frozenset[str] = frozenset(),
+    n_visible: tuple[int, int] = (2, 4),
+    n_offscreen: tuple[int, int] = (0, 2),
+    n_silent: tuple[int, int] = (1, 2),
+    one_at_a_time: bool = False,
+) -> Scene:
+    """Draw a scene. Counts are inclusive (low, high) ranges. ``exclude_sources`` keeps held-out
+    recordings (the classification test split) out of training videos."""
+    rng = np.random.default_rng(stable_seed("scene", seed))
+    room = sample_room(rng, room_family)
+    times = np.linspace(0, seconds, max(2, int(seconds * 2)))
+    exclude = set(exclude_sources)
+    sources: list[Source] = []
+
+    def add(kind: Kind, object_class: str | None, sound: SoundAsset | None, az: float, el: float) -> Source:
+        obj = OBJECT_CLASSES.get(object_class) if object_class else None
+        rate = np.deg2rad(rng.uniform(0.5, 3.0)) * rng.choice([-1, 1]) if kind != "occluder" else 0.0
+        src = Source(
+            id=len(sources),
+            kind=kind,
+            object_class=object_class,
+            sound=sound,
+            azimuth=az,
+            elevation=el,
+            azimuth_rate=float(rate),
+            elevation_amp=float(np.deg2rad(rng.uniform(0, 4))),
+            elevation_period=float(rng.uniform(10, 30)),
+            distance=float(rng.uniform(1.0, 2.5)),
+            width=0.0,
+            gain_db=float(rng.uniform(-6, 0) if kind == "visible" else rng.uniform(-14, -8)),
+        )
+        if kind == "occluder":
+            src.elevation_amp = 0.0
+        az_t, el_t = src.direction(times)
+        src.distance = min(src.distance, 0.9 * max_distance(room, unit_vector(az_t, el_t)))
+        if obj:
+            src.width = float(
+                np.clip(2 * np.arctan(obj.width_m / 2 / src.distance), np.deg2rad(6), np.deg2rad(50))
+            )
+        if sound is not None:
+            src.events = sample_events(rng, seconds)
+        sources.append(src)
+        return src
+
+    for k in range(rng.integers(n_visible[0], n_visible[1] + 1)):
+        cls = SOUNDING_CLASSES[rng.integers(len(SOUNDING_CLASSES))]
+        sound = pick_sound(rng, catalog, OBJECT_CLASSES[cls].sound or "", exclude)
+        az, el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(-15, 25))
+        if k == 0 and rng.random() < 0.5:
+            az = np.pi - np.deg2rad(rng.uniform(-8, 8))  # straddles the seam at the back
+        elif k == 1 and rng.random() < 0.5:
+            el = np.deg2rad(rng.uniform(50, 65)) * rng.choice([-1, 1])  # near a pole
+        src = add("visible", cls, sound, float(az), float(el))
+        if rng.random() < 0.35:  # a pillar in front, covering part of it
+            offset = src.width * rng.uniform(0.25, 0.45) * rng.choice([-1, 1])
+            pillar = add("occluder", "pillar", None, src.azimuth + offset, 0.0)
+            pillar.distance = 0.6 * src.distance  # nearer: drawn over the object
+    for _ in range(rng.integers(n_offscreen[0], n_offscreen[1] + 1)):
+        label = OFFSCREEN_LABELS[rng.integers(len(OFFSCREEN_LABELS))]
+        sound = pick_sound(rng, catalog, label, exclude)
+        if sound is not None:
+            add(
+                "offscreen",
+                None,
+                sound,
+                float(rng.uniform(-np.pi, np.pi)),
+                float(np.deg2rad(rng.uniform(-10, 40))),
+            )
+    for _ in range(rng.integers(n_silent[0], n_silent[1] + 1)):
+        cls = SOUNDING_CLASSES[rng.integers(len(SOUNDING_CLASSES))]  # a look-alike that makes no sound
+        add("silent", cls, None, float(rng.uniform(-np.pi, np.pi)), float(np.deg2rad(rng.uniform(-15, 20))))
+    if one_at_a_time:
+        take_turns(rng, sources, seconds)
+    background = catalog.backgrounds[rng.integers(len(catalog.backgrounds))]
+    return Scene(seed, seconds, room, background, float(rng.uniform(-40, -30)), sources)
+
+
+def ground_truth(scene: Scene, skipped: list[dict[str, str]]) -> dict:
+    """The user-facing ground truth (degrees, seconds, metres) of a rendered scene."""
+    times = np.arange(0, scene.seconds + 1e-9, 1 / TRAJECTORY_HZ)
+    sources = []
+    for s in scene.sources:
+        az, el = s.direction(times)
+        sources.append(
+            {
+                "id": s.id,
+                "kind": s.kind,
+                "visible": s.visible,
+                "object_class": s.object_class,
+                "sound_class": s.sound.label if s.sound else None,
+                "sound_file": s.sound.name if s.sound else None,
+                "sound_source": s.sound.source if s.sound else None,
+                "active": [list(e) for e in s.events],
+                "distance_m": round(s.distance, 3),
+                "angular_width_deg": round(float(np.rad2deg(s.width)), 2),
+                "gain_db": round(s.gain_db, 2),
+                "trajectory": [
+                    [round(float(t), 3), round(float(a), 3), round(float(e), 3)]
+                    for t, a, e in zip(times, np.rad2deg(az), np.rad2deg(el), strict=True)
+                ],
+            }
+        )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "seed": scene.seed,
+        "duration_s": scene.seconds,
+        "conventions": {
+            "audio": "FOA AmbiX: ACN channel order W,Y,Z,X; SN3D",
+            "azimuth": "degrees, counter-clockwise from front (+X) toward left (+Y)",
+            "elevation": "degrees, up positive",
+            "trajectory": "[t seconds, azimuth, elevation]",
+        },
+        "room": {
+            "dims_m": list(scene.room.dims),
+            "rt60_s": scene.room.rt60,
+            "mic_m": list(scene.room.mic),
+            "family": scene.room.family,
+        },
+        "background": scene.background.rsplit("/", 1)[-1],
+        "noise_db": round(scene.noise_db, 2),
+        "sources": sources,
+        "skipped_assets": skipped,
+    }
