@@ -37,8 +37,11 @@ def _angle(value: float | Tensor, like: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-def _angles(*values: float | Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
-    """Angles as broadcast float tensors on the device of the first tensor among them (else CPU)."""
+def broadcast_angles(*values: float | Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+    """Angles as broadcast float tensors on the device of the first tensor among them (else CPU).
+
+    The dtype is ``dtype``, else that of the first floating tensor among them, else torch's default.
+    """
     device = next((v.device for v in values if isinstance(v, Tensor)), torch.device("cpu"))
     floats = (v.dtype for v in values if isinstance(v, Tensor) and v.is_floating_point())
     dtype = dtype or next(floats, torch.get_default_dtype())
@@ -47,7 +50,7 @@ def _angles(*values: float | Tensor, dtype: torch.dtype | None = None) -> tuple[
 
 def direction_vector(azimuth: float | Tensor, elevation: float | Tensor) -> Tensor:
     """Unit vector(s) (x, y, z), shape ``[..., 3]``, for azimuth/elevation in radians."""
-    az, el = _angles(azimuth, elevation)
+    az, el = broadcast_angles(azimuth, elevation)
     return torch.stack((torch.cos(az) * torch.cos(el), torch.sin(az) * torch.cos(el), torch.sin(el)), -1)
 
 
@@ -112,7 +115,7 @@ def rotation_matrix(
     sources toward the left (azimuth grows), and a positive pitch moves a frontal source down (right-handed
     about +Y, which points left). Apply with ``matrix @ foa`` for ``foa`` of shape ``[..., 4, N]``.
     """
-    yaw_t, pitch_t, roll_t = _angles(yaw, pitch, roll, dtype=dtype)
+    yaw_t, pitch_t, roll_t = broadcast_angles(yaw, pitch, roll, dtype=dtype)
     return _foa_matrix(_rot_x(roll_t) @ _rot_y(pitch_t) @ _rot_z(yaw_t))
 
 
@@ -125,7 +128,7 @@ def steering_matrix(
     direction down onto the horizon. (Composing the two the other way round, as the NeurIPS reference
     code does, tilts about the wrong axis whenever φ ≠ 0 and misses the target off the horizon.)
     """
-    az, el = _angles(azimuth, elevation, dtype=dtype)
+    az, el = broadcast_angles(azimuth, elevation, dtype=dtype)
     return rotation_matrix(-az, el, 0.0)
 
 
