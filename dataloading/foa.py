@@ -142,6 +142,17 @@ def steer(foa: Tensor, azimuth: float | Tensor, elevation: float | Tensor) -> Te
     return matrix @ foa
 
 
+def beam_weights(
+    azimuth: float | Tensor, elevation: float | Tensor, pattern: float | str = "cardioid"
+) -> Tensor:
+    """ACN weights ``[..., 4]`` of a first-order virtual microphone; see :func:`virtual_microphone`."""
+    p = PATTERNS[pattern] if isinstance(pattern, str) else float(pattern)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"pattern weight must be in [0, 1], got {p}")
+    d = direction_vector(azimuth, elevation)  # [..., 3] in (x, y, z)
+    return 2.0 * torch.cat((torch.full_like(d[..., :1], p), (1.0 - p) * d[..., [1, 2, 0]]), -1)
+
+
 def virtual_microphone(
     foa: Tensor, azimuth: float | Tensor, elevation: float | Tensor, pattern: float | str = "cardioid"
 ) -> Tensor:
@@ -153,12 +164,8 @@ def virtual_microphone(
     W + d·(X, Y, Z) (gain 2 toward the source, a null behind) used by :func:`stereo_decode` and
     :func:`mono_decode`.
     """
-    p = PATTERNS[pattern] if isinstance(pattern, str) else float(pattern)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"pattern weight must be in [0, 1], got {p}")
-    d = direction_vector(_angle(azimuth, foa), _angle(elevation, foa))  # [..., 3]
-    weights = torch.cat((torch.full_like(d[..., :1], p), (1.0 - p) * d[..., [1, 2, 0]]), -1)  # ACN order
-    return 2.0 * (weights.unsqueeze(-2) @ foa).squeeze(-2)
+    weights = beam_weights(_angle(azimuth, foa), _angle(elevation, foa), pattern)
+    return (weights.unsqueeze(-2) @ foa).squeeze(-2)
 
 
 def stereo_decode(foa: Tensor) -> Tensor:
