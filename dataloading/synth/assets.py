@@ -166,9 +166,9 @@ DRUM_KEYWORDS = (
 SONIC_PI_LABELS = (
     ("mehackit_robot", "robot_voice"),
     ("glitch_robot", "robot_voice"),
-    ("perc_bell", "bell"),
-    ("elec_bell", "bell"),
-    ("elec_chime", "bell"),
+    ("perc_bell", "bell"),  # recorded bells; elec_bell and elec_chime are near-pure synth tones
+    ("elec_tick", "tick"),
+    ("elec_wood", "tick"),
     ("loop_amen", "drum_loop"),
     ("loop_breakbeat", "drum_loop"),
     ("loop_compus", "drum_loop"),
@@ -294,6 +294,7 @@ PROCEDURAL_LABELS = (
     "tom",
     "robot_voice",
     "bell",
+    "tick",
     "drum_loop",
     "horn",
     "jet",
@@ -321,7 +322,7 @@ def synthesize(label: str, variant: int, rate: int) -> np.ndarray:
     rest, 0.3–2 s long. Deterministic in (label, variant). Returns float32 mono at ``rate`` Hz."""
     rng = np.random.default_rng(stable_seed(label, variant))
     pitched = label in ("robot_voice", "bell", "horn", "animal", "horse", "bird", "kick", "tom")
-    seconds = 0.3 if label in ("kick", "snare", "hihat", "tom", "bubbles") else 1.5
+    seconds = 0.3 if label in ("kick", "snare", "hihat", "tom", "bubbles", "tick") else 1.5
     t = np.arange(int(seconds * rate)) / rate
     if pitched:
         f0 = {"bird": 2500.0, "bell": 880.0, "kick": 60.0, "tom": 140.0}.get(label, 220.0) * (
@@ -334,7 +335,9 @@ def synthesize(label: str, variant: int, rate: int) -> np.ndarray:
         x = rng.standard_normal(t.size)
         cutoff = {"hihat": 0.9, "cymbal": 0.8, "wind": 0.02, "engine": 0.05}.get(label, 0.3)
         x = np.convolve(x, np.ones(max(1, int(1 / cutoff))) / max(1, int(1 / cutoff)), mode="same")
-    decay = {"kick": 12.0, "snare": 15.0, "hihat": 30.0, "tom": 8.0, "bell": 2.0}.get(label, 0.5)
+    decay = {"kick": 12.0, "snare": 15.0, "hihat": 30.0, "tom": 8.0, "bell": 2.0, "tick": 60.0}.get(
+        label, 0.5
+    )
     env = np.exp(-decay * t) * np.minimum(1, t / 0.005)
     x = x * env
     return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)

@@ -33,7 +33,7 @@ OBJECT_CLASSES = {
     "astronaut": ObjectClass("astronaut", "robot_voice", 0.9),
     "cat": ObjectClass("chelsea", "animal", 0.7),
     "coffee": ObjectClass("coffee", "bubbles", 0.5),
-    "clock": ObjectClass("clock_motion", "bell", 0.6),
+    "clock": ObjectClass("clock_motion", "tick", 0.6),
     "motorcycle": ObjectClass("motorcycle_left", "engine", 2.0),
     "drums": ObjectClass("drum", "drum_loop", 0.9),
     "pillar": ObjectClass("pillar", None, 0.25),
@@ -112,7 +112,7 @@ def sample_room(rng: np.random.Generator, family: str) -> Room:
     """Training and evaluation rooms come from disjoint size ranges, so eval rooms are unseen."""
     if family == "train":
         dims = rng.uniform([5.0, 4.0, 2.8], [9.0, 7.0, 3.5])
-        rt60 = rng.uniform(0.25, 0.6)
+        rt60 = rng.uniform(0.25, 0.5)
     else:
         dims = rng.uniform([10.0, 7.5, 3.8], [14.0, 10.0, 5.0])
         rt60 = rng.uniform(0.5, 0.9)
@@ -201,7 +201,7 @@ def sample_scene(
             azimuth_rate=float(rate),
             elevation_amp=float(np.deg2rad(rng.uniform(0, 4))),
             elevation_period=float(rng.uniform(10, 30)),
-            distance=float(rng.uniform(1.0, 2.5)),
+            distance=float(rng.uniform(1.0, 2.0)),
             width=0.0,
             gain_db=float(rng.uniform(-6, 0) if kind == "visible" else rng.uniform(-14, -8)),
         )
@@ -225,7 +225,7 @@ def sample_scene(
         if k == 0 and rng.random() < 0.5:
             az = np.pi - np.deg2rad(rng.uniform(-8, 8))  # straddles the seam at the back
         elif k == 1 and rng.random() < 0.5:
-            el = np.deg2rad(rng.uniform(50, 65)) * rng.choice([-1, 1])  # near a pole
+            el = np.deg2rad(rng.uniform(35, 50)) * rng.choice([-1, 1])  # high up or low down
         src = add("visible", cls, sound, float(az), float(el))
         if rng.random() < 0.35:  # a pillar in front, covering part of it
             offset = src.width * rng.uniform(0.25, 0.45) * rng.choice([-1, 1])
@@ -242,9 +242,12 @@ def sample_scene(
                 float(rng.uniform(-np.pi, np.pi)),
                 float(np.deg2rad(rng.uniform(-10, 40))),
             )
-    for _ in range(rng.integers(n_silent[0], n_silent[1] + 1)):
+    for k in range(rng.integers(n_silent[0], n_silent[1] + 1)):
         cls = SOUNDING_CLASSES[rng.integers(len(SOUNDING_CLASSES))]  # a look-alike that makes no sound
-        add("silent", cls, None, float(rng.uniform(-np.pi, np.pi)), float(np.deg2rad(rng.uniform(-15, 20))))
+        el = np.deg2rad(rng.uniform(-15, 20))
+        if k == 0 and rng.random() < 0.5:
+            el = np.deg2rad(rng.uniform(55, 70)) * rng.choice([-1, 1])  # near a pole: strongest bending
+        add("silent", cls, None, float(rng.uniform(-np.pi, np.pi)), float(el))
     if one_at_a_time:
         take_turns(rng, sources, seconds)
     background = catalog.backgrounds[rng.integers(len(catalog.backgrounds))]
