@@ -36,8 +36,9 @@ def catalog() -> Catalog:
 def opts(tmp_path_factory: pytest.TempPathFactory) -> SynthOptions:
     out = tmp_path_factory.mktemp("synth") / "a"
     # sources take turns, so each one's direction can be measured alone
-    return SynthOptions(out=str(out), videos=2, seconds=SECONDS, seed=3, workers=2, size=SIZE, fps=FPS,
-                        one_at_a_time=True)  # fmt: skip
+    return SynthOptions(
+        out=str(out), videos=2, seconds=SECONDS, seed=3, workers=2, size=SIZE, fps=FPS, one_at_a_time=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +224,24 @@ def test_bad_assets_are_reported_and_skipped(tmp_path: Path, catalog: Catalog) -
 
 def test_cli_writes_videos_and_eval_sets(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    args = ["synth", "--out", str(out), "--videos", "1", "--seconds", "1", "--size", "128x64", "--fps", "10",
-            "--workers", "1", "--eval-sets", "--eval-clips", "1"]  # fmt: skip
+    args = [
+        "synth",
+        "--out",
+        str(out),
+        "--videos",
+        "1",
+        "--seconds",
+        "1",
+        "--size",
+        "128x64",
+        "--fps",
+        "10",
+        "--workers",
+        "1",
+        "--eval-sets",
+        "--eval-clips",
+        "1",
+    ]
     assert main(args) == 0
     assert (out / "video_00000.mp4").exists() and (out / "video_00000.json").exists()
     summary = json.loads((out / "synth.json").read_text())

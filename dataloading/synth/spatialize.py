@@ -45,8 +45,9 @@ def room_impulse_response(room: Room, position: np.ndarray, rate: int) -> np.nda
     rir = np.zeros((4, length))
     for c in range(4):
         rir[c, : len(shoebox.rir[c][0])] = shoebox.rir[c][0]
-    # pra's 1/(4πr) spreading and the orthonormal Y00 = 1/√(4π) -> unit gain at 1 m, SN3D
-    return rir * (4 * np.pi) * np.sqrt(4 * np.pi) * N3D_TO_SN3D
+    # with directivities pra spreads as 1/r times the orthonormal harmonic (Y00 = 1/√(4π)):
+    # scaling by √(4π) gives W = 1/r (unit gain at 1 m), then SN3D
+    return rir * np.sqrt(4 * np.pi) * N3D_TO_SN3D
 
 
 def diffuse_tail(room: Room, distance: float, rate: int, rng: np.random.Generator) -> np.ndarray:
