@@ -51,13 +51,17 @@ def baseline(foa: np.ndarray, azimuth: np.ndarray, elevation: np.ndarray, fb: np
     return np.stack(out)
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def _median_times(
+    first: Callable[[], object], second: Callable[[], object], repeats: int
+) -> tuple[float, float]:
+    """Median wall times (seconds) of two functions, run alternately so load changes hit both alike."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main(argv: list[str]) -> float:
@@ -65,7 +69,7 @@ def main(argv: list[str]) -> float:
     parser = argparse.ArgumentParser(prog="python -m bench features")
     parser.add_argument("--clips", type=int, default=28)
     parser.add_argument("--viewpoints", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
@@ -91,8 +95,7 @@ def main(argv: list[str]) -> float:
     reference = baseline(foa, azimuth, elevation, fb)
     np.testing.assert_allclose(ours().cpu().numpy(), reference, atol=2e-2, rtol=1e-3)
 
-    ours_s = _median_time(ours, args.repeats)
-    base_s = _median_time(lambda: baseline(foa, azimuth, elevation, fb), args.repeats)
+    ours_s, base_s = _median_times(ours, lambda: baseline(foa, azimuth, elevation, fb), args.repeats)
     shape = (
         f"{args.clips} clips x {args.viewpoints} viewpoints x 1 s FOA @ {SAMPLE_RATE} Hz -> 7 x {N_MELS} mels"
     )

@@ -111,7 +111,10 @@ def crop(
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     batch, *middle, in_h, in_w = equirect.shape
-    az, el, fov = broadcast_angles(azimuth, elevation, hfov)
+    # Angles go to the image's device first, so the grid is built where it is sampled.
+    az, el, fov = broadcast_angles(
+        *(torch.as_tensor(v, device=equirect.device) for v in (azimuth, elevation, hfov))
+    )
     single = az.dim() == 1
     az, el, fov = (v.reshape(batch, -1) for v in (az, el, fov))
     grid = gnomonic_grid(az, el, fov, None, out_h, out_w).to(device=equirect.device, dtype=equirect.dtype)
