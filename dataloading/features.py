@@ -9,7 +9,9 @@ Feature sets (channel count C, each ``[F = n_mels, T = frames]``):
 - ``mono`` (1): log-mel of the front cardioid W + X (the viewpoint, once steered).
 
 Steering and the decoders are linear channel mixes, so they commute with the STFT: the extractor takes
-one STFT per clip and steers its spectrum toward each of the K viewpoints, instead of K STFTs.
+one STFT per clip and steers its spectrum toward each of the K viewpoints, instead of K STFTs. Steering
+leaves W and the energy E unchanged and rotates the intensity vector, so the W log-mel and mel(I/E)
+are computed once per clip too, the latter then rotated per viewpoint.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ class FeatureExtractor:
         self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
         # Each triangle covers few FFT bins, so the product is done per block of bands over just the
         # bins those bands touch: (first band, end band, first bin, end bin), fixed once per extractor.
-        support = mel_filterbank(sample_rate, n_fft, n_mels, scale=mel_scale).T > 0
+        fb = mel_filterbank(sample_rate, n_fft, n_mels, scale=mel_scale, dtype=torch.float64)
+        self._filterbank = fb.T.contiguous()
+        support = self._filterbank > 0
         self._blocks = []
         for start in range(0, n_mels, _MEL_BLOCK):
             bins = support[start : start + _MEL_BLOCK].any(0).nonzero().flatten()
@@ -153,15 +157,8 @@ class FeatureExtractor:
         return self._cache[key]
 
     def filterbank(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """The ``[n_mels, n_fft // 2 + 1]`` mel matrix on ``device``, built on first use there."""
-        return self._cached(
-            "filterbank",
-            device,
-            dtype,
-            lambda: mel_filterbank(
-                self.sample_rate, self.n_fft, self.n_mels, scale=self.mel_scale
-            ).T.contiguous(),
-        )
+        """The ``[n_mels, n_fft // 2 + 1]`` mel matrix on ``device``, copied there on first use."""
+        return self._cached("filterbank", device, dtype, lambda: self._filterbank)
 
     def unnormalised(self) -> FeatureExtractor:
         """A copy without statistics, for computing them (:func:`dataloading.feature_stats.compute_stats`)."""
