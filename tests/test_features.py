@@ -61,6 +61,20 @@ def test_mel_filterbank_matches_independent_reference(scale: str, area_norm: boo
     assert empty.any() == (scale == "htk") == bool(caught)
 
 
+@pytest.mark.parametrize("scale", ["slaney", "htk"])
+def test_mel_filterbank_matches_torchaudio_when_importable(scale: str) -> None:
+    functional = pytest.importorskip("torchaudio.functional")  # a CUDA-only build here: skipped
+    ref = functional.melscale_fbanks(257, 0.0, SR / 2, 128, SR, norm="slaney", mel_scale=scale)
+    ours = mel_filterbank(SR, 512, 128, scale=scale)  # type: ignore[arg-type]
+    torch.testing.assert_close(ours, ref.to(ours.dtype), atol=1e-6, rtol=1e-4)
+
+
+def test_mel_filterbank_matches_librosa_when_importable() -> None:
+    librosa = pytest.importorskip("librosa")
+    ref = librosa.filters.mel(sr=SR, n_fft=512, n_mels=128)  # Slaney scale and area norm by default
+    np.testing.assert_allclose(mel_filterbank(SR, 512, 128).numpy().T, ref, atol=1e-6, rtol=1e-4)
+
+
 def test_mel_scales_known_points_and_inverse() -> None:
     hz = torch.tensor([0.0, 500.0, 1000.0, 4000.0, 11000.0], dtype=torch.float64)
     torch.testing.assert_close(hz_to_mel(torch.tensor([1000.0]), "slaney"), torch.tensor([15.0]))
