@@ -16,8 +16,8 @@ import math
 import torch
 from torch import Tensor
 
-# ACN position of each Cartesian axis: (X, Y, Z) live at channels (3, 1, 2).
-_XYZ = (3, 1, 2)
+#: ACN channel of each Cartesian axis: (X, Y, Z) live at channels (3, 1, 2).
+CARTESIAN_CHANNELS = (3, 1, 2)
 
 #: Virtual-microphone presets: the omni weight p of p·omni + (1 − p)·figure-8.
 #: In 3D at first order the max-rE weighting (g1 = 1/√3) and the supercardioid (maximum front-to-back
@@ -100,7 +100,7 @@ def _foa_matrix(rotation: Tensor) -> Tensor:
     """Embed a Cartesian rotation ``[..., 3, 3]`` acting on (x, y, z) into a 4×4 ACN matrix (W untouched)."""
     out = rotation.new_zeros((*rotation.shape[:-2], 4, 4))
     out[..., 0, 0] = 1.0
-    idx = torch.tensor(_XYZ, device=rotation.device)
+    idx = torch.tensor(CARTESIAN_CHANNELS, device=rotation.device)
     out[..., idx.unsqueeze(-1), idx] = rotation
     return out
 

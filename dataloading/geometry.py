@@ -20,10 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dataloading.foa import broadcast_angles, steering_matrix
-
-# Cartesian (x, y, z) rows/columns of a 4×4 ACN matrix.
-_XYZ = [3, 1, 2]
+from dataloading.foa import CARTESIAN_CHANNELS, broadcast_angles, steering_matrix
 
 
 def equirect_to_direction(x: Tensor | float, y: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -66,7 +63,8 @@ def gnomonic_directions(
     az, el, fov = broadcast_angles(azimuth, elevation, hfov)
     rays = _camera_rays(fov, out_h, out_w, aspect or out_w / out_h)
     # The steering matrix brings (az, el) to the front; its transpose takes camera rays back to the world.
-    rotation = steering_matrix(az, el, dtype=rays.dtype)[..., _XYZ, :][..., _XYZ]
+    xyz = list(CARTESIAN_CHANNELS)
+    rotation = steering_matrix(az, el, dtype=rays.dtype)[..., xyz, :][..., xyz]
     world = torch.einsum("...ji,...hwj->...hwi", rotation, rays)
     x, y, z = world.unbind(-1)
     return torch.atan2(y, x), torch.atan2(z, torch.hypot(x, y))

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dataloading.foa import beam_weights
+from dataloading.foa import beam_weights, direction_vector
 
 Sampler = Literal["random", "audio", "objects", "mix"]
 Directions = tuple[np.ndarray, np.ndarray]
@@ -24,16 +24,11 @@ Directions = tuple[np.ndarray, np.ndarray]
 _DRAWS, _ATTEMPTS = 64, 16
 
 
-def unit_vectors(azimuth: np.ndarray, elevation: np.ndarray) -> np.ndarray:
-    """Unit direction vectors ``[..., 3]`` (x front, y left, z up) for angles in radians."""
-    return np.stack(
-        (np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation), np.sin(elevation)), -1
-    )
-
-
 def angular_distance(az_a: np.ndarray, el_a: np.ndarray, az_b: np.ndarray, el_b: np.ndarray) -> np.ndarray:
     """Great-circle angle in radians between directions (broadcasting)."""
-    dot = (unit_vectors(az_a, el_a) * unit_vectors(az_b, el_b)).sum(-1)
+    a = direction_vector(torch.as_tensor(az_a), torch.as_tensor(el_a))
+    b = direction_vector(torch.as_tensor(az_b), torch.as_tensor(el_b))
+    dot = (a * b).sum(-1).numpy()
     return np.arccos(np.clip(dot, -1.0, 1.0))
 
 
