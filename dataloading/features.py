@@ -5,7 +5,9 @@ Feature sets (channel count C, each ``[F = n_mels, T = frames]``):
 - ``logmel`` (4): log-mel magnitude of W, Y, Z, X.
 - ``logmel_iv`` (7): those plus the mel-pooled normalised intensity vector (Y, Z, X), as in the DCASE
   SELD baseline: I = Re{conj(W)·(Y, Z, X)}, E = |W|² + (|Y|² + |Z|² + |X|²)/3, feature = mel(I/E).
-- ``stereo`` (3): log-mel of back-to-back cardioids L = W + Y, R = W − Y, plus GCC-PHAT of (L, R).
+- ``stereo`` (3): log-mel of back-to-back cardioids L = W + Y, R = W − Y, plus frame-wise GCC-PHAT of
+  (L, R) over the central ``n_mels`` lags, so it stacks with the mel channels (the DCASE baseline's
+  choice; REFERENCE.md's 64 lags is that at 64 mels).
 - ``mono`` (1): log-mel of the front cardioid W + X (the viewpoint, once steered).
 
 Steering and the decoders are linear channel mixes, so they commute with the STFT: the extractor takes
