@@ -231,7 +231,7 @@ class FeatureExtractor:
                 iv = self._mel(intensity / energy.unsqueeze(-3))
                 out[..., 4:, :, :] = _mix(rotation, iv.unsqueeze(-3)).squeeze(-3)
             return out
-        decoder = _DECODERS[self.feature].to(planes)
+        decoder = self._cached("decoder", planes.device, planes.dtype, lambda: _DECODERS[self.feature])
         mixed = _mix(decoder if matrix is None else decoder @ matrix, planes)  # decode after steering
         logmel = _to_db_(self._mel_magnitude(mixed), self.top_db, 3)
         if self.feature == "mono":
