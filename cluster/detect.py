@@ -1,0 +1,404 @@
+"""Viewpoint candidates for a clip: object directions from a detector and sound directions from the FOA.
+
+Detectors never see equirectangular distortion: each sampled frame is resampled into undistorted
+perspective (gnomonic) tiles that cover the sphere, the detector runs on every tile, and each box centre
+is mapped back to (azimuth, elevation). Detections of one label closer than :data:`MERGE_RADIUS` are
+merged across overlapping tiles (the highest score wins).
+
+Built-in detectors ship with their weights (OpenCV's bundled Haar cascades and HOG people model) or need
+none (motion saliency), so nothing is downloaded. ``onnx:PATH`` plugs in a user's COCO detector.
+Angles are radians; times seconds; boxes tile pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from dataloading.features import intensity_doa
+from dataloading.schema import direction_deg
+
+MERGE_RADIUS = math.radians(12.0)
+# Tiles: a ring at the horizon plus two rings toward the poles; 90° tiles overlap their neighbours.
+TILE_FOV = math.radians(90.0)
+TILE_RINGS = ((0.0, 8), (math.radians(55.0), 4), (math.radians(-55.0), 4))  # (elevation, tiles in ring)
+TILE_SCALE = 1.5  # tile pixels per equirect pixel at the tile centre: detectors like objects ≥ 24 px
+MAX_OBJECTS = 16  # per clip, best first
+
+
+@dataclass(frozen=True)
+class Box:
+    """A detection in tile pixels: centre (x, y), size (w, h)."""
+
+    label: str
+    score: float
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detection on the sphere at ``time`` seconds into the clip; ``size`` is its angular width."""
+
+    label: str
+    score: float
+    azimuth: float
+    elevation: float
+    size: float
+    time: float
+    detector: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "score": round(self.score, 4),
+            "direction": direction_deg(self.azimuth, self.elevation),
+            "size_deg": round(math.degrees(self.size), 2),
+            "time_s": round(self.time, 3),
+            "detector": self.detector,
+        }
+
+
+class Detector(Protocol):
+    """Finds objects in one undistorted RGB tile; ``previous`` is the same tile earlier in the clip."""
+
+    name: str
+
+    def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]: ...
+
+
+# ----- geometry --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tile:
+    """A pinhole camera looking at (azimuth, elevation) with a square ``size``-pixel image of ``fov``."""
+
+    azimuth: float
+    elevation: float
+    fov: float
+    size: int
+
+    def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forward, right and up unit vectors (x front, y left, z up)."""
+        ca, sa, ce, se = (
+            math.cos(self.azimuth),
+            math.sin(self.azimuth),
+            math.cos(self.elevation),
+            math.sin(self.elevation),
+        )
+        forward = np.array([ca * ce, sa * ce, se])
+        right = np.array([sa, -ca, 0.0])  # toward decreasing azimuth, as image right is
+        return forward, right, np.cross(right, forward)
+
+    def rays(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Unit directions [..., 3] through tile pixel centres (x, y) (may be fractional)."""
+        focal = self.size / 2 / math.tan(self.fov / 2)
+        forward, right, up = self.basis()
+        u = (np.asarray(x, np.float64) + 0.5 - self.size / 2) / focal
+        v = (np.asarray(y, np.float64) + 0.5 - self.size / 2) / focal
+        d = forward + u[..., None] * right - v[..., None] * up
+        return d / np.linalg.norm(d, axis=-1, keepdims=True)
+
+    def angles(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(azimuth, elevation) in radians of tile pixels (x, y)."""
+        d = self.rays(x, y)
+        return np.arctan2(d[..., 1], d[..., 0]), np.arcsin(np.clip(d[..., 2], -1.0, 1.0))
+
+    def remap(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 source maps for ``cv2.remap`` from a ``width``×``height`` equirect image."""
+        y, x = np.mgrid[0 : self.size, 0 : self.size]
+        az, el = self.angles(x, y)
+        map_x = ((1 - az / math.pi) / 2 * width - 0.5) % width  # φ = (1−2x)π
+        map_y = (0.5 - el / math.pi) * height - 0.5  # ν = (1−2y)π/2
+        return map_x.astype(np.float32), map_y.astype(np.float32)
+
+
+def tiles_for(width: int) -> list[Tile]:
+    """Tiles covering the sphere for an equirect ``width`` pixels wide."""
+    size = max(64, round(width * TILE_FOV / (2 * math.pi) * TILE_SCALE / 8) * 8)
+    return [
+        Tile(2 * math.pi * k / count - math.pi, elevation, TILE_FOV, size)
+        for elevation, count in TILE_RINGS
+        for k in range(count)
+    ]
+
+
+def angular_distance(az1: float, el1: float, az2: float, el2: float) -> float:
+    """Great-circle angle in radians between two directions."""
+    c = math.sin(el1) * math.sin(el2) + math.cos(el1) * math.cos(el2) * math.cos(az1 - az2)
+    return math.acos(max(-1.0, min(1.0, c)))
+
+
+# ----- detectors -------------------------------------------------------------------------------------
+class HaarDetector:
+    """An OpenCV bundled Haar cascade (faces, cat faces); score = the cascade's final stage weight."""
+
+    def __init__(self, label: str, cascade: str, min_neighbors: int = 5) -> None:
+        self.name = f"haar_{label}"
+        self.label = label
+        self.cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, cascade))
+        if self.cascade.empty():
+            raise RuntimeError(f"OpenCV cascade {cascade} not found under {cv2.data.haarcascades}")
+        self.min_neighbors = min_neighbors
+
+    def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
+        gray = cv2.equalizeHist(cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY))
+        rects, _, weights = self.cascade.detectMultiScale3(
+            gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(20, 20), outputRejectLevels=True
+        )
+        return [
+            Box(self.label, float(s), x + w / 2, y + h / 2, w, h)
+            for (x, y, w, h), s in zip(rects, np.ravel(weights), strict=True)
+        ]
+
+
+class HogPeopleDetector:
+    """OpenCV's bundled HOG + linear SVM pedestrian model; score = the SVM margin."""
+
+    name = "hog_person"
+
+    def __init__(self, min_score: float = 0.5) -> None:
+        self.hog = cv2.HOGDescriptor()
+        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.min_score = min_score
+
+    def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
+        if tile.shape[0] < 128:  # the model's window is 64×128
+            return []
+        rects, weights = self.hog.detectMultiScale(tile, winStride=(8, 8), padding=(8, 8), scale=1.1)
+        return [
+            Box("person", float(s), x + w / 2, y + h / 2, w, h)
+            for (x, y, w, h), s in zip(rects, np.ravel(weights), strict=True)
+            if s >= self.min_score
+        ]
+
+
+def _blobs(saliency: np.ndarray, label: str, threshold: float, min_area: float) -> list[Box]:
+    """Boxes around connected regions of ``saliency`` above ``threshold``; score = mean saliency inside."""
+    mask = (saliency > threshold).astype(np.uint8)
+    # an object's response is often broken (edges, texture); closing joins it into one blob
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
+    boxes = []
+    for k in range(1, count):
+        x, y, w, h, area = stats[k]
+        if area >= min_area * mask.size:
+            score = float(saliency[labels == k].mean())
+            boxes.append(Box(label, score, float(x + w / 2), float(y + h / 2), float(w), float(h)))
+    return boxes
+
+
+class SpectralSaliency:
+    """Static saliency by the spectral residual (Hou & Zhang, CVPR 2007): what stands out from the
+    average 1/f spectrum of natural images. Score = mean saliency in the region, in [0, 1]. No weights."""
+
+    name = "saliency"
+
+    def __init__(self, work_size: int = 64, min_area: float = 0.004) -> None:
+        self.work_size = work_size  # the method works at coarse scale; 64 px is the paper's choice
+        self.min_area = min_area  # fraction of the tile
+
+    def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
+        gray = cv2.resize(
+            cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY),
+            (self.work_size, self.work_size),
+            interpolation=cv2.INTER_AREA,
+        )
+        spectrum = np.fft.fft2(gray.astype(np.float64))
+        log_amp = np.log(np.abs(spectrum) + 1e-9)
+        residual = log_amp - cv2.blur(log_amp, (3, 3))
+        saliency = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))) ** 2
+        saliency = cv2.GaussianBlur(saliency, (0, 0), 2.5)
+        saliency = cv2.resize(saliency / max(saliency.max(), 1e-12), tile.shape[1::-1]).astype(np.float32)
+        threshold = max(0.25, float(saliency.mean() + 3 * saliency.std()))
+        return _blobs(saliency, "salient", threshold, self.min_area)
+
+
+class MotionSaliency:
+    """Regions that changed between two frames of the clip (the camera is static in 360° footage).
+
+    Score = mean absolute change in the region / 255. Needs no weights.
+    """
+
+    name = "motion"
+
+    def __init__(self, min_change: float = 12.0, min_area: float = 0.002) -> None:
+        self.min_change = min_change  # grey levels
+        self.min_area = min_area  # fraction of the tile
+
+    def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
+        if previous is None:
+            return []
+        a, b = (cv2.GaussianBlur(cv2.cvtColor(t, cv2.COLOR_RGB2GRAY), (5, 5), 0) for t in (tile, previous))
+        diff = cv2.absdiff(a, b).astype(np.float32) / 255.0
+        threshold = max(self.min_change / 255.0, float(diff.mean() + 3 * diff.std()))
+        return _blobs(diff, "motion", threshold, self.min_area)
+
+
+class OnnxDetector:
+    """A user's ONNX detector (``--detector onnx:PATH``), e.g. a COCO model exported with NMS.
+
+    Contract: one input, float32 ``[1, 3, H, W]`` RGB in [0, 1] (H, W from the model, else the tile);
+    one output ``[N, 6]`` or ``[1, N, 6]`` rows of (x1, y1, x2, y2, score, class id) in input pixels.
+    Class ids are reported as ``class_<id>`` (or the model's ``names`` metadata if present).
+    """
+
+    def __init__(self, path: str, min_score: float = 0.3) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise RuntimeError(
+                "--detector onnx:PATH needs the onnxruntime package (pip install onnxruntime)"
+            ) from exc
+        if not os.path.exists(path):
+            raise RuntimeError(f"ONNX detector not found: {path}")
+        self.name = f"onnx:{os.path.basename(path)}"
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1  # actors scale across cores
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        names = self.session.get_modelmeta().custom_metadata_map.get("names", "")
+        self.names = dict(enumerate(n.strip(" '\"{}") for n in names.split(","))) if names else {}
+        self.min_score = min_score
+
+    def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
+        shape = self.input.shape
+        h, w = (shape[2], shape[3]) if all(isinstance(s, int) for s in shape[2:]) else tile.shape[:2]
+        image = cv2.resize(tile, (w, h)) if (h, w) != tile.shape[:2] else tile
+        blob = (image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        rows = np.asarray(self.session.run(None, {self.input.name: blob})[0]).reshape(-1, 6)
+        sx, sy = tile.shape[1] / w, tile.shape[0] / h
+        return [
+            Box(
+                self.names.get(int(c), f"class_{int(c)}"),
+                float(s),
+                (x1 + x2) / 2 * sx,
+                (y1 + y2) / 2 * sy,
+                (x2 - x1) * sx,
+                (y2 - y1) * sy,
+            )
+            for x1, y1, x2, y2, s, c in rows
+            if s >= self.min_score
+        ]
+
+
+def builtin_detectors() -> list[Detector]:
+    """The detectors that need no download: saliency and motion always; faces, cat faces and people
+    where the installed OpenCV still bundles them (4.x; OpenCV 5 moved Haar and HOG to contrib)."""
+    found: list[Detector] = [SpectralSaliency(), MotionSaliency()]
+    if hasattr(cv2, "CascadeClassifier") and getattr(cv2, "data", None) is not None:
+        for label, cascade in (
+            ("face", "haarcascade_frontalface_default.xml"),
+            ("cat", "haarcascade_frontalcatface_extended.xml"),
+        ):
+            if os.path.exists(os.path.join(cv2.data.haarcascades, cascade)):
+                found.append(HaarDetector(label, cascade))
+    if hasattr(cv2, "HOGDescriptor_getDefaultPeopleDetector"):
+        found.append(HogPeopleDetector())
+    return found
+
+
+def make_detectors(spec: str) -> list[Detector]:
+    """Detectors for ``--detector``: "builtin", "none" or "onnx:PATH"."""
+    if spec == "none":
+        return []
+    if spec == "builtin":
+        return builtin_detectors()
+    if spec.startswith("onnx:"):
+        return [OnnxDetector(spec.removeprefix("onnx:"))]
+    raise ValueError(f"unknown detector {spec!r}; use builtin, none or onnx:PATH")
+
+
+# ----- running them ----------------------------------------------------------------------------------
+class ObjectFinder:
+    """Runs detectors over the perspective tiles of sampled frames and merges their detections."""
+
+    def __init__(self, detectors: Sequence[Detector]) -> None:
+        self.detectors = list(detectors)
+        self._maps: dict[tuple[int, int], list[tuple[Tile, np.ndarray, np.ndarray]]] = {}
+
+    @property
+    def name(self) -> str:
+        return "+".join(d.name for d in self.detectors) or "none"
+
+    def _tiles(self, width: int, height: int) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
+        if (width, height) not in self._maps:  # same size for every clip of a run: build once
+            self._maps[(width, height)] = [(t, *t.remap(width, height)) for t in tiles_for(width)]
+        return self._maps[(width, height)]
+
+    def find(self, frames: Sequence[tuple[float, np.ndarray]]) -> list[Detection]:
+        """Detections in RGB equirect ``frames`` given as (time in seconds, uint8 [H, W, 3]), best first.
+
+        Each frame after the first is compared with the one before it (for motion).
+        """
+        if not self.detectors or not frames:
+            return []
+        height, width = frames[0][1].shape[:2]
+        found: list[Detection] = []
+        for tile, map_x, map_y in self._tiles(width, height):
+            previous = None
+            for time, frame in frames:
+                view = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                for detector in self.detectors:
+                    for box in detector.detect(view, previous):
+                        az, el = tile.angles(np.array(box.x), np.array(box.y))
+                        size = 2 * math.atan(box.w / tile.size * math.tan(tile.fov / 2))
+                        found.append(
+                            Detection(box.label, box.score, float(az), float(el), size, time, detector.name)
+                        )
+                previous = view
+        return merge(found)[:MAX_OBJECTS]
+
+
+def merge(detections: list[Detection], radius: float = MERGE_RADIUS) -> list[Detection]:
+    """Greedy spherical non-maximum suppression per label: keep the best within ``radius`` radians."""
+    kept: list[Detection] = []
+    for d in sorted(detections, key=lambda d: -d.score):
+        if all(
+            k.label != d.label or angular_distance(k.azimuth, k.elevation, d.azimuth, d.elevation) > radius
+            for k in kept
+        ):
+            kept.append(d)
+    return kept
+
+
+# ----- sound directions ------------------------------------------------------------------------------
+def sound_directions(
+    foa: np.ndarray, rate: int, segment_seconds: float = 0.5, floor_db: float = -30.0
+) -> list[dict[str, object]]:
+    """Intensity-vector directions of arrival per ``segment_seconds`` of AmbiX ``foa`` ``[4, N]`` at
+    ``rate`` Hz, for segments within ``floor_db`` of the loudest; JSON entries, loudest first."""
+    n = int(segment_seconds * rate)
+    count = foa.shape[1] // n
+    if count == 0:
+        return []
+    segments = (
+        torch.from_numpy(np.ascontiguousarray(foa[:, : count * n])).reshape(4, count, n).transpose(0, 1)
+    )
+    azimuth, elevation = intensity_doa(segments)
+    energy = segments[:, 0].pow(2).mean(-1)
+    loudest = float(energy.max())
+    if loudest <= 0:
+        return []
+    out = []
+    for k in torch.argsort(energy, descending=True).tolist():
+        level = 10 * math.log10(max(float(energy[k]), 1e-20) / loudest)
+        if level < floor_db:
+            break
+        out.append(
+            {
+                "direction": direction_deg(float(azimuth[k]), float(elevation[k])),
+                "time_s": round(k * segment_seconds, 3),
+                "level_db": round(level, 2),
+            }
+        )
+    return out
