@@ -1,0 +1,164 @@
+"""`avsa preprocess`: raw 360° videos with FOA audio -> WebDataset shards, DALI indexes and a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import replace
+
+import ray
+from rich.console import Console
+from rich.table import Table
+
+from cluster.cli import add_config_arguments
+from cluster.commands.synth import parse_size
+from cluster.preprocess import PreprocessError
+from cluster.preprocess import run as preprocess
+from trainer.config import Config
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+inputs: .mp4/.mkv/.mov equirectangular videos with a 4-channel FOA audio track, or with a
+sidecar STEM.flac/STEM.wav beside them; AmbiX (ACN/SN3D) or FuMa (--input-format, or a
+"fuma" metadata tag under --input-format auto). --input is a folder (searched recursively),
+one video, or a listing: .txt (one URL per line) or .json (a list of URLs).
+
+writes under --output (a local path or s3:// URL):
+  shard-NNNNNN.tar   WebDataset samples KEY.mp4 (VP9, constant fps, short GOP), KEY.flac
+                     (4-channel AmbiX at --audio-rate), KEY.json (source, times, object and
+                     sound directions, detector and scores)
+  shard-NNNNNN.idx   DALI index for fn.readers.webdataset
+  manifest.json      shards (samples, bytes, sha256), every input's status, rejections with
+                     reasons; accepted + rejected = inputs
+
+Re-running the same command skips shards whose checksum matches the manifest and redoes the
+rest. Exit status: 0 if any sample was made, 1 if nothing could be processed, 2 on bad usage.
+
+Ray: joins --ray-address (or $RAY_ADDRESS, as inside `ray job submit`); otherwise starts a
+local Ray for the run. Runs unchanged as
+  ray job submit --working-dir . -- avsa preprocess --input s3://b/raw --output s3://b/shards
+
+examples:
+  avsa preprocess --input .avsa/demo/raw --output .avsa/demo/shards
+  avsa preprocess --input s3://avsa/raw --output s3://avsa/shards --clip-seconds 10 --shard-size 64
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "preprocess",
+        help="turn raw 360° videos with FOA into WebDataset shards on Ray actors",
+        description="Probe, cut, transcode and pack 360° videos with first-order ambisonic audio into "
+        "WebDataset shards with DALI indexes and a manifest, on a pool of Ray actors (one per CPU). "
+        "Resumable; bad inputs are rejected with a reason, never silently dropped.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--input", metavar="URL|LISTING", help="folder, video or listing (default: config)")
+    parser.add_argument("--output", metavar="URL", help="dataset folder, local or s3:// (default: config)")
+    parser.add_argument("--clip-seconds", type=float, metavar="S", help="clip length in seconds (default 10)")
+    parser.add_argument("--shard-size", type=int, metavar="N", help="clips per shard (default 64)")
+    parser.add_argument(
+        "--size", type=parse_size, metavar="WxH", help="output equirect size (default 512x256)"
+    )
+    parser.add_argument("--fps", type=int, help="output frames per second, constant (default 16)")
+    parser.add_argument("--codec", choices=("vp9", "vp8", "mjpeg"), help="video codec (default vp9)")
+    parser.add_argument("--gop", type=int, metavar="N", help="frames between keyframes (default 8)")
+    parser.add_argument("--audio-rate", type=int, metavar="HZ", help="output sample rate (default 24000)")
+    parser.add_argument(
+        "--input-format", choices=("auto", "ambix", "fuma"), help="FOA convention of the inputs"
+    )
+    parser.add_argument(
+        "--detector", metavar="SPEC", help="object detector: builtin (default), none, or onnx:PATH"
+    )
+    parser.add_argument("--workers", type=int, metavar="N", help="actors (default: one per cluster CPU)")
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="Ray cluster to join (default $RAY_ADDRESS; else a local Ray is started)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no live progress line")
+    parser.set_defaults(func=run)
+
+
+def settings(args: argparse.Namespace, cfg: Config) -> Config:
+    """The config with the command-line flags applied over ``cfg.preprocess``."""
+    flags = {
+        "input": args.input,
+        "output": args.output,
+        "clip_seconds": args.clip_seconds,
+        "shard_size": args.shard_size,
+        "video_size": args.size,
+        "fps": args.fps,
+        "codec": args.codec,
+        "gop": args.gop,
+        "audio_rate": args.audio_rate,
+        "input_format": args.input_format,
+        "detector": args.detector,
+        "workers": args.workers,
+    }
+    return replace(
+        cfg, preprocess=replace(cfg.preprocess, **{k: v for k, v in flags.items() if v is not None})
+    )
+
+
+def connect(address: str | None, workers: int) -> None:
+    """Join the Ray cluster at ``address`` (or $RAY_ADDRESS), or start a local one on 127.0.0.1."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        # a dashboard URL (what `ray job submit` wants) cannot be joined by a driver
+        log.warning(
+            "RAY_ADDRESS %s is a dashboard URL; starting a local Ray (use --ray-address HOST:PORT)", address
+        )
+        os.environ.pop("RAY_ADDRESS")
+        address = None
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # a throwaway cluster on loopback; with auth on, Ray writes ~/.ray/auth_token, which then turns on
+        # token auth for every later Ray head on the machine (their dashboards answer 401)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=workers or None, _node_ip_address="127.0.0.1", include_dashboard=False)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    cfg = settings(args, cfg)
+    p = cfg.preprocess
+    try:
+        connect(args.ray_address, p.workers)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        print(f"avsa preprocess: cannot reach Ray at {args.ray_address}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        manifest = preprocess(p.input, p.output, p, cfg.storage, progress=not args.no_progress)
+    except PreprocessError as exc:
+        print(f"avsa preprocess: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
+    summarize(manifest, p.output)
+    return 0 if manifest["totals"]["samples"] > 0 else 1
+
+
+def summarize(manifest: dict, output: str) -> None:
+    """Print the totals and every rejected input with its reason."""
+    console = Console(stderr=True)
+    totals, run = manifest["totals"], manifest["run"]
+    rate = totals["samples"] / run["seconds"] if run["seconds"] else 0.0
+    console.print(
+        f"[bold]{totals['accepted']}[/bold] of {totals['inputs']} inputs accepted, "
+        f"{totals['rejected']} rejected; {totals['samples']} clips in {totals['shards']} shards "
+        f"({totals['bytes'] / 1e6:.1f} MB) in {run['seconds']:.1f} s ({rate:.2f} clips/s) -> {output}"
+    )
+    console.print("shards this run: " + ", ".join(f"{n} {s}" for s, n in run["shards"].items()))
+    rejected = {u: e for u, e in manifest["inputs"].items() if e["status"] == "rejected"}
+    if rejected:
+        table = Table("rejected input", "reason")
+        for url, entry in rejected.items():
+            table.add_row(url, entry["reason"])
+        console.print(table)

@@ -1,0 +1,395 @@
+"""Raw 360° videos with FOA -> WebDataset shards + DALI indexes + manifest.json, on a pool of Ray actors.
+
+1. List the inputs (a folder, one file, or a manifest listing URLs), probe each on the pool;
+   inputs that cannot be used are rejected with a reason.
+2. Plan: the clips of the accepted inputs, in URL order, cut into shards of ``shard_size`` clips.
+   The plan is a function of the inputs and settings only, so re-runs are idempotent.
+3. Each actor owns whole shards: transcode, find viewpoint candidates, write the tar and its index,
+   upload both atomically. A shard already in the manifest whose tar still has the recorded checksum
+   is skipped; anything else is (re)made. An actor that dies is restarted by Ray and its shard redone.
+4. The driver records each finished shard in ``manifest.json`` (rewritten atomically) as it goes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from cluster.detect import ObjectFinder, make_detectors, sound_directions
+from dataloading.config import PreprocessConfig, StorageConfig
+from dataloading.schema import (
+    INPUT_ACCEPTED,
+    INPUT_REJECTED,
+    MANIFEST_NAME,
+    VIDEO_SUFFIXES,
+    manifest_totals,
+    new_manifest,
+    sample_json,
+    sample_key,
+    shard_name,
+    source_id,
+)
+from dataloading.shardwriter import ShardWriter, sha256_url
+from dataloading.storage import TEMP_MARK, filesystem, join, storage_options, write_bytes_atomic
+from dataloading.transcode import InputError, Probe, probe, transcode
+
+log = logging.getLogger(__name__)
+
+MANIFEST_LIST_SUFFIXES = (".txt", ".json")
+DETECT_FRAMES = 2  # frames per clip given to the detectors (the second also gives motion)
+ACTOR_MAX_RESTARTS = 4
+MANIFEST_EVERY_S = 2.0  # seconds between manifest rewrites while shards finish
+
+
+class PreprocessError(RuntimeError):
+    """The run cannot start (bad arguments, unreadable input listing, incompatible output)."""
+
+
+# ----- inputs and plan ---------------------------------------------------------------------------
+def _url(fs: Any, path: str, like: str) -> str:
+    """A path from ``fs`` as a URL in the same scheme as ``like``."""
+    return f"{like.split('://', 1)[0]}://{path}" if "://" in like else path
+
+
+def list_inputs(spec: str, storage: StorageConfig | None = None) -> list[str]:
+    """Input URLs, sorted: every video under a folder, a single video, or a listing file
+    (``.txt``: one URL per line, ``#`` comments; ``.json``: a list or ``{"inputs": [...]}``)."""
+    fs, path = filesystem(spec, storage)
+    if spec.lower().endswith(MANIFEST_LIST_SUFFIXES):
+        try:
+            text = fs.cat_file(path).decode()
+        except Exception as exc:
+            raise PreprocessError(f"cannot read input listing {spec}: {exc}") from exc
+        if spec.lower().endswith(".json"):
+            data = json.loads(text)
+            urls = data["inputs"] if isinstance(data, dict) else data
+        else:
+            urls = [line.strip() for line in text.splitlines()]
+        return sorted({u for u in urls if u and not u.startswith("#")})
+    if fs.isdir(path):
+        found = fs.find(path)
+        return sorted(
+            _url(fs, p, spec) for p in found if p.lower().endswith(VIDEO_SUFFIXES) and TEMP_MARK not in p
+        )
+    if fs.exists(path):
+        return [spec]
+    raise PreprocessError(f"input {spec} does not exist")
+
+
+@dataclass
+class ShardPlan:
+    """Shard ``name`` holds clips ``(input URL, clip index)`` in this order."""
+
+    name: str
+    clips: list[tuple[str, int]] = field(default_factory=list)
+
+    def keys(self) -> list[str]:
+        return [sample_key(source_id(url), i) for url, i in self.clips]
+
+
+def plan_shards(probes: dict[str, Probe], clip_seconds: float, shard_size: int) -> list[ShardPlan]:
+    """Cut the clips of ``probes`` (in URL order) into shards of ``shard_size`` clips."""
+    clips = [(url, i) for url in sorted(probes) for i in range(len(probes[url].clip_starts(clip_seconds)))]
+    return [
+        ShardPlan(shard_name(k), clips[k * shard_size : (k + 1) * shard_size])
+        for k in range(math.ceil(len(clips) / shard_size))
+    ]
+
+
+def settings_of(cfg: PreprocessConfig) -> dict[str, Any]:
+    """The settings that determine the samples (a resumed run must match them)."""
+    keys = ("clip_seconds", "shard_size", "fps", "codec", "gop", "audio_rate", "input_format", "detector")
+    return {k: getattr(cfg, k) for k in keys} | {"video_size": list(cfg.video_size)}
+
+
+# ----- the actor -------------------------------------------------------------------------------------
+class PreprocessWorker:
+    """Probes inputs and makes whole shards. Runs as a Ray actor (see :func:`worker_class`)."""
+
+    def __init__(self, cfg: PreprocessConfig, storage: StorageConfig) -> None:
+        self.cfg, self.storage = cfg, storage
+        self.finder = ObjectFinder(make_detectors(cfg.detector))
+        n = round(cfg.clip_seconds * cfg.fps)
+        # detection frames spread over the clip (a quarter in from each end): far enough apart for motion
+        self.keep = sorted({round(n * (k + 1) / (DETECT_FRAMES + 1)) for k in range(DETECT_FRAMES)})
+
+    def probe(self, url: str) -> Probe | str:
+        """The probe of ``url``, or the reason it is rejected."""
+        try:
+            return probe(url, self.cfg, self.storage)
+        except InputError as exc:
+            return str(exc)
+        except Exception as exc:  # an unexpected failure still only rejects this input
+            return f"probe failed: {type(exc).__name__}: {exc}"
+
+    def make_shard(
+        self, plan: ShardPlan, probes: dict[str, Probe], output: str, expected_sha: str | None
+    ) -> dict[str, Any]:
+        """Write shard ``plan`` under ``output`` unless it is already there with ``expected_sha``."""
+        started = time.perf_counter()
+        stem = join(output, plan.name)
+        if expected_sha and sha256_url(f"{stem}.tar", self.storage) == expected_sha:
+            return {"name": plan.name, "status": "skipped", "pid": os.getpid()}
+        written: dict[str, list[int]] = {}
+        failed: dict[str, str] = {}
+        by_input: dict[str, list[int]] = {}
+        for url, i in plan.clips:
+            by_input.setdefault(url, []).append(i)
+        with ShardWriter(tempfile.gettempdir()) as writer:
+            for url, indices in by_input.items():
+                try:
+                    for clip in transcode(probes[url], indices, self.cfg, self.keep, self.storage):
+                        key = sample_key(source_id(url), clip.index)
+                        writer.add(
+                            key,
+                            {
+                                "mp4": clip.mp4,
+                                "flac": clip.flac,
+                                "json": self._json(key, url, probes[url], clip),
+                            },
+                        )
+                        written.setdefault(url, []).append(clip.index)
+                except Exception as exc:  # this input's remaining clips are lost; the others go on
+                    failed[url] = f"transcode failed: {type(exc).__name__}: {exc}"
+                    log.warning("%s: %s", url, failed[url])
+            info = asdict(writer.publish(stem, self.storage)) if writer.keys else None
+        return {
+            "name": plan.name,
+            "status": "written" if info else "empty",
+            "info": info,
+            "written": written,
+            "failed": failed,
+            "pid": os.getpid(),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def _json(self, key: str, url: str, source: Probe, clip: Any) -> bytes:
+        frames = [(i / self.cfg.fps, clip.frames[i]) for i in self.keep if i in clip.frames]
+        objects = [d.as_json() for d in self.finder.find(frames)]
+        meta = sample_json(
+            key=key,
+            source_url=url,
+            start=clip.start,
+            duration=self.cfg.clip_seconds,
+            fps=self.cfg.fps,
+            video_size=self.cfg.video_size,
+            codec=self.cfg.codec,
+            audio_rate=self.cfg.audio_rate,
+            input_format=source.input_format,
+            objects=objects,
+            detector=self.finder.name,
+            sounds=sound_directions(clip.audio, self.cfg.audio_rate),
+        )
+        return json.dumps(meta, sort_keys=True).encode()
+
+
+def worker_class() -> Any:
+    """:class:`PreprocessWorker` as a Ray actor: one CPU, restarted (its task retried) if it dies."""
+    options = {"num_cpus": 1, "max_restarts": ACTOR_MAX_RESTARTS, "max_task_retries": ACTOR_MAX_RESTARTS}
+    return ray.remote(**options)(PreprocessWorker)
+
+
+# ----- the driver ------------------------------------------------------------------------------------
+def resolved_storage(storage: StorageConfig | None, url: str) -> StorageConfig:
+    """Storage settings with the driver's environment folded in, so actors need no AWS env of their own."""
+    storage = storage or StorageConfig()
+    options = storage_options(url if url.startswith("s3") else "s3://x", storage)
+    return StorageConfig(
+        endpoint_url=options.get("endpoint_url"),
+        access_key_id=options.get("key"),
+        secret_access_key=options.get("secret"),
+        region=options.get("client_kwargs", {}).get("region_name"),
+    )
+
+
+def read_manifest(output: str, storage: StorageConfig) -> dict[str, Any] | None:
+    fs, path = filesystem(join(output, MANIFEST_NAME), storage)
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+
+@dataclass
+class Progress:
+    """The live progress line: videos, clips, shards, throughput (clips/s) and ETA."""
+
+    videos: int
+    clips: int
+    shards: int
+    bar: Any = None
+    done_shards: int = 0
+    done_clips: int = 0
+
+    def __post_init__(self) -> None:
+        self.bar = tqdm(
+            total=self.clips, unit="clip", desc="avsa preprocess", dynamic_ncols=True, mininterval=1.0
+        )
+        self.update(0, 0)
+
+    def update(self, clips: int, shards: int) -> None:
+        self.done_clips += clips
+        self.done_shards += shards
+        self.bar.set_postfix_str(
+            f"videos={self.videos} shards={self.done_shards}/{self.shards}", refresh=False
+        )
+        self.bar.update(clips)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(
+    input_spec: str,
+    output: str,
+    cfg: PreprocessConfig,
+    storage: StorageConfig | None = None,
+    progress: bool = True,
+    on_shard: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Preprocess ``input_spec`` into ``output`` on the connected Ray cluster; returns the manifest.
+
+    ``on_shard`` is called with each shard result as it arrives (tests use it to inject faults).
+    """
+    started = time.time()
+    storage = resolved_storage(storage, output if output.startswith("s3") else input_spec)
+    settings = settings_of(cfg) | {"input": input_spec}
+    previous = read_manifest(output, storage)
+    if previous and previous["settings"] != settings:
+        raise PreprocessError(
+            f"{output} holds a dataset made with other settings ({previous['settings']}); "
+            "use another --output or the same settings"
+        )
+    urls = list_inputs(input_spec, storage)
+    if not urls:
+        raise PreprocessError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found in {input_spec}")
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    size = max(1, min(cfg.workers or cpus, len(urls)))
+    actor_class = worker_class()
+    pool = [actor_class.remote(cfg, storage) for _ in range(size)]
+    log.info("%d inputs, %d actors on %d cluster CPUs", len(urls), size, cpus)
+
+    manifest = new_manifest(settings)
+    found = ray.get([pool[k % size].probe.remote(u) for k, u in enumerate(urls)])
+    probes = {u: p for u, p in zip(urls, found, strict=True) if isinstance(p, Probe)}
+    for url, result in zip(urls, found, strict=True):
+        if isinstance(result, Probe):
+            entry = {"status": INPUT_ACCEPTED, "reason": None, "duration_s": round(result.duration, 3)}
+            manifest["inputs"][url] = entry | {"clips": 0, "shards": [], "failed_clips": 0}
+        else:
+            manifest["inputs"][url] = {"status": INPUT_REJECTED, "reason": result}
+            log.warning("rejected %s: %s", url, result)
+    plans = plan_shards(probes, cfg.clip_seconds, cfg.shard_size)
+    recorded = (previous or {}).get("shards", {})
+
+    bar = Progress(len(probes), sum(len(p.clips) for p in plans), len(plans)) if progress else None
+    last_write = time.monotonic()
+
+    statuses: list[str] = []
+
+    def finished(plan: ShardPlan, result: dict[str, Any]) -> None:
+        nonlocal last_write
+        statuses.append(result["status"])
+        _record(manifest, plan, result, recorded)
+        if bar:
+            bar.update(len(plan.clips), 1)
+        if time.monotonic() - last_write > MANIFEST_EVERY_S:  # a killed driver loses little on resume
+            _write_manifest(manifest, output, storage)
+            last_write = time.monotonic()
+        if on_shard:
+            on_shard(result)
+
+    _run_shards(pool, plans, probes, output, recorded, finished)
+    if bar:
+        bar.close()
+    for entry in manifest["inputs"].values():
+        if entry["status"] != INPUT_ACCEPTED:
+            continue
+        entry["shards"].sort()
+        if entry["clips"] == 0:  # none of its clips made it: the input is rejected after all
+            entry["status"], entry["reason"] = (
+                INPUT_REJECTED,
+                entry.pop("error", None) or "no clip could be made",
+            )
+    manifest["run"] = {
+        "started": started,
+        "seconds": round(time.time() - started, 3),
+        "actors": size,
+        "shards": {s: sum(1 for r in statuses if r == s) for s in sorted(set(statuses))},
+    }
+    _write_manifest(manifest, output, storage)
+    for actor in pool:
+        ray.kill(actor)
+    return manifest
+
+
+def _write_manifest(manifest: dict[str, Any], output: str, storage: StorageConfig) -> None:
+    manifest["shards"] = dict(sorted(manifest["shards"].items()))
+    manifest["totals"] = manifest_totals(manifest)
+    write_bytes_atomic(join(output, MANIFEST_NAME), json.dumps(manifest, indent=1).encode(), storage)
+
+
+def _run_shards(
+    pool: list[Any],
+    plans: list[ShardPlan],
+    probes: dict[str, Probe],
+    output: str,
+    recorded: dict[str, Any],
+    finished: Callable[[ShardPlan, dict[str, Any]], None],
+) -> None:
+    """Give each idle actor the next shard until all are done; ``finished`` gets each result."""
+    queue = list(range(len(plans)))
+    running: dict[Any, tuple[int, Any]] = {}
+    idle = list(pool)
+    while queue or running:
+        while queue and idle:
+            k, actor = queue.pop(0), idle.pop(0)
+            plan = plans[k]
+            known = recorded.get(plan.name, {})
+            sha = known.get("sha256") if known.get("keys") == plan.keys() else None
+            ref = actor.make_shard.remote(plan, {u: probes[u] for u, _ in plan.clips}, output, sha)
+            running[ref] = (k, actor)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        k, actor = running.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:  # Ray's retries are exhausted: record it, the run goes on
+            result = {"name": plans[k].name, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            log.error("shard %s failed: %s", plans[k].name, result["error"])
+        idle.append(actor)
+        finished(plans[k], result)
+
+
+def _record(
+    manifest: dict[str, Any], plan: ShardPlan, result: dict[str, Any], recorded: dict[str, Any]
+) -> None:
+    """Fold one shard result into the manifest: the shard's record and its inputs' clip counts."""
+    if result["status"] == "skipped":
+        info = recorded[plan.name]
+    elif result["status"] == "written":
+        info = result["info"] | {"inputs": {u: len(c) for u, c in sorted(result["written"].items())}}
+    else:
+        info = None
+    if info:
+        manifest["shards"][plan.name] = info
+    planned: dict[str, int] = {}
+    for url, _ in plan.clips:
+        planned[url] = planned.get(url, 0) + 1
+    for url, count in planned.items():
+        entry = manifest["inputs"][url]
+        made = (info or {}).get("inputs", {}).get(url, 0)
+        entry["clips"] += made
+        entry["failed_clips"] += count - made
+        if made:
+            entry["shards"].append(plan.name)
+        reason = result.get("failed", {}).get(url) or result.get("error")
+        if reason:
+            entry.setdefault("error", reason)
