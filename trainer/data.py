@@ -1,0 +1,164 @@
+"""What the trainer needs from a data loader, and a deterministic synthetic source of batches.
+
+The trainer is written against :class:`BatchSource`, a small protocol: the real loader
+(:mod:`dataloading`) and :class:`SyntheticSource` (tests, benchmarks, ``--data.url synthetic://``)
+both satisfy it. Resuming needs only ``state_dict``/``load_state_dict``: the position inside the
+epoch, so a resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from dataloading.config import DataConfig
+from dataloading.features import CHANNELS
+
+SYNTHETIC_SCHEME = "synthetic://"
+
+# Config overrides for CPU-sized synthetic runs (tests, `python -m bench train`, quick demos):
+# B=4 clips × K=2 viewpoints, 4 frames of 32×32 pixels, 32 mels × 33 frames (0.32 s) of audio.
+TINY = {
+    "model.preset": "tiny",
+    "data.url": SYNTHETIC_SCHEME,
+    "data.batch_size": 4,
+    "data.viewpoints": 2,
+    "data.frames": 4,
+    "data.crop_size": 32,
+    "data.n_mels": 32,
+    "data.audio_seconds": 0.32,
+}
+
+
+@dataclass
+class Batch:
+    """One rank's batch of B clips × K viewpoints.
+
+    video: ``[B, K, 3, T, H, W]`` float crops; audio: ``[B, K, C, F, T']`` steered-FOA features
+    (C channels, F mels, T' frames); directions: ``[B, K, 2]`` (azimuth, elevation) in radians;
+    meta: per-clip information for logging (keys, shard names), never used by the model.
+    """
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    directions: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """An epoch-structured, resumable stream of :class:`Batch` for one rank.
+
+    ``set_epoch(e)`` then iterating yields epoch ``e``'s batches, the same number on every rank
+    (``len(source)``, so no rank waits in a collective for a peer that ran out). If the source was
+    positioned inside epoch ``e`` by ``load_state_dict``, iteration continues from there.
+    ``state_dict()`` describes the position after the last batch handed out.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def audio_frames(data: DataConfig) -> int:
+    """STFT frames per viewpoint's audio (centred STFT: one frame per hop plus one)."""
+    return round(data.audio_seconds * data.sample_rate) // data.hop + 1
+
+
+class SyntheticSource:
+    """Random batches with a learnable audio↔video relation, deterministic in (seed, epoch, rank, index).
+
+    Each (clip, viewpoint) has a latent ``z = clip latent + viewpoint latent`` (``latent_dim``
+    numbers). The video crop and the audio features are two different fixed random linear maps of
+    ``z`` plus independent noise. So matching audio to video within a batch (AVC) is learnable from
+    the clip part and telling a clip's viewpoints apart (AVSA) from the viewpoint part; a model
+    that learned nothing scores chance: 1 / (global batch) on AVC, 1 / K on AVSA.
+    """
+
+    def __init__(
+        self,
+        data: DataConfig,
+        batches_per_epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        latent_dim: int = 8,
+        noise: float = 0.2,
+    ) -> None:
+        self.data, self.batches_per_epoch = data, batches_per_epoch
+        self.rank, self.world_size = rank, world_size
+        self.noise = noise
+        self.epoch, self.index = 0, 0
+        d = data
+        self.video_shape = (3, d.frames, d.crop_size, d.crop_size)
+        self.audio_shape = (CHANNELS[d.feature], d.n_mels, audio_frames(d))
+        # The maps depend on the seed only: the relation to learn is the same in every epoch and rank.
+        g = self._generator()
+        self.video_map = torch.randn(latent_dim, int(np.prod(self.video_shape)), generator=g)
+        self.audio_map = torch.randn(latent_dim, int(np.prod(self.audio_shape)), generator=g)
+        self.latent_dim = latent_dim
+
+    def _generator(self, *key: int) -> torch.Generator:
+        """A generator seeded by (data.seed, *key); SeedSequence mixes the words, so nearby keys
+        give unrelated streams."""
+        words = [self.data.seed, *key]
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1)[0]))
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.index = epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def __iter__(self) -> Iterator[Batch]:
+        while self.index < self.batches_per_epoch:
+            batch = self.batch(self.epoch, self.index)
+            self.index += 1
+            yield batch
+
+    def batch(self, epoch: int, index: int) -> Batch:
+        """This rank's ``index``-th batch of ``epoch`` (a pure function of its arguments and the seed)."""
+        b, k, scale = self.data.batch_size, self.data.viewpoints, self.latent_dim**-0.5
+        g = self._generator(epoch, self.rank, index)
+        z = torch.randn(b, 1, self.latent_dim, generator=g) + torch.randn(b, k, self.latent_dim, generator=g)
+        z = z * scale  # keeps the signal's per-element variance ~2 whatever latent_dim is
+        video = z @ self.video_map + self.noise * torch.randn(b, k, self.video_map.shape[1], generator=g)
+        audio = z @ self.audio_map + self.noise * torch.randn(b, k, self.audio_map.shape[1], generator=g)
+        azimuth = (torch.rand(b, k, generator=g) * 2 - 1) * torch.pi
+        elevation = (torch.rand(b, k, generator=g) * 2 - 1) * np.deg2rad(self.data.max_elevation_deg)
+        return Batch(
+            video=video.view(b, k, *self.video_shape),
+            audio=audio.view(b, k, *self.audio_shape),
+            directions=torch.stack([azimuth, elevation], dim=-1),
+            meta={"key": [f"synthetic/e{epoch}/r{self.rank}/b{index}/c{i}" for i in range(b)]},
+        )
+
+
+def make_source(data: DataConfig, batches_per_epoch: int, rank: int, world_size: int) -> BatchSource:
+    """The batch source named by ``data.url``: ``synthetic://`` or a dataset URL for the real loader.
+
+    ``batches_per_epoch`` (``train.steps_per_epoch``) is required for synthetic data, which has no
+    natural epoch; for a dataset 0 means one pass.
+    """
+    if data.url.startswith(SYNTHETIC_SCHEME):
+        return SyntheticSource(data, batches_per_epoch or 16, rank, world_size)
+    raise NotImplementedError(
+        f"data.url={data.url!r}: the shard loader (dataloading.loader) is not available yet; "
+        f"use --data.url {SYNTHETIC_SCHEME} for synthetic batches"
+    )

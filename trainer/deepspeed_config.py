@@ -1,0 +1,71 @@
+"""The DeepSpeed config dict, generated from our typed :class:`trainer.config.Config`.
+
+DeepSpeed is configured by one JSON-like dict; building it here keeps the typed config the single
+source of truth (``--train.zero_stage 2`` on the command line, never a hand-edited ds_config.json).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from trainer.config import Config
+
+Precision = Literal["fp32", "bf16"]
+
+# DeepSpeed prints a line every `steps_per_print` steps; our loop logs its own metrics.
+_NEVER = 2**31 - 1
+
+
+def resolve_precision(precision: str, device_type: str) -> Precision:
+    """``auto`` → bf16 on a GPU, fp32 elsewhere (CPU bf16 kernels are slower than fp32 ones)."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16; got {precision!r}")
+    return precision  # type: ignore[return-value]
+
+
+def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
+    """DeepSpeed config for one data-parallel rank of batch ``cfg.data.batch_size`` clips.
+
+    Optimiser: Adam with L2 weight decay as in the paper (``adam_w_mode: False``: DeepSpeed's "Adam"
+    is AdamW unless told otherwise), the torch implementation (``torch_adam``) so no CUDA kernel has
+    to be JIT-built; DeepSpeedCPUAdam would only pay off with optimizer offload, which we do not use.
+    Schedule: linear warm-up over ``train.warmup_steps`` to ``train.lr``, then constant (the paper's
+    constant rate); no scheduler at all when there is no warm-up.
+    """
+    t = cfg.train
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"train.zero_stage must be 0, 1, 2 or 3; got {t.zero_stage}")
+    precision = resolve_precision(t.precision, device_type)
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": 1,
+        "steps_per_print": _NEVER,
+        "wall_clock_breakdown": False,
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "gradient_clipping": t.grad_clip,
+        "optimizer": {
+            "type": "Adam",
+            "params": {
+                "lr": t.lr,
+                "weight_decay": t.weight_decay,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "adam_w_mode": False,
+                "torch_adam": True,
+            },
+        },
+    }
+    if t.warmup_steps > 0:
+        ds["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": t.lr,
+                "warmup_num_steps": t.warmup_steps,
+                "warmup_type": "linear",
+            },
+        }
+    return ds
