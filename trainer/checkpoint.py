@@ -1,0 +1,208 @@
+"""Checkpoints to any storage URL (local or ``s3://``), saved by every rank, resumed exactly.
+
+Layout under ``train.checkpoint_url`` (the *root*)::
+
+    ROOT/latest                      the newest complete tag, e.g. "step_00001000" (written last)
+    ROOT/step_00001000/              one folder (*tag*) per save
+        mp_rank_00_model_states.pt   DeepSpeed: module weights and buffers (+ scheduler)
+        zero_pp_rank_R_...optim_states.pt   DeepSpeed: rank R's ZeRO optimizer partition
+        rank_R.pt                    ours: rank R's RNG states (python, numpy, torch) and loader position
+        config.yaml                  the resolved config of the run
+        meta.json                    step, epoch, world size, MLflow run id, files (written after them)
+
+Each rank has DeepSpeed write its files into a private local staging folder, then uploads each file
+atomically (:func:`dataloading.storage.upload_atomic`); after a barrier rank 0 writes ``meta.json``
+and then the ``latest`` pointer. A run killed at any moment therefore leaves ``latest`` naming a
+complete checkpoint, and a half-written tag is simply overwritten by the next save of that step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dataloading.config import StorageConfig
+from dataloading.storage import filesystem, join, upload_atomic, write_bytes_atomic
+from trainer.config import Config
+from trainer.data import BatchSource
+from trainer.typed_config import dump_yaml
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+META = "meta.json"
+CONFIG = "config.yaml"
+
+
+def tag_for_step(step: int) -> str:
+    """Tags sort in step order: ``step_00001000``."""
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from (dropout, augmentation in this process)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def read_text(url: str, storage: StorageConfig | None = None) -> str | None:
+    """The text at ``url``, or None if there is no such object."""
+    fs, path = filesystem(url, storage)
+    try:
+        return fs.cat_file(path).decode()
+    except FileNotFoundError:
+        return None
+
+
+def resolve(resume: str, root: str, storage: StorageConfig | None = None) -> str | None:
+    """The tag URL to resume from.
+
+    ``resume`` is ``latest`` (the root's newest checkpoint; an error if there is none), ``auto``
+    (the same, but None when the root has no checkpoint yet: a fresh start) or a URL: either a tag
+    folder or a root, whose ``latest`` is then followed.
+    """
+    if resume in ("latest", "auto"):
+        tag = read_text(join(root, LATEST), storage)
+        if tag is None and resume == "latest":
+            raise FileNotFoundError(f"--resume latest: no checkpoint under {root} ({LATEST} is missing)")
+        return join(root, tag.strip()) if tag is not None else None
+    if read_text(join(resume, META), storage) is not None:
+        return resume
+    tag = read_text(join(resume, LATEST), storage)
+    if tag is None:
+        raise FileNotFoundError(f"--resume {resume}: neither a checkpoint ({META}) nor a root ({LATEST})")
+    return join(resume, tag.strip())
+
+
+def read_meta(tag_url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
+    text = read_text(join(tag_url, META), storage)
+    if text is None:
+        raise FileNotFoundError(f"{tag_url} is not a complete checkpoint: {META} is missing")
+    return json.loads(text)
+
+
+def download(tag_url: str, local_dir: str, storage: StorageConfig | None = None) -> None:
+    """Copy every file of a checkpoint tag into ``local_dir``.
+
+    Every rank takes the whole tag, not only the files it will read: which files DeepSpeed reads
+    depends on the ZeRO stage and the world size, and the optimizer partitions are small next to
+    the time a training run takes to reach a checkpoint.
+    """
+    fs, path = filesystem(tag_url, storage)
+    os.makedirs(local_dir, exist_ok=True)
+    for remote in fs.ls(path, detail=False):
+        fs.get(remote, os.path.join(local_dir, remote.rstrip("/").rsplit("/", 1)[-1]))
+
+
+@dataclass
+class Resumed:
+    """What a loaded checkpoint tells the training loop."""
+
+    url: str
+    step: int
+    run_id: str | None
+
+
+class Checkpointer:
+    """Save and load training state for one rank; every rank must call :meth:`save` and :meth:`load`."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.root = cfg.train.checkpoint_url
+        self.storage = cfg.storage
+
+    def save(self, engine: Any, step: int, epoch: int, source: BatchSource, run_id: str | None) -> str:
+        """Write the state after ``step`` optimizer steps; returns the tag URL once it is committed."""
+        tag = tag_for_step(step)
+        url = join(self.root, tag)
+        staging = tempfile.mkdtemp(prefix=f"avsa-ckpt-r{self.rank}-")
+        try:
+            local = os.path.join(staging, tag)
+            engine.save_checkpoint(staging, tag=tag, save_latest=False)
+            own = {"rng": rng_state(), "source": source.state_dict(), "step": step}
+            torch.save(own, os.path.join(local, f"rank_{self.rank}.pt"))
+            if self.rank == 0:
+                with open(os.path.join(local, CONFIG), "w") as fh:
+                    fh.write(dump_yaml(self.cfg))
+            files = sorted(os.listdir(local))
+            for name in files:
+                upload_atomic(os.path.join(local, name), join(url, name), self.storage)
+            everyone = all_gather_object(files, self.world_size)
+            if self.rank == 0:
+                meta = {
+                    "step": step,
+                    "epoch": epoch,
+                    "world_size": self.world_size,
+                    "run_id": run_id,
+                    "files": sorted({f for rank_files in everyone for f in rank_files}),
+                }
+                write_bytes_atomic(join(url, META), json.dumps(meta, indent=1).encode(), self.storage)
+                write_bytes_atomic(join(self.root, LATEST), tag.encode(), self.storage)
+            barrier()  # save() returning on any rank means the checkpoint is committed
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if self.rank == 0:
+            log.info("checkpoint step %d -> %s", step, url)
+        return url
+
+    def load(self, engine: Any, tag_url: str, source: BatchSource) -> Resumed:
+        """Restore engine, RNG and loader state saved at ``tag_url`` by a run of the same world size."""
+        meta = read_meta(tag_url, self.storage)
+        if meta["world_size"] != self.world_size:
+            # ZeRO could re-partition the optimizer, but each rank's loader position and RNG streams
+            # belong to that rank: continuing "as if never interrupted" needs the same ranks.
+            raise ValueError(
+                f"{tag_url} was saved by {meta['world_size']} ranks; this run has {self.world_size}"
+            )
+        tag = tag_url.rstrip("/").rsplit("/", 1)[-1]
+        staging = tempfile.mkdtemp(prefix=f"avsa-resume-r{self.rank}-")
+        try:
+            download(tag_url, os.path.join(staging, tag), self.storage)
+            path, _ = engine.load_checkpoint(staging, tag=tag)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint at {tag_url}")
+            # Our own file, written by save(): it holds numpy RNG state, which weights_only refuses.
+            own = torch.load(os.path.join(staging, tag, f"rank_{self.rank}.pt"), weights_only=False)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        set_rng_state(own["rng"])
+        source.load_state_dict(own["source"])
+        return Resumed(url=tag_url, step=int(meta["step"]), run_id=meta.get("run_id"))
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if distributed():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any, world_size: int) -> list[Any]:
+    """``obj`` from every rank, in rank order (just ``[obj]`` without a process group)."""
+    if not distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,151 @@
+"""Export trained encoders for fine-tuning: fp32 safetensors + a config, loadable without DeepSpeed.
+
+Output folder (any storage URL)::
+
+    audio_encoder.safetensors   AudioEncoder weights and BN buffers (fp32)
+    video_encoder.safetensors   VideoEncoder weights and BN buffers (fp32)
+    config.json                 what rebuilds them: trunk sizes, audio feature settings, provenance
+
+:func:`export` consolidates the ZeRO partitions of a checkpoint (``deepspeed.utils.zero_to_fp32``)
+and registers the folder as an MLflow model version. :func:`load_audio_encoder` needs only torch and
+safetensors: DeepSpeed is imported inside :func:`consolidated_state_dict`, never at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+from torch import nn
+
+from dataloading.config import StorageConfig
+from dataloading.storage import filesystem, join, upload_atomic
+from trainer.checkpoint import CONFIG, download, read_meta, resolve
+from trainer.config import Config, load_config
+from trainer.models import PRESETS, AudioEncoder, VideoEncoder
+from trainer.typed_config import to_dict
+
+Encoder = Literal["audio", "video"]
+FORMAT_VERSION = 1
+# Audio feature settings a fine-tuning pipeline must reproduce to feed the audio encoder.
+FEATURE_KEYS = ("feature", "sample_rate", "n_fft", "hop", "n_mels", "mel_scale", "top_db", "audio_seconds")
+
+
+def consolidated_state_dict(
+    tag_url: str, storage: StorageConfig | None = None
+) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:
+    """The full fp32 model state (parameters and buffers) of the checkpoint at ``tag_url``, with its
+    resolved config and metadata. ZeRO partitions are merged; a stage-0 fp32 checkpoint already
+    holds the full module."""
+    tag = tag_url.rstrip("/").rsplit("/", 1)[-1]
+    with tempfile.TemporaryDirectory(prefix="avsa-export-") as tmp:
+        local = os.path.join(tmp, tag)
+        download(tag_url, local, storage)
+        cfg = load_config(os.path.join(local, CONFIG))
+        if any(name.endswith("optim_states.pt") for name in os.listdir(local)):
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
+        else:
+            # Written by DeepSpeed itself; its pickles hold more than tensors.
+            saved = torch.load(os.path.join(local, "mp_rank_00_model_states.pt"), weights_only=False)
+            state = {k: v.float() if v.is_floating_point() else v for k, v in saved["module"].items()}
+    return state, cfg, read_meta(tag_url, storage)
+
+
+def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Entries under ``prefix.``, renamed relative to it, as contiguous tensors (safetensors needs that)."""
+    return {k[len(prefix) + 1 :]: v.contiguous() for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def export(
+    checkpoint: str,
+    out: str,
+    cfg: Config,
+    register_as: str | None = None,
+) -> dict[str, Any]:
+    """Export the checkpoint at ``checkpoint`` (a tag URL, or a root whose ``latest`` is followed).
+
+    Writes the encoders and ``config.json`` to ``out``; if the checkpoint's run was tracked and
+    ``cfg.tracking.uri`` is set, logs the files to that run under ``encoders/`` and registers them as
+    a new version of the model ``register_as`` (default ``<experiment>-encoders``). Returns the
+    written config.json content (with ``model_version`` when registered).
+    """
+    storage = cfg.storage
+    tag_url = resolve(checkpoint, checkpoint, storage)
+    assert tag_url is not None
+    state, trained, meta = consolidated_state_dict(tag_url, storage)
+    preset = PRESETS[trained.model.preset]
+    info: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "widths": list(preset.widths),
+        "video_depths": list(preset.video_depths),
+        "audio_channels": int(state["audio_encoder.stem.0.weight"].shape[1]),
+        "audio_features": {k: to_dict(getattr(trained.data, k)) for k in FEATURE_KEYS},
+        "video": {
+            "frames": trained.data.frames,
+            "fps": trained.data.fps,
+            "crop_size": trained.data.crop_size,
+        },
+        "model": asdict(trained.model),
+        "source": {"checkpoint": tag_url, "step": meta["step"], "run_id": meta.get("run_id")},
+    }
+    with tempfile.TemporaryDirectory(prefix="avsa-export-out-") as tmp:
+        for name in ("audio_encoder", "video_encoder"):
+            save_file(submodule_state(state, name), os.path.join(tmp, f"{name}.safetensors"))
+        with open(os.path.join(tmp, "config.json"), "w") as fh:
+            json.dump(info, fh, indent=1)
+        for name in sorted(os.listdir(tmp)):
+            upload_atomic(os.path.join(tmp, name), join(out, name), storage)
+        run_id = meta.get("run_id")
+        if cfg.tracking.uri and run_id:
+            info["model_version"] = register(
+                cfg, run_id, tmp, register_as or f"{cfg.tracking.experiment}-encoders"
+            )
+    return info
+
+
+def register(cfg: Config, run_id: str, folder: str, name: str) -> str:
+    """Log ``folder`` to the run as ``encoders/`` and register it as a version of model ``name``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.uri)
+    client.log_artifacts(run_id, folder, "encoders")
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/encoders"
+    return client.create_model_version(name, source=source, run_id=run_id).version
+
+
+def read_export_config(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
+    fs, path = filesystem(join(url, "config.json"), storage)
+    return json.loads(fs.cat_file(path))
+
+
+def load_encoder(url: str, which: Encoder, storage: StorageConfig | None = None) -> nn.Module:
+    """Rebuild the exported ``which`` encoder from the folder ``url`` (torch + safetensors only), in eval mode."""
+    info = read_export_config(url, storage)
+    if info.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{url}: export format {info.get('format')!r}, expected {FORMAT_VERSION}")
+    if which == "audio":
+        model: nn.Module = AudioEncoder(info["audio_channels"], info["widths"])
+    else:
+        model = VideoEncoder(info["widths"], info["video_depths"])
+    fs, path = filesystem(join(url, f"{which}_encoder.safetensors"), storage)
+    model.load_state_dict(load_safetensors(fs.cat_file(path)))
+    return model.eval()
+
+
+def load_audio_encoder(url: str, storage: StorageConfig | None = None) -> AudioEncoder:
+    """The exported audio encoder: features ``[N, C, F, T]`` → ``[N, 512]`` (paper preset) embeddings."""
+    return load_encoder(url, "audio", storage)  # type: ignore[return-value]

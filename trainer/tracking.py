@@ -1,0 +1,135 @@
+"""MLflow for a training job: one run per job, written by rank 0 only.
+
+Rank 0 creates (or, on resume, reopens) the run and broadcasts its id, so every rank can name it
+(in checkpoint metadata, in logs) while only one process talks to the tracking server. An empty
+``tracking.uri`` turns tracking off (benchmarks, unit tests).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from trainer.config import Config
+from trainer.data import Batch
+from trainer.typed_config import flatten
+
+# Config keys whose values must never reach a tracking server.
+SECRET_KEY = re.compile(r"secret|access_key|password|token", re.IGNORECASE)
+
+
+def public_params(cfg: Config) -> dict[str, str]:
+    """The resolved config as dotted MLflow params, without credentials."""
+    return {k: str(v) for k, v in flatten(cfg).items() if not SECRET_KEY.search(k.rsplit(".", 1)[-1])}
+
+
+def broadcast_from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (unchanged without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Tracker:
+    """The job's MLflow run. Every rank constructs one (it is a collective); only rank 0 logs."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int, resume_run_id: str | None = None) -> None:
+        self.enabled = bool(cfg.tracking.uri)
+        self.rank = rank
+        self.client = None
+        run_id = None
+        if self.enabled and rank == 0:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(cfg.tracking.uri)
+            run_id = resume_run_id or self._create_run(cfg, world_size)
+        self.run_id: str | None = broadcast_from_rank0(run_id)
+
+    @property
+    def active(self) -> bool:
+        """True on the one process that writes to MLflow."""
+        return self.client is not None
+
+    def _create_run(self, cfg: Config, world_size: int) -> str:
+        from mlflow.entities import Param
+
+        assert self.client is not None
+        experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment(cfg.tracking.experiment)
+        )
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"world_size": str(world_size)},
+        )
+        params = [Param(k, v) for k, v in public_params(cfg).items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queue metrics for ``step`` without waiting for the server (flushed by :meth:`finish`)."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+
+    def log_checkpoint(self, url: str, step: int) -> None:
+        """Tag the run with its newest checkpoint (what `avsa export --run` and evaluation read)."""
+        if self.active:
+            self.client.set_tag(self.run_id, "checkpoint.latest", url)
+            self.client.set_tag(self.run_id, "checkpoint.step", str(step))
+
+    def log_samples(self, batch: Batch, step: int, count: int = 4) -> None:
+        """A figure of ``count`` viewpoints: the middle video frame above its steered-audio features."""
+        if not self.active:
+            return
+        figure = sample_figure(batch, count)
+        self.client.log_figure(self.run_id, figure, f"samples/step_{step:08d}.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.flush_async_logging()
+            self.client.set_terminated(self.run_id, status)
+
+
+def sample_figure(batch: Batch, count: int) -> Any:
+    """Top row: middle frame of viewpoint crops ``[3, H, W]`` (min-max scaled for display); bottom
+    row: channel 0 (W, omnidirectional) of the audio features ``[F mels, T frames]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = [(b, k) for b in range(batch.video.shape[0]) for k in range(batch.video.shape[1])][:count]
+    fig, axes = plt.subplots(2, len(views), figsize=(2.5 * len(views), 5), squeeze=False)
+    for col, (b, k) in enumerate(views):
+        clip = batch.video[b, k].float()
+        frame = clip[:, clip.shape[1] // 2].permute(1, 2, 0)
+        frame = (frame - frame.min()) / (frame.max() - frame.min()).clamp_min(1e-8)
+        az, el = torch.rad2deg(batch.directions[b, k].float()).tolist()
+        axes[0, col].imshow(frame.numpy())
+        axes[0, col].set_title(f"clip {b} view {k}\naz {az:.0f}° el {el:.0f}°", fontsize=8)
+        axes[1, col].imshow(batch.audio[b, k, 0].float().numpy(), origin="lower", aspect="auto")
+        axes[1, col].set_xlabel("frame", fontsize=8)
+        axes[1, col].set_ylabel("mel", fontsize=8)
+        axes[0, col].axis("off")
+    fig.tight_layout()
+    return fig
