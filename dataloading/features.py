@@ -179,10 +179,9 @@ class FeatureExtractor:
             az = torch.as_tensor(azimuth, dtype=foa.dtype, device=foa.device)
             el = torch.as_tensor(0.0 if elevation is None else elevation, dtype=foa.dtype, device=foa.device)
             matrix = steering_matrix(az, el)
-        spec = stft(foa, self.n_fft, self.hop)
-        # Real and imaginary planes side by side ([..., 4, 2, freq, T]) keep every later step a plain
-        # contiguous real matmul or elementwise op.
-        out = self._features(torch.stack((spec.real, spec.imag), -3), matrix)
+        # A real view ([..., 4, freq, T, 2]) of the spectrum keeps every later step a real matmul or
+        # elementwise op, with no copy into separate real and imaginary tensors (measured slower).
+        out = self._features(torch.view_as_real(stft(foa, self.n_fft, self.hop)), matrix)
         if self.stats is not None:
             stats = self.stats
             mean = self._cached("mean", out.device, out.dtype, lambda: stats.tensors()[0][..., None])
@@ -190,9 +189,9 @@ class FeatureExtractor:
             out = (out - mean) / std
         return out
 
-    def _mel_magnitude(self, planes: Tensor, out: Tensor | None = None) -> Tensor:
-        """Mel-pooled magnitude ``[..., c, n_mels, T]`` of complex planes ``[..., c, 2, freq, T]``."""
-        real, imag = planes.unbind(-3)
+    def _mel_magnitude(self, spec: Tensor, out: Tensor | None = None) -> Tensor:
+        """Mel-pooled magnitude ``[..., c, n_mels, T]`` of a real-viewed spectrum ``[..., c, freq, T, 2]``."""
+        real, imag = spec.unbind(-1)
         return self._mel(real.square().addcmul_(imag, imag).sqrt_(), out)
 
     def _mel(self, spectrum: Tensor, out: Tensor | None = None) -> Tensor:
@@ -204,8 +203,8 @@ class FeatureExtractor:
             out[..., m0:m1, :] = fb[m0:m1, lo:hi] @ spectrum[..., lo:hi, :]
         return out
 
-    def _features(self, planes: Tensor, matrix: Tensor | None) -> Tensor:
-        """Features ``[..., C, n_mels, T]`` from STFT planes ``[..., 4, 2, freq, T]`` and steering matrices.
+    def _features(self, spec: Tensor, matrix: Tensor | None) -> Tensor:
+        """Features ``[..., C, n_mels, T]`` from a real-viewed STFT ``[..., 4, freq, T, 2]`` and steering.
 
         Output channels are written straight into one preallocated tensor: with K viewpoints sharing a
         clip, concatenating would copy the largest tensors once more.
@@ -213,30 +212,30 @@ class FeatureExtractor:
         if self.feature in ("logmel", "logmel_iv"):
             # Steering never changes W, so only (Y, Z, X) are mixed per viewpoint.
             rotation = None if matrix is None else matrix[..., 1:, 1:]
-            mixed = _mix(rotation, planes[..., 1:, :, :, :])
-            out = planes.new_empty((*mixed.shape[:-4], self.channels, self.n_mels, mixed.shape[-1]))
+            mixed = _mix(rotation, spec[..., 1:, :, :, :])
+            out = spec.new_empty((*mixed.shape[:-4], self.channels, self.n_mels, mixed.shape[-2]))
             self._mel_magnitude(mixed, out[..., 1:4, :, :])
-            out[..., :1, :, :] = self._mel_magnitude(planes[..., :1, :, :, :])
+            out[..., :1, :, :] = self._mel_magnitude(spec[..., :1, :, :, :])
             _to_db_(out[..., :4, :, :], self.top_db, 3)
             if self.feature == "logmel_iv":
                 # The intensity vector rotates with the field, E is rotation invariant and mel pooling is
                 # linear, so mel(I/E) is computed once per clip and rotated per viewpoint.
                 (w_re, w_im), (v_re, v_im) = (
-                    planes[..., :1, :, :, :].unbind(-3),
-                    planes[..., 1:, :, :, :].unbind(-3),
+                    spec[..., :1, :, :, :].unbind(-1),
+                    spec[..., 1:, :, :, :].unbind(-1),
                 )
                 intensity = (w_re * v_re).addcmul_(w_im, v_im)  # Re{conj(W)·V}: [..., 3, freq, T]
-                power = planes.square().sum(-3)
+                power = spec.square().sum(-1)
                 energy = power[..., 0, :, :] + power[..., 1:, :, :].sum(-3) / 3.0 + _EPS
                 iv = self._mel(intensity / energy.unsqueeze(-3))
                 out[..., 4:, :, :] = _mix(rotation, iv.unsqueeze(-3)).squeeze(-3)
             return out
-        decoder = self._cached("decoder", planes.device, planes.dtype, lambda: _DECODERS[self.feature])
-        mixed = _mix(decoder if matrix is None else decoder @ matrix, planes)  # decode after steering
+        decoder = self._cached("decoder", spec.device, spec.dtype, lambda: _DECODERS[self.feature])
+        mixed = _mix(decoder if matrix is None else decoder @ matrix, spec)  # decode after steering
         logmel = _to_db_(self._mel_magnitude(mixed), self.top_db, 3)
         if self.feature == "mono":
             return logmel
-        (left_re, left_im), (right_re, right_im) = (mixed[..., c, :, :, :].unbind(-3) for c in (0, 1))
+        (left_re, left_im), (right_re, right_im) = (mixed[..., c, :, :, :].unbind(-1) for c in (0, 1))
         cross = torch.complex(
             left_re * right_re + left_im * right_im, left_im * right_re - left_re * right_im
         )
@@ -250,19 +249,19 @@ _DECODERS = {
 }
 
 
-def _mix(matrix: Tensor | None, planes: Tensor) -> Tensor:
-    """Mix channels: ``matrix [..., c, d]`` times ``planes [..., d, 2, freq, T]`` -> ``[..., c, 2, freq, T]``.
+def _mix(matrix: Tensor | None, x: Tensor) -> Tensor:
+    """Mix channels: ``matrix [..., c, d]`` times ``x [..., d, a, b, e]`` -> ``[..., c, a, b, e]``.
 
-    ``None`` is the identity. When the planes are one clip shared by K viewpoints (``[..., 1, d, ...]``
+    ``None`` is the identity. When ``x`` is one clip shared by K viewpoints (``[..., 1, d, ...]``
     against matrices ``[..., K, c, d]``) the K matrices are stacked into one, because a broadcast
     matmul would first copy the clip's spectrum K times.
     """
     if matrix is None:
-        return planes
-    flat = planes.flatten(-3)  # [..., d, 2·freq·T]
+        return x
+    flat = x.flatten(-3)  # [..., d, a·b·e]
     lead = flat.shape[:-3]
     if flat.dim() >= 3 and flat.shape[-3] == 1 and matrix.dim() == flat.dim() and matrix.shape[:-3] == lead:
         out = (matrix.flatten(-3, -2) @ flat.squeeze(-3)).unflatten(-2, matrix.shape[-3:-1])
     else:
         out = matrix @ flat
-    return out.unflatten(-1, planes.shape[-3:])
+    return out.unflatten(-1, x.shape[-3:])
