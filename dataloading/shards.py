@@ -1,0 +1,246 @@
+"""Which samples a rank reads, in which order, for an epoch: shard listing, index parsing, the epoch plan.
+
+The plan works on samples, not shards, because the DALI index (``.idx``) of every shard says where each
+sample's bytes are: a sample is read with one ranged request, so a rank can start, stop and resume at
+any sample, and every rank gets exactly the same number of samples however uneven the shards are.
+
+Fixed-epoch mode (the default): shards are shuffled by (seed, epoch) and concatenated; the first
+``batches · world_size · batch_size`` samples are cut into one contiguous slice per rank (few shards each),
+and a rank reads its slice in an order shuffled by (seed, epoch, rank). Samples past the last full global
+batch are left out of that epoch; the shard shuffle leaves out different ones each epoch. Positions past
+the slice wrap around it: they supply substitutes for bad samples, so a rank never runs short.
+
+Resampled mode (open-ended training): each position draws a sample uniformly from the whole dataset,
+with replacement, seeded by (seed, epoch, rank, position).
+
+Within a rank, position p is read by loader worker ``p mod workers``; the order of the rank's stream
+does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from dataloading.config import StorageConfig
+from dataloading.schema import MANIFEST_NAME
+from dataloading.storage import filesystem, join
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One tar shard: its URL (the ``.idx`` sits next to it) and how many samples it holds."""
+
+    url: str
+    samples: int
+
+    @property
+    def index_url(self) -> str:
+        return self.url[: -len(".tar")] + ".idx" if self.url.endswith(".tar") else self.url + ".idx"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One sample of a shard: its key and, per member extension, (byte offset of the data, size)."""
+
+    key: str
+    members: dict[str, tuple[int, int]]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """(start, end) byte range covering all members; they are contiguous in the tar."""
+        start = min(offset for offset, _ in self.members.values())
+        return start, max(offset + size for offset, size in self.members.values())
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Sample ``index`` of shard number ``shard`` (an index into the shard list)."""
+
+    shard: int
+    index: int
+
+
+def parse_index(text: str) -> list[IndexEntry]:
+    """Parse a DALI webdataset index (v1.2: ``ext offset size filename`` per member) into entries.
+
+    Raises ValueError on a malformed index, so a damaged one is reported rather than misread.
+    """
+    lines = text.splitlines()
+    header = lines[0].split() if lines else []
+    if len(header) != 2 or not header[0].startswith("v1."):
+        raise ValueError(f"not a DALI webdataset index (header {lines[:1]})")
+    entries = []
+    for line in lines[1 : 1 + int(header[1])]:
+        fields = line.split()
+        if not fields or len(fields) % 4:
+            raise ValueError(f"malformed index line {line!r}")
+        members = {}
+        key = ""
+        for i in range(0, len(fields), 4):
+            ext, offset, size, name = fields[i : i + 4]
+            members[ext] = (int(offset), int(size))
+            key = name.rsplit("/", 1)[-1].split(".", 1)[0]
+        entries.append(IndexEntry(key, members))
+    if len(entries) != int(header[1]):
+        raise ValueError(f"index announces {header[1]} samples but lists {len(entries)}")
+    return entries
+
+
+def _index_count(url: str, storage: StorageConfig | None) -> int:
+    """Samples in a shard according to the first line of its index (0 if the index is unreadable)."""
+    fs, path = filesystem(url, storage)
+    try:
+        with fs.open(path, "rb") as fh:
+            return int(fh.readline().split()[1])
+    except (OSError, ValueError, IndexError) as exc:
+        log.warning("skipping shard index %s: %s", url, exc)
+        return 0
+
+
+def list_shards(url: str, storage: StorageConfig | None = None) -> list[Shard]:
+    """The shards of a dataset URL (a directory, local or ``s3://``), sorted by name.
+
+    Sample counts come from ``manifest.json`` when there is one, else from each shard's index.
+    Raises FileNotFoundError with the URL if there is nothing to read, so a wrong path fails at once.
+    """
+    fs, path = filesystem(url, storage)
+    manifest_path = join(path, MANIFEST_NAME)
+    base = url.rstrip("/")
+    if fs.exists(manifest_path):
+        with fs.open(manifest_path, "rb") as fh:
+            manifest = json.load(fh)
+        shards = [
+            Shard(join(base, f"{name}.tar"), int(entry["samples"]))
+            for name, entry in manifest["shards"].items()
+        ]
+    else:
+        try:
+            names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".tar"))
+        except FileNotFoundError:
+            names = []
+        shards = [Shard(join(base, name), 0) for name in names]
+        shards = [Shard(s.url, _index_count(s.index_url, storage)) for s in shards]
+    shards = sorted((s for s in shards if s.samples > 0), key=lambda s: s.url)
+    if not shards:
+        raise FileNotFoundError(f"no readable shards at {url!r} (no manifest.json, no .tar with a .idx)")
+    return shards
+
+
+class EpochPlan:
+    """The sample at each position of one rank's stream for one epoch (see the module docstring).
+
+    ``batches`` is the same on every rank: ``total_samples // (world_size · batch_size)``.
+    Positions ``< batches · batch_size`` are the rank's share; later ones wrap around it (substitutes).
+    """
+
+    def __init__(
+        self,
+        shards: list[Shard],
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        epoch: int,
+        resampled: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.shards, self.rank, self.seed, self.epoch, self.resampled = shards, rank, seed, epoch, resampled
+        counts = np.array([s.samples for s in shards], dtype=np.int64)
+        total = int(counts.sum())
+        self.batches = total // (world_size * batch_size)
+        if self.batches == 0:
+            raise ValueError(
+                f"{total} samples cannot fill one batch of {batch_size} on each of {world_size} ranks"
+            )
+        self.quota = self.batches * batch_size
+        if resampled:
+            self._starts = np.concatenate(([0], np.cumsum(counts)))
+            self._total = total
+            return
+        order = np.random.default_rng([seed, epoch]).permutation(len(shards))
+        # (shard, index) of every sample in shuffled shard order; this rank's contiguous slice of it.
+        shard_ids = np.repeat(order, counts[order])
+        within = np.concatenate([np.arange(counts[i]) for i in order])
+        lo = rank * self.quota
+        mine = np.random.default_rng([seed, epoch, rank]).permutation(self.quota) + lo
+        self._shard_ids, self._within = shard_ids[mine], within[mine]
+
+    def __getitem__(self, position: int) -> SampleRef:
+        if position < 0:
+            raise IndexError(position)
+        if self.resampled:
+            flat = int(
+                np.random.default_rng([self.seed, self.epoch, self.rank, position]).integers(self._total)
+            )
+            shard = int(np.searchsorted(self._starts, flat, side="right")) - 1
+            return SampleRef(shard, flat - int(self._starts[shard]))
+        i = position % self.quota
+        return SampleRef(int(self._shard_ids[i]), int(self._within[i]))
+
+    def sample_rng(self, position: int) -> np.random.Generator:
+        """The generator for everything random about the sample at ``position`` (window, viewpoints, ...).
+
+        Seeded by (seed, epoch, rank, position) only, so a resumed run draws exactly the same.
+        """
+        return np.random.default_rng([self.seed, self.epoch, self.rank, position, 1])
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; ``str(exc)`` says why (for the log and the counters)."""
+
+    def __init__(self, reason: str, key: str = "?", truncated: bool = False) -> None:
+        super().__init__(reason)
+        self.key, self.truncated = key, truncated
+
+
+class ShardReader:
+    """Reads the members of a sample with one ranged request, using the shard's parsed index.
+
+    Indexes are fetched once per shard and kept (a few KB each). Works the same for local files and
+    object storage: ``fs.cat_file(path, start, end)`` is a ranged GET on S3.
+    """
+
+    def __init__(self, shards: list[Shard], storage: StorageConfig | None = None) -> None:
+        self.shards, self.storage = shards, storage
+        self._indexes: dict[int, list[IndexEntry] | BadSample] = {}
+
+    def index(self, shard: int) -> list[IndexEntry]:
+        """The parsed index of shard number ``shard``; raises BadSample if it cannot be read."""
+        if shard not in self._indexes:
+            url = self.shards[shard].index_url
+            try:
+                fs, path = filesystem(url, self.storage)
+                self._indexes[shard] = parse_index(fs.cat_file(path).decode())
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                self._indexes[shard] = BadSample(f"unreadable index {url}: {exc}")
+        entries = self._indexes[shard]
+        if isinstance(entries, BadSample):
+            raise entries
+        return entries
+
+    def read(self, ref: SampleRef) -> tuple[str, dict[str, bytes]]:
+        """(key, {extension: bytes}) of a sample; raises BadSample when missing or truncated."""
+        entries = self.index(ref.shard)
+        if ref.index >= len(entries):
+            raise BadSample(f"index lists {len(entries)} samples, the manifest more")
+        entry = entries[ref.index]
+        start, end = entry.span
+        fs, path = filesystem(self.shards[ref.shard].url, self.storage)
+        try:
+            data = fs.cat_file(path, start=start, end=end)
+        except OSError as exc:
+            raise BadSample(f"read failed: {exc}", entry.key) from exc
+        if len(data) < end - start:
+            raise BadSample(
+                f"shard truncated at byte {start + len(data)}, sample ends at {end}",
+                entry.key,
+                truncated=True,
+            )
+        return entry.key, {ext: data[o - start : o - start + n] for ext, (o, n) in entry.members.items()}
