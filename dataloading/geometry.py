@@ -104,7 +104,7 @@ def crop(
 
     ``equirect`` is ``[B, ..., H, W]`` (e.g. ``[B, C, H, W]`` or ``[B, C, T, H, W]``: every middle dim
     is sampled alike). Angles and ``hfov`` (radians) are ``[B]`` for one view per image or ``[B, K]``
-    for K views (or broadcast to those, e.g. a scalar ``hfov``); ``size`` is the output side or
+    for K views (or broadcast to those; scalars mean the same for every image); ``size`` is the output side or
     (height, width) in pixels. Returns ``[B, ..., h, w]`` or ``[B, K, ..., h, w]``.
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
@@ -113,7 +113,8 @@ def crop(
     az, el, fov = broadcast_angles(
         *(torch.as_tensor(v, device=equirect.device) for v in (azimuth, elevation, hfov))
     )
-    single = az.dim() == 1
+    single = az.dim() <= 1
+    az, el, fov = (v.expand(batch) if v.dim() == 0 else v for v in (az, el, fov))
     az, el, fov = (v.reshape(batch, -1) for v in (az, el, fov))
     grid = gnomonic_grid(az, el, fov, None, out_h, out_w).to(device=equirect.device, dtype=equirect.dtype)
     pad = 1

@@ -124,6 +124,8 @@ def test_batched_views_with_time_axis() -> None:
     assert out.shape == (2, 3, 3, 4, 16, 24)
     single = crop(video[1:, :, 2], az[1:, 2], el[1:, 2], hfov[1:], (16, 24))
     torch.testing.assert_close(out[1, 2, :, 2], single[0])
+    same_view = crop(video[:, :, 0], 0.5, 0.1, 0.9, 8)  # scalar angles: one view for every clip
+    assert same_view.shape == (2, 3, 8, 8)
 
 
 def _remap_reference(image: np.ndarray, mapx: np.ndarray, mapy: np.ndarray) -> np.ndarray:
