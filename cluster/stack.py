@@ -19,6 +19,7 @@ from pathlib import Path
 
 import requests
 
+from cluster import hosts as virtual_hosts
 from cluster import processes
 from cluster.processes import ManagedProcess
 from dataloading.config import StorageConfig
@@ -45,6 +46,11 @@ class StackState:
     s3_access_key: str = ""
     s3_secret_key: str = ""
     bucket: str = ""
+    network: dict | None = None  # the virtual hosts, when the stack spans several
+    ray_token: str = ""  # Ray's token authentication, on when the cluster spans hosts
+
+    def host_network(self) -> virtual_hosts.HostNetwork | None:
+        return virtual_hosts.HostNetwork.from_dict(self.network) if self.network else None
 
     @classmethod
     def read(cls, path: Path) -> StackState:
@@ -116,6 +122,8 @@ class Stack:
             env["MLFLOW_TRACKING_URI"] = state.endpoints["mlflow"]
         if "ray" in state.services:
             env["RAY_ADDRESS"] = state.endpoints["ray"]
+            if state.network:
+                env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": state.ray_token}
         return env
 
     # ----- lifecycle -----------------------------------------------------------------------
@@ -132,19 +140,29 @@ class Stack:
                     "see `avsa stack status`, or stop it with `avsa stack down`"
                 )
             self.state_path.unlink()  # left over from a crashed run: nothing of it is alive
-        self._check_ports(services)
         state = StackState(
             host=self.cfg.host,
             s3_access_key="AVSA" + secrets.token_hex(8).upper(),
             s3_secret_key=secrets.token_urlsafe(30),
             bucket=self.cfg.bucket,
+            ray_token=secrets.token_hex(32),
         )
         started = time.monotonic()
         try:
+            if self.cfg.hosts > 1:
+                network = virtual_hosts.create(str(self.state_dir), self.cfg.hosts)
+                state.network, state.host = network.to_dict(), network.hosts[0].address
+                state.write(self.state_path)  # record the namespaces at once so `down` removes them
+            else:
+                self._check_ports(services)  # fresh namespaces have every port free
             for name in services:
                 proc, endpoint = getattr(self, f"_start_{name}")(state)
                 state.services[name], state.endpoints[name] = proc, endpoint
                 state.write(self.state_path)  # record each PID at once so `down` can always stop it
+            for worker in self._worker_hosts(state) if "ray" in services else []:
+                proc, endpoint = self._start_ray_worker(state, worker)
+                state.services[f"ray@{worker.name}"], state.endpoints[f"ray@{worker.name}"] = proc, endpoint
+                state.write(self.state_path)
             self._wait_healthy(state)
             if "s3" in services:
                 self._create_bucket(state)
@@ -161,6 +179,8 @@ class Stack:
             return []
         running = {name: proc for name, proc in state.services.items() if proc.alive()}
         processes.stop(list(running.values()))
+        if (network := state.host_network()) is not None:
+            network.destroy()
         self.state_path.unlink(missing_ok=True)
         return list(running)
 
@@ -210,8 +230,8 @@ class Stack:
         cmd = [
             processes.executable("weed"),
             "server",
-            f"-ip={c.host}",
-            f"-ip.bind={c.host}",
+            f"-ip={state.host}",
+            f"-ip.bind={state.host}",
             f"-dir={data}",
             f"-master.port={c.weed_master_port}",
             f"-volume.port={c.weed_volume_port}",
@@ -225,8 +245,8 @@ class Stack:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
         ]
-        proc = processes.spawn("s3", cmd, self.state_dir / "logs" / "seaweedfs.log")
-        return proc, f"http://{c.host}:{c.s3_port}"
+        proc = processes.spawn("s3", self._on_head(state, cmd), self.state_dir / "logs" / "seaweedfs.log")
+        return proc, f"http://{state.host}:{c.s3_port}"
 
     def _start_mlflow(self, state: StackState) -> tuple[ManagedProcess, str]:
         c = self.cfg
@@ -234,7 +254,7 @@ class Stack:
             processes.executable("mlflow"),
             "server",
             "--host",
-            c.host,
+            state.host,
             "--port",
             str(c.mlflow_port),
             "--backend-store-uri",
@@ -246,30 +266,77 @@ class Stack:
             "1",
         ]
         env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
-        proc = processes.spawn("mlflow", cmd, self.state_dir / "logs" / "mlflow.log", env)
-        return proc, f"http://{c.host}:{c.mlflow_port}"
+        proc = processes.spawn(
+            "mlflow", self._on_head(state, cmd), self.state_dir / "logs" / "mlflow.log", env
+        )
+        return proc, f"http://{state.host}:{c.mlflow_port}"
 
     def _start_ray(self, state: StackState) -> tuple[ManagedProcess, str]:
         c = self.cfg
-        # Ray's unix sockets live under the temp dir and must stay short (108-byte path limit).
-        tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
         cmd = [
             processes.executable("ray"),
             "start",
             "--head",
             "--block",  # stays in the foreground: its PID is the root of the Ray process tree
-            f"--node-ip-address={c.host}",
+            f"--node-ip-address={state.host}",
             f"--port={c.ray_port}",
             "--include-dashboard=true",
-            f"--dashboard-host={c.host}",
+            f"--dashboard-host={state.host}",
             f"--dashboard-port={c.ray_dashboard_port}",
             f"--num-cpus={c.ray_num_cpus or os.cpu_count()}",
-            f"--temp-dir=/tmp/avsa-ray-{tag}",
+            f"--temp-dir={self._ray_temp_dir('head')}",
             "--disable-usage-stats",
         ]
-        env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-        proc = processes.spawn("ray", cmd, self.state_dir / "logs" / "ray.log", env)
-        return proc, f"http://{c.host}:{c.ray_dashboard_port}"
+        env = self._ray_env(state)
+        proc = processes.spawn("ray", self._on_head(state, cmd), self.state_dir / "logs" / "ray.log", env)
+        return proc, f"http://{state.host}:{c.ray_dashboard_port}"
+
+    def _start_ray_worker(
+        self, state: StackState, host: virtual_hosts.VirtualHost
+    ) -> tuple[ManagedProcess, str]:
+        """A Ray worker node on ``host`` that joins the head on the first host."""
+        c = self.cfg
+        cmd = [
+            processes.executable("ray"),
+            "start",
+            f"--address={state.host}:{c.ray_port}",
+            "--block",
+            f"--node-ip-address={host.address}",
+            f"--num-cpus={c.ray_num_cpus or os.cpu_count()}",
+            f"--temp-dir={self._ray_temp_dir(host.name)}",  # hosts share /tmp: keep sessions apart
+            "--disable-usage-stats",
+        ]
+        log_path = self.state_dir / "logs" / f"ray-{host.name}.log"
+        proc = processes.spawn(f"ray@{host.name}", host.command(cmd), log_path, self._ray_env(state))
+        return proc, host.address
+
+    def _ray_temp_dir(self, node: str) -> str:
+        # Ray's unix sockets live under the temp dir and must stay short (108-byte path limit).
+        tag = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:8]
+        return f"/tmp/avsa-ray-{tag}-{node}"
+
+    def _on_head(self, state: StackState, cmd: list[str]) -> list[str]:
+        network = state.host_network()
+        return network.hosts[0].command(cmd) if network else cmd
+
+    def _worker_hosts(self, state: StackState) -> list[virtual_hosts.VirtualHost]:
+        network = state.host_network()
+        return network.hosts[1:] if network else []
+
+    @staticmethod
+    def _ray_env(state: StackState) -> dict[str, str]:
+        if not state.network:
+            # Single-node mode keeps every Ray port on the loopback address.
+            return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+        # Cluster mode: nodes and clients authenticate with the stack's token (never ~/.ray's),
+        # and training ranks inherit GLOO_SOCKET_IFNAME so gloo uses the host link, not loopback.
+        return {
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": state.ray_token,
+            "GLOO_SOCKET_IFNAME": virtual_hosts.INTERFACE,
+        }
 
     # ----- health --------------------------------------------------------------------------
     def _healthy(self, name: str, state: StackState) -> bool:
@@ -279,8 +346,17 @@ class Stack:
                 return requests.get(url, timeout=2).status_code in (200, 403)
             if name == "mlflow":
                 return requests.get(f"{url}/health", timeout=2).status_code == 200
-            return requests.get(f"{url}/api/version", timeout=2).status_code == 200
-        except requests.RequestException:
+            auth = {"Authorization": f"Bearer {state.ray_token}"} if state.network else {}
+            if name.startswith("ray@"):  # a worker node: alive in the head's view of the cluster
+                summary = f"{state.endpoints['ray']}/nodes?view=summary"
+                nodes = requests.get(summary, headers=auth, timeout=5).json()
+                return any(
+                    n.get("raylet", {}).get("nodeManagerAddress") == url
+                    and n["raylet"].get("state") == "ALIVE"
+                    for n in nodes["data"]["summary"]
+                )
+            return requests.get(f"{url}/api/version", headers=auth, timeout=2).status_code == 200
+        except (requests.RequestException, ValueError, KeyError):
             return False
 
     def _wait_healthy(self, state: StackState) -> None:

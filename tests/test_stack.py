@@ -15,6 +15,7 @@ import pytest
 from cluster.processes import process_tree
 from cluster.stack import Stack, StackError
 from tests.conftest import free_stack_config
+from trainer.config import StackConfig
 from trainer.typed_config import flatten
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,15 @@ def test_up_status_down_through_the_cli_leaves_nothing_running(tmp_path: Path) -
     cfg = free_stack_config(tmp_path / "state")
     overrides = [f"--stack.{k.split('.', 1)[1]}={v}" for k, v in flatten(cfg, "stack.").items()]
     up = avsa("stack", "up", *overrides, cwd=tmp_path)
+    try:
+        check_running_stack(tmp_path, cfg, overrides, up)
+    finally:
+        Stack(cfg).down()  # a failed assertion must not leave services behind
+
+
+def check_running_stack(
+    tmp_path: Path, cfg: StackConfig, overrides: list[str], up: subprocess.CompletedProcess[str]
+) -> None:
     assert up.returncode == 0, up.stderr + up.stdout
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     roots = [psutil.Process(s["pid"]) for s in state["services"].values()]
@@ -47,7 +57,10 @@ def test_up_status_down_through_the_cli_leaves_nothing_running(tmp_path: Path) -
             continue
         for conn in conns:
             if conn.status == psutil.CONN_LISTEN:
-                assert conn.laddr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"), (psutil.Process(pid).name(), conn.laddr)
+                assert conn.laddr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"), (
+                    psutil.Process(pid).name(),
+                    conn.laddr,
+                )
 
     env = avsa("stack", "env", *overrides, cwd=tmp_path)
     assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{cfg.mlflow_port}" in env.stdout

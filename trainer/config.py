@@ -23,6 +23,7 @@ class StackConfig:
     """The local stack of real services, all bound to ``host``."""
 
     host: str = "127.0.0.1"
+    hosts: int = 1  # >1: that many virtual hosts (network namespaces); services on the first
     state_dir: str = ".avsa/stack"
     s3_port: int = 8333
     weed_master_port: int = 9333

@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=",".join(SERVICES),
         help=f"comma-separated subset of {','.join(SERVICES)} (default: all)",
     )
+    up.add_argument(
+        "--hosts",
+        type=int,
+        help="run the stack across N virtual hosts (network namespaces; needs root): services and the "
+        "Ray head on the first, a Ray worker node on each other (same as --stack.hosts N)",
+    )
     actions.add_parser("status", help="show each service's endpoint, PID and health; exit 1 if any is down")
     actions.add_parser("down", help="stop exactly the processes `up` started (by PID)")
     actions.add_parser("env", help="print `export` lines pointing s3fs, MLflow and Ray clients at the stack")
@@ -37,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    if getattr(args, "hosts", None):
+        cfg.stack.hosts = args.hosts
     stack = Stack(cfg.stack)
     console = Console()
     try:
