@@ -78,18 +78,21 @@ def load_sprite(name: str) -> np.ndarray:
 
 def sprite_region(
     width: int, height: int, az: float, el: float, radius: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and (wrapped) columns of the equirect pixels within ``radius`` radians of (az, el)."""
+) -> tuple[slice, slice | np.ndarray]:
+    """Rows (a slice) and columns (a slice, or indices where the region wraps across the seam)
+    of the equirect pixels within ``radius`` radians of (az, el)."""
     top = max(0, int(np.floor((0.5 - (el + radius) / np.pi) * height)) - 1)
     bottom = min(height, int(np.ceil((0.5 - (el - radius) / np.pi) * height)) + 1)
     if abs(el) + radius >= np.pi / 2 - 1e-6:  # the cap holds a pole: every longitude
-        cols = np.arange(width)
-    else:
-        spread = np.arcsin(min(1.0, np.sin(radius) / np.cos(el)))
-        left = int(np.floor((0.5 - (az + spread) / (2 * np.pi)) * width)) - 1
-        right = int(np.ceil((0.5 - (az - spread) / (2 * np.pi)) * width)) + 1
-        cols = np.arange(left, right) % width if right - left < width else np.arange(width)
-    return np.arange(top, bottom), cols
+        return slice(top, bottom), slice(0, width)
+    spread = np.arcsin(min(1.0, np.sin(radius) / np.cos(el)))
+    left = int(np.floor((0.5 - (az + spread) / (2 * np.pi)) * width)) - 1
+    right = int(np.ceil((0.5 - (az - spread) / (2 * np.pi)) * width)) + 1
+    if right - left >= width:
+        return slice(top, bottom), slice(0, width)
+    if left >= 0 and right <= width:
+        return slice(top, bottom), slice(left, right)
+    return slice(top, bottom), np.arange(left, right) % width
 
 
 def draw_sprite(frame: np.ndarray, sprite: np.ndarray, az: float, el: float, angular_width: float) -> None:
@@ -100,27 +103,25 @@ def draw_sprite(frame: np.ndarray, sprite: np.ndarray, az: float, el: float, ang
     tx = float(np.tan(angular_width / 2))  # python floats keep the float32 maps float32
     ty = tx * sh / sw
     rows, cols = sprite_region(width, height, az, el, float(np.arctan(np.hypot(tx, ty))))
-    if rows.size == 0:
+    row_index = np.arange(rows.start, rows.stop)
+    col_index = np.arange(cols.start, cols.stop) if isinstance(cols, slice) else cols
+    if row_index.size == 0:
         return
     # direction cosines against the sprite's centre, right (decreasing azimuth) and up axes, from
     # separable row (elevation) and column (azimuth offset) terms: cheap per frame
-    dphi = ((1 - 2 * (cols + 0.5) / width) * np.pi - az).astype(np.float32)[None, :]
-    nu = ((1 - 2 * (rows + 0.5) / height) * np.pi / 2).astype(np.float32)[:, None]
+    dphi = ((1 - 2 * (col_index + 0.5) / width) * np.pi - az).astype(np.float32)[None, :]
+    nu = ((1 - 2 * (row_index + 0.5) / height) * np.pi / 2).astype(np.float32)[:, None]
     cos_nu, sin_nu, cos_dphi = np.cos(nu), np.sin(nu), np.cos(dphi)
     cos_el, sin_el = float(np.cos(el)), float(np.sin(el))
-    depth = (cos_nu * cos_el) * cos_dphi + sin_nu * sin_el
-    along_right = -cos_nu * np.sin(dphi)
-    along_up = (cos_nu * -sin_el) * cos_dphi + sin_nu * cos_el
-    in_front = depth > 1e-3
-    depth = np.where(in_front, depth, 1.0)
-    u = (along_right / depth / tx + 1) * (sw / 2) - 0.5  # gnomonic coordinates -> sprite pixels
-    v = (1 - along_up / depth / ty) * (sh / 2) - 0.5
-    u[~in_front] = -10  # behind the camera: outside the sprite
+    # the region lies within ~60° of the centre, so depth > 0 there; the clamp only guards 0/0
+    depth = np.maximum((cos_nu * cos_el) * cos_dphi + sin_nu * sin_el, 1e-3)
+    u = (-cos_nu * np.sin(dphi)) / (depth * (tx * 2 / sw)) + (sw / 2 - 0.5)  # gnomonic -> sprite px
+    v = ((cos_nu * sin_el) * cos_dphi - sin_nu * cos_el) / (depth * (ty * 2 / sh)) + (sh / 2 - 0.5)
     rgba = cv2.remap(sprite, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     alpha = rgba[..., 3:4]
-    region = np.ix_(rows, cols)
-    under = frame[region].astype(np.float32)
-    frame[region] = (under * (1 - alpha) + rgba[..., :3] * 255 * alpha + 0.5).astype(np.uint8)
+    band = frame[rows]
+    under = (band[:, cols] if isinstance(cols, slice) else band.take(cols, axis=1)).astype(np.float32)
+    band[:, cols] = (under + alpha * (rgba[..., :3] * 255 - under) + 0.5).astype(np.uint8)
 
 
 def sized_sprite(source: Source, frame_width: int) -> np.ndarray:

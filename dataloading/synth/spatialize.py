@@ -54,12 +54,11 @@ def diffuse_tail(room: Room, distance: float, rate: int, rng: np.random.Generato
     """Late reverberation [4, L]: exponentially decaying noise, isotropic (X,Y,Z at 1/√3 of W in
     SN3D), from where the truncated image-source model runs out, with the energy Sabine's theory
     gives: with the direct path at 1/r, the whole reverberant part holds 1/r_c² = 16π/R."""
-    _, order = pra.inverse_sabine(room.rt60, room.dims)
+    alpha, order = pra.inverse_sabine(room.rt60, room.dims)  # Sabine's mean energy absorption
     if order <= MAX_ISM_ORDER:
         return np.zeros((4, 1))  # the image-source model is complete
     dims = np.array(room.dims)
     surface = 2 * (dims[0] * dims[1] + dims[1] * dims[2] + dims[0] * dims[2])
-    alpha, _ = pra.inverse_sabine(room.rt60, room.dims)  # Sabine's mean energy absorption
     reverberant_energy = 16 * np.pi * (1 - alpha) / (surface * alpha)
     direct = distance / SPEED_OF_SOUND
     start = direct + MAX_ISM_ORDER * dims.min() / SPEED_OF_SOUND  # image sources cover up to here
