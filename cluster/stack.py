@@ -326,8 +326,13 @@ class Stack:
     @staticmethod
     def _ray_env(state: StackState) -> dict[str, str]:
         if not state.network:
-            # Single-node mode keeps every Ray port on the loopback address.
-            return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+            # Single-node mode keeps every Ray port on the loopback address; auth is off explicitly so
+            # a token some other Ray left in ~/.ray/auth_token cannot switch it on behind our clients.
+            return {
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_AUTH_MODE": "disabled",
+            }
         # Cluster mode: nodes and clients authenticate with the stack's token (never ~/.ray's),
         # and training ranks inherit GLOO_SOCKET_IFNAME so gloo uses the host link, not loopback.
         return {
