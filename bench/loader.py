@@ -1,0 +1,275 @@
+"""Training loader (DALI decode, K crops, steered features) vs a per-item PyAV/numpy/scipy loader, clips/s."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+
+import av
+import numpy as np
+import scipy.signal
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dataloading.config import DataConfig, StorageConfig
+from dataloading.foa import encode_plane_wave, steering_matrix
+from dataloading.loader import build_loader
+from dataloading.mel import mel_filterbank
+from dataloading.schema import direction_deg, sample_json, shard_name
+from dataloading.shards import ShardReader, list_shards
+from dataloading.shardwriter import ShardWriter
+from dataloading.viewpoints import random_viewpoints
+
+
+def patch_mask(height: int, width: int, azimuth: float, elevation: float, radius: float) -> np.ndarray:
+    """Pixels ``[H, W]`` of an equirect frame within ``radius`` (radians) of a direction."""
+    az = (1.0 - 2.0 * (np.arange(width) + 0.5) / width) * math.pi
+    el = (1.0 - 2.0 * (np.arange(height) + 0.5) / height) * math.pi / 2.0
+    cos_d = np.sin(el)[:, None] * math.sin(elevation) + np.cos(el)[:, None] * math.cos(elevation) * np.cos(
+        az[None] - azimuth
+    )
+    return cos_d >= math.cos(radius)
+
+
+def encode_mp4(frames: np.ndarray, fps: int, gop: int = 8) -> bytes:
+    """RGB frames ``[N, H, W, 3]`` uint8 as VP9 in mp4, keyframe every ``gop`` frames (the sample format)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libvpx-vp9", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.options = {
+            "threads": "1",
+            "g": str(gop),
+            "keyint_min": str(gop),
+            "deadline": "realtime",
+            "cpu-used": "8",
+            "lag-in-frames": "0",
+            "crf": "20",
+            "b": "0",
+        }
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def synthetic_sample(
+    key: str,
+    rng: np.random.Generator,
+    seconds: float,
+    size: tuple[int, int] = (256, 128),
+    fps: int = 16,
+    rate: int = 24000,
+    object_direction: tuple[float, float] | None = None,
+    sound_direction: tuple[float, float] | None = None,
+) -> dict[str, bytes]:
+    """One sample's members (``mp4``, ``flac``, ``json``): a moving colour field with a red patch at
+    ``object_direction`` and FOA noise arriving from ``sound_direction`` (radians; random when None)."""
+    width, height = size
+    obj_az, obj_el = object_direction or (rng.uniform(-math.pi, math.pi), rng.uniform(-0.4, 0.4))
+    snd_az, snd_el = sound_direction or (obj_az, obj_el)
+    n = round(seconds * fps)
+    x = np.linspace(0.0, 2.0 * math.pi, width, endpoint=False)
+    y = np.linspace(0.0, math.pi, height)
+    frames = np.empty((n, height, width, 3), np.uint8)
+    patch = patch_mask(height, width, obj_az, obj_el, 0.2)
+    for t in range(n):
+        phase = t / fps
+        frames[t, ..., 1] = (100 + 60 * np.sin(x[None] + phase) * np.cos(y[:, None])).astype(np.uint8)
+        frames[t, ..., 2] = (120 + 60 * np.cos(2 * y[:, None] - phase) + 0 * x[None]).astype(np.uint8)
+        frames[t, ..., 0] = 40
+        frames[t][patch] = (250, 20, 20)
+    source = torch.from_numpy(rng.standard_normal(round(seconds * rate))).float() * 0.2
+    foa = encode_plane_wave(source, snd_az, snd_el).numpy()
+    foa += 0.005 * rng.standard_normal(foa.shape)  # a little diffuse noise, as in any recording
+    flac = io.BytesIO()
+    sf.write(flac, np.clip(foa.T, -1.0, 1.0), rate, format="FLAC", subtype="PCM_24")
+    meta = sample_json(
+        key=key,
+        source_url=f"synthetic://{key}",
+        start=0.0,
+        duration=seconds,
+        fps=fps,
+        video_size=size,
+        codec="vp9",
+        audio_rate=rate,
+        input_format="ambix",
+        objects=[{"label": "patch", "score": 1.0, "direction": direction_deg(obj_az, obj_el), "time": 0.0}],
+        detector="synthetic",
+        sounds=[{"direction": direction_deg(snd_az, snd_el), "time": 0.0, "energy": 1.0}],
+    )
+    return {"mp4": encode_mp4(frames, fps), "flac": flac.getvalue(), "json": json.dumps(meta).encode()}
+
+
+def write_dataset(
+    url: str,
+    shard_sizes: Sequence[int],
+    seconds: float = 2.0,
+    size: tuple[int, int] = (256, 128),
+    seed: int = 0,
+    storage: StorageConfig | None = None,
+    **sample_kwargs: object,
+) -> list[str]:
+    """Write shards of synthetic samples (``shard_sizes`` samples each) with their DALI indexes to ``url``.
+
+    No manifest is written (the loader then counts samples from the indexes). Returns the keys in order.
+    """
+    rng = np.random.default_rng(seed)
+    keys = []
+    for index, count in enumerate(shard_sizes):
+        with ShardWriter() as writer:
+            for i in range(count):
+                key = f"clip{index:03d}_{i:03d}"
+                writer.add(key, synthetic_sample(key, rng, seconds, size, **sample_kwargs))  # type: ignore[arg-type]
+                keys.append(key)
+            writer.publish(f"{url.rstrip('/')}/{shard_name(index)}", storage)
+    return keys
+
+
+class ReferenceStyle(Dataset):
+    """A reference-style loader: per item, PyAV decode of the clip's frame window (after a seek), numpy
+    gnomonic crops per viewpoint and frame, and per viewpoint a time-domain steer and per-channel scipy
+    STFT, mel and dB (log-mel features). The same work as the loader, done the straightforward way."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+        self.reader = ShardReader(list_shards(cfg.url))
+        self.refs = [(s, i) for s, shard in enumerate(self.reader.shards) for i in range(shard.samples)]
+        self.fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels).T.numpy()
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        from dataloading.shards import SampleRef
+
+        cfg = self.cfg
+        rng = np.random.default_rng(item)
+        _, members = self.reader.read(SampleRef(*self.refs[item]))
+        meta = json.loads(members["json"])
+        n_clip = round(meta["duration_s"] * meta["fps"])
+        start = int(rng.integers(max(1, n_clip - cfg.frames + 1)))
+        with av.open(io.BytesIO(members["mp4"])) as container:
+            stream = container.streams.video[0]
+            # Seek to the keyframe before the window (short GOPs make that cheap), decode up to its end.
+            container.seek(round(start / meta["fps"] / stream.time_base), stream=stream)
+            window = (f for f in container.decode(stream) if f.time * meta["fps"] > start - 0.5)
+            frames = [f.to_ndarray(format="rgb24") for f in itertools.islice(window, cfg.frames)]
+        video = np.stack(frames).astype(np.float32) / 255.0  # [T, H, W, 3]
+        audio, rate = sf.read(io.BytesIO(members["flac"]), dtype="float32")
+        a0 = max(0, round((start / meta["fps"] - 0.25) * rate))
+        length = round(cfg.audio_seconds * rate)
+        foa = np.pad(audio[a0 : a0 + length].T, ((0, 0), (0, max(0, a0 + length - len(audio)))))
+        az, el = random_viewpoints(cfg.viewpoints, rng, math.radians(30), math.radians(36))
+        fov = rng.uniform(*np.radians(cfg.fov_deg), cfg.viewpoints)
+        crops = np.stack(
+            [_numpy_crop(video, az[k], el[k], fov[k], cfg.crop_size) for k in range(cfg.viewpoints)]
+        )
+        features = np.stack([_scipy_logmel(foa, az[k], el[k], cfg, self.fb) for k in range(cfg.viewpoints)])
+        return crops, features
+
+
+def _numpy_crop(video: np.ndarray, az: float, el: float, fov: float, size: int) -> np.ndarray:
+    """Gnomonic crop ``[T, size, size, 3]`` of equirect frames ``[T, H, W, 3]`` by numpy bilinear lookup."""
+    t = np.tan(fov / 2.0)
+    u = ((np.arange(size) + 0.5) * 2.0 / size - 1.0) * t
+    uu, vv = np.meshgrid(u, u)
+    rays = np.stack((np.ones_like(uu), -uu, -vv), -1)
+    rot = steering_matrix(float(az), float(el), dtype=torch.float64).numpy()[[3, 1, 2]][:, [3, 1, 2]]
+    world = rays @ rot
+    lon = np.arctan2(world[..., 1], world[..., 0])
+    lat = np.arctan2(world[..., 2], np.hypot(world[..., 0], world[..., 1]))
+    height, width = video.shape[1:3]
+    x = ((0.5 - lon / (2 * math.pi)) % 1.0) * width - 0.5
+    y = np.clip((0.5 - lat / math.pi) * height - 0.5, 0, height - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    x1, y1 = (x0 + 1) % width, np.minimum(y0 + 1, height - 1)
+    x0 %= width
+    out = []
+    for frame in video:
+        top = frame[y0, x0] * (1 - fx) + frame[y0, x1] * fx
+        bottom = frame[y1, x0] * (1 - fx) + frame[y1, x1] * fx
+        out.append(top * (1 - fy) + bottom * fy)
+    return np.stack(out)
+
+
+def _scipy_logmel(foa: np.ndarray, az: float, el: float, cfg: DataConfig, fb: np.ndarray) -> np.ndarray:
+    """Steer FOA ``[4, N]`` in the time domain, then per channel scipy STFT, mel, dB: ``[4, n_mels, T]``."""
+    steered = steering_matrix(float(az), float(el), dtype=torch.float64).numpy() @ foa
+    window = scipy.signal.get_window("hann", cfg.n_fft)
+    out = []
+    for channel in steered:
+        padded = np.pad(channel, cfg.n_fft // 2, mode="reflect")
+        _, _, z = scipy.signal.stft(
+            padded,
+            nperseg=cfg.n_fft,
+            noverlap=cfg.n_fft - cfg.hop,
+            window=window,
+            boundary=None,
+            padded=False,
+        )
+        out.append(20.0 * np.log10(np.maximum(fb @ np.abs(z * window.sum()), 1e-5)))
+    db = np.stack(out)
+    return np.maximum(db, db.max() - cfg.top_db)
+
+
+def _clips_per_second(batches: object, clips_per_batch: int, warmup: int) -> float:
+    """Clips/s over the batches after the first ``warmup`` (worker start-up is not throughput)."""
+    count, start = 0, None
+    for i, _ in enumerate(batches):  # type: ignore[call-overload]
+        if i == warmup:
+            start, count = time.perf_counter(), 0
+        count += clips_per_batch
+    assert start is not None, "not enough batches to time"
+    return count / (time.perf_counter() - start)
+
+
+def main(argv: list[str]) -> float:
+    parser = argparse.ArgumentParser(prog="python -m bench loader", description=__doc__)
+    parser.add_argument("--clips", type=int, default=96, help="clips in the dataset")
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    parser.add_argument("--width", type=int, default=512, help="equirect width (height is half)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        per_shard = 16
+        sizes = [per_shard] * (args.clips // per_shard) + (
+            [args.clips % per_shard] if args.clips % per_shard else []
+        )
+        write_dataset(root, sizes, args.seconds, (args.width, args.width // 2), seed=1)
+        print(
+            f"dataset: {args.clips} clips of {args.seconds:g} s, {args.width}x{args.width // 2}, "
+            f"written in {time.perf_counter() - start:.1f} s"
+        )
+        cfg = DataConfig(url=root, batch_size=args.batch_size, workers=args.workers, viewpoint_sampler="mix")
+        warmup = 1
+        ours = _clips_per_second(build_loader(cfg, device="cpu"), args.batch_size, warmup)
+        reference = DataLoader(
+            ReferenceStyle(cfg),
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            shuffle=True,
+            drop_last=True,
+        )
+        baseline = _clips_per_second(reference, args.batch_size, warmup)
+    print(
+        f"K={cfg.viewpoints} T={cfg.frames} {cfg.crop_size}x{cfg.crop_size} crops, {cfg.n_mels} mels, "
+        f"batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads"
+    )
+    print(f"ours (DALI + grid_sample + one STFT per clip): {ours:8.1f} clips/s")
+    print(f"baseline (PyAV + numpy crops + scipy STFTs):   {baseline:8.1f} clips/s")
+    return ours / baseline

@@ -1,0 +1,375 @@
+"""The training loader: shards -> DALI decode -> K viewpoint crops with steered FOA features, per rank.
+
+    loader = build_loader(cfg.data, rank, world_size, storage=cfg.storage, device="cuda")
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:            # len(loader) batches, the same on every rank
+            ...
+        state = loader.state_dict()     # saved with a checkpoint; load_state_dict resumes mid-epoch
+
+Each rank reads its stream of samples (:class:`dataloading.shards.EpochPlan`); loader worker w of
+``cfg.workers`` prepares positions p ≡ w (mod workers): one ranged read, JSON, DALI decode of the FOA
+window (and, without a GPU, of the frame window plus the K crops), viewpoints from the configured
+sampler. ``torch.utils.data.DataLoader`` hands the workers' items back round-robin, so the main
+process sees positions in order whatever the worker count. There, batches of ``batch_size`` good clips
+are assembled; with a GPU the video is decoded and cropped by DALI on the device. Bad samples (missing,
+truncated, undecodable, bad JSON) are counted, logged once with key and shard, and replaced by the
+next position of the stream, so every rank still yields exactly ``len(loader)`` batches.
+
+All randomness of a sample is seeded by (seed, epoch, rank, position) and that of a batch's
+augmentations by (seed, epoch, rank, batch), so ``state_dict`` only needs the epoch, the batch count
+and the stream position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dataloading.batch import (
+    Batch,
+    BatchBuilder,
+    Clip,
+    augment_views,
+    crop_views,
+    stacked_remap_maps,
+    to_uint8,
+    unstack_remapped,
+)
+from dataloading.config import DataConfig, StorageConfig
+from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder
+from dataloading.feature_stats import FeatureStats
+from dataloading.shards import BadSample, EpochPlan, ShardReader, list_shards
+from dataloading.viewpoints import sample_viewpoints
+
+log = logging.getLogger(__name__)
+
+# Samples a worker decodes per DALI run: amortises the run overhead, keeps a worker's latency low.
+_GROUP = 4
+
+
+@dataclass
+class Skipped:
+    """A stream position whose sample could not be used, and why."""
+
+    position: int
+    key: str
+    shard: str
+    reason: str
+    truncated: bool = False
+
+
+class _Windows:
+    """Where a sample's frame and audio windows lie, drawn from its JSON and its generator."""
+
+    def __init__(self, cfg: DataConfig, meta: dict[str, Any], rng: np.random.Generator) -> None:
+        duration, clip_fps = float(meta["duration_s"]), float(meta["fps"])
+        self.size = (int(meta["video"]["width"]), int(meta["video"]["height"]))
+        # Clips at a multiple of the training rate are subsampled; the window spans T / fps seconds.
+        self.stride = max(1, round(clip_fps / cfg.fps))
+        clip_frames = max(1, math.floor(duration * clip_fps + 1e-6))
+        self.start_frame = int(rng.integers(max(1, clip_frames - cfg.frames * self.stride + 1)))
+        video_s = cfg.frames * self.stride / clip_fps
+        # The audio window is centred on the video window, kept inside the clip where it fits.
+        start = self.start_frame / clip_fps + (video_s - cfg.audio_seconds) / 2.0
+        self.audio_start_s = min(max(start, 0.0), max(duration - cfg.audio_seconds, 0.0))
+        self.start_s = self.start_frame / clip_fps
+
+
+def _objects(meta: dict[str, Any]) -> np.ndarray:
+    """Object directions ``[M, 2]`` (azimuth, elevation) in radians from a sample's JSON (degrees there)."""
+    directions = [o["direction"] for o in meta.get("objects", [])]
+    return np.radians(np.asarray(directions, dtype=np.float64).reshape(-1, 2))
+
+
+class ClipStream(IterableDataset):
+    """Positions ``start + w + i·workers`` of a rank's plan, prepared in loader worker w, one item each.
+
+    Items are :class:`dataloading.batch.Clip` or :class:`Skipped`; the stream never ends (positions past
+    the rank's share supply substitutes), the loader stops pulling when its batches are done.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        plan: EpochPlan,
+        start: int,
+        storage: StorageConfig | None,
+        gpu: bool,
+        augment: bool,
+    ) -> None:
+        self.cfg, self.plan, self.start, self.storage = cfg, plan, start, storage
+        self.gpu, self.augment = gpu, augment
+
+    def __iter__(self) -> Iterator[Clip | Skipped]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if info is not None:
+            torch.set_num_threads(1)  # the workers share the cores with each other and the trainer
+        reader = ShardReader(self.plan.shards, self.storage)
+        decoder = SampleDecoder(self.cfg.sample_rate, self.cfg.frames, video=not self.gpu, max_batch=_GROUP)
+        position = self.start + worker
+        while True:
+            positions = range(position, position + _GROUP * workers, workers)
+            yield from self._prepare(list(positions), reader, decoder)
+            position += _GROUP * workers
+
+    def _prepare(
+        self, positions: list[int], reader: ShardReader, decoder: SampleDecoder
+    ) -> list[Clip | Skipped]:
+        cfg = self.cfg
+        items: dict[int, Clip | Skipped] = {}
+        pending = []  # (position, key, shard url, members, meta, windows, rng)
+        for position in positions:
+            ref = self.plan[position]
+            shard = self.plan.shards[ref.shard].url
+            key = "?"
+            try:
+                key, members = reader.read(ref)
+                meta = json.loads(members["json"])
+                rng = self.plan.sample_rng(position)
+                windows = _Windows(cfg, meta, rng)
+                pending.append((position, key, shard, members, meta, windows, rng))
+            except BadSample as exc:
+                items[position] = Skipped(position, exc.key, shard, str(exc), exc.truncated)
+            except (KeyError, TypeError, ValueError) as exc:  # JSON missing, malformed or lacking fields
+                items[position] = Skipped(position, key, shard, f"bad sample: {exc!r}")
+        length = round(cfg.audio_seconds * cfg.sample_rate)
+        decoded = (
+            decoder.decode(
+                [p[3]["flac"] for p in pending],
+                [(round(p[5].audio_start_s * cfg.sample_rate), length) for p in pending],
+                [] if self.gpu else [p[3]["mp4"] for p in pending],
+                [] if self.gpu else [(p[5].start_frame, p[5].stride) for p in pending],
+            )
+            if pending
+            else []
+        )
+        for (position, key, shard, members, meta, windows, rng), result in zip(pending, decoded, strict=True):
+            if isinstance(result, Exception):
+                reason = str(result).strip().splitlines()[-1][:200]
+                items[position] = Skipped(position, key, shard, f"decode failed: {reason}")
+                continue
+            audio, frames = result
+            low, high = np.radians(cfg.fov_deg)
+            fov = torch.from_numpy(rng.uniform(low, high, cfg.viewpoints)).float()
+            azimuth, elevation = sample_viewpoints(
+                cfg.viewpoint_sampler,
+                cfg.viewpoints,
+                rng,
+                math.radians(cfg.max_elevation_deg),
+                math.radians(cfg.min_separation_deg),
+                objects=_objects(meta),
+                foa=audio,
+            )
+            azimuth, elevation = torch.from_numpy(azimuth).float(), torch.from_numpy(elevation).float()
+            foa = torch.from_numpy(audio)
+            clip = Clip(key, shard, position, foa, azimuth, elevation, fov, windows.start_s)
+            if self.gpu:  # crops and augmentations happen on the device
+                clip.mp4, clip.size = members["mp4"], windows.size
+                clip.frame_window = (windows.start_frame, windows.stride)
+            else:
+                views = crop_views(frames, azimuth, elevation, fov, cfg.crop_size)[None]
+                if self.augment:
+                    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+                    views, foa, azimuth, flipped = augment_views(
+                        views, foa[None], azimuth[None], cfg.flip_prob, generator
+                    )
+                    clip.foa, clip.azimuth, clip.flipped = foa[0], azimuth[0], bool(flipped[0])
+                clip.crops = to_uint8(views[0])
+            items[position] = clip
+        return [items[p] for p in positions]
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+class Loader:
+    """One rank's resumable stream of :class:`dataloading.batch.Batch` (see the module docstring).
+
+    ``len(loader)`` batches per epoch on every rank: from the dataset size, or ``batches_per_epoch`` when
+    given (> 0; required to be set for open-ended resampled training to mean anything other than a pass).
+    ``counters`` (``samples``, ``skipped``, ``truncated_shards``) accumulate across epochs and resumes.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        storage: StorageConfig | None = None,
+        device: torch.device | str = "cpu",
+        batches_per_epoch: int = 0,
+        stats: FeatureStats | None = None,
+        augment: bool = True,
+    ) -> None:
+        self.cfg, self.rank, self.world_size, self.storage = cfg, rank, world_size, storage
+        self.device = torch.device(device)
+        self.shards = list_shards(cfg.url, storage)
+        self.builder = BatchBuilder(cfg, self.device, stats)
+        self.augment = augment
+        self._batches_override = batches_per_epoch
+        self.epoch, self.batch, self.position = 0, 0, 0
+        self.counters = {"samples": 0, "skipped": 0, "truncated_shards": 0}
+        self._logged: set[tuple[str, str]] = set()
+        self._gpu_decoder: GpuCropDecoder | None = None
+        self._bad_run = 0
+        self._plan = self._make_plan()
+
+    def _make_plan(self) -> EpochPlan:
+        cfg = self.cfg
+        return EpochPlan(
+            self.shards, cfg.batch_size, self.rank, self.world_size, cfg.seed, self.epoch, cfg.resampled
+        )
+
+    def __len__(self) -> int:
+        return self._batches_override or self._plan.batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Position the loader at the start of ``epoch`` (no-op if already inside it)."""
+        if epoch != self.epoch:
+            self.epoch, self.batch, self.position = epoch, 0, 0
+            self._plan = self._make_plan()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch handed out, and the counters."""
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "position": self.position,
+            "counters": dict(self.counters),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch, self.position = (
+            int(state["epoch"]),
+            int(state["batch"]),
+            int(state["position"]),
+        )
+        self.counters = dict(state["counters"])
+        self._plan = self._make_plan()
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.batch >= len(self):
+            return
+        gpu = self.device.type == "cuda"
+        workers = self.cfg.workers
+        stream = DataLoader(
+            ClipStream(self.cfg, self._plan, self.position, self.storage, gpu, self.augment),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_identity,
+            pin_memory=gpu,
+            multiprocessing_context="spawn" if gpu and workers else None,
+        )
+        items = iter(stream)
+        self._bad_run = 0  # bad positions since the last readable one
+        while self.batch < len(self):
+            clips: list[Clip] = []
+            crops: list[torch.Tensor] = []
+            while len(clips) < self.cfg.batch_size:
+                pulled = self._pull(items, self.cfg.batch_size - len(clips))
+                for clip, video in zip(pulled, self._crops(pulled), strict=True):
+                    if isinstance(video, Skipped):
+                        self._skip(video)
+                    else:
+                        clips.append(clip)
+                        crops.append(video)
+            batch = self.builder(clips, torch.stack(crops), self._device_augment_generator(gpu))
+            self.batch += 1
+            self.counters["samples"] += len(clips)
+            yield batch
+
+    def _device_augment_generator(self, gpu: bool) -> torch.Generator | None:
+        """For GPU decoding, the generator of this batch's augmentations, seeded by (seed, epoch, rank,
+        batch); None when the workers augmented each clip already (CPU path) or augmentation is off."""
+        if not (gpu and self.augment):
+            return None
+        seed = np.random.SeedSequence([self.cfg.seed, self.epoch, self.rank, self.batch, 2]).generate_state(1)
+        return torch.Generator().manual_seed(int(seed[0]))
+
+    def _pull(self, items: Iterator[Clip | Skipped], count: int) -> list[Clip]:
+        """The next ``count`` readable clips of the stream, skipping (and counting) bad positions."""
+        clips: list[Clip] = []
+        while len(clips) < count:
+            item = next(items)
+            self.position += 1
+            if isinstance(item, Skipped):
+                self._skip(item)
+            else:
+                self._bad_run = 0
+                clips.append(item)
+        return clips
+
+    def _crops(self, clips: list[Clip]) -> list[torch.Tensor | Skipped]:
+        """Each clip's uint8 ``[K, 3, T, h, w]`` crops: made by the worker, or decoded here on the GPU."""
+        if not clips or clips[0].crops is not None:
+            return [c.crops for c in clips]
+        cfg = self.cfg
+        if self._gpu_decoder is None:
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self._gpu_decoder = GpuCropDecoder(cfg.frames, cfg.batch_size, index)
+        maps = [stacked_remap_maps(c.azimuth, c.elevation, c.fov, cfg.crop_size, c.size) for c in clips]
+        decoded = self._gpu_decoder.decode([c.mp4 for c in clips], [c.frame_window for c in clips], maps)
+        return [
+            Skipped(c.position, c.key, c.shard, f"decode failed: {str(d).strip().splitlines()[-1][:200]}")
+            if isinstance(d, Exception)
+            else unstack_remapped(d, cfg.viewpoints)
+            for c, d in zip(clips, decoded, strict=True)
+        ]
+
+    def _skip(self, item: Skipped) -> None:
+        """Count and log (once per sample, or once per truncated shard) a bad sample; fail if all are bad."""
+        self.counters["skipped"] += 1
+        if item.truncated:
+            if (item.shard, "") not in self._logged:
+                self._logged.add((item.shard, ""))
+                self.counters["truncated_shards"] += 1
+                log.warning(
+                    "truncated shard %s: skipping sample %s and the rest (%s)",
+                    item.shard,
+                    item.key,
+                    item.reason,
+                )
+        elif (item.shard, item.key) not in self._logged:
+            self._logged.add((item.shard, item.key))
+            log.warning("skipping sample %s in shard %s: %s", item.key, item.shard, item.reason)
+        self._bad_run += 1
+        # Fail fast when nothing at all can be read, and never loop forever over a rank's bad share.
+        if (self._bad_run >= min(self._plan.quota, 16) and self.counters["samples"] == 0) or (
+            self._bad_run >= self._plan.quota
+        ):
+            raise RuntimeError(
+                f"dataset {self.cfg.url!r} looks unreadable: {self._bad_run} samples in a row failed on rank "
+                f"{self.rank}, the last {item.key!r} in shard {item.shard}: {item.reason}"
+            )
+
+
+def build_loader(
+    cfg: DataConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    storage: StorageConfig | None = None,
+    device: torch.device | str | None = None,
+    **kwargs: Any,
+) -> Loader:
+    """A :class:`Loader` for ``cfg.url`` positioned at the start of ``epoch``.
+
+    ``device`` defaults to the current CUDA device when there is one (DALI ``mixed`` decode and
+    ``remap`` crops), else the CPU. Other keyword arguments go to :class:`Loader`.
+    """
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+    loader = Loader(cfg, rank, world_size, storage, device, **kwargs)
+    loader.set_epoch(epoch)
+    return loader

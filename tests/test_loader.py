@@ -1,0 +1,246 @@
+"""The training loader end to end on tiny real shards (VP9 256×128 clips, 4-channel FLAC, JSON, DALI index).
+
+Every test decodes with DALI on CPU; crops are 32×32, 4 frames, 16 mels, so the module runs in about a
+minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.loader import write_dataset
+from dataloading.config import DataConfig
+from dataloading.features import CHANNELS
+from dataloading.foa import direction_vector, steering_matrix
+from dataloading.loader import Loader, build_loader
+from dataloading.shards import list_shards, parse_index
+from tests.distributed import run_distributed
+
+SIZES = [3, 5, 4, 2, 6]  # five uneven shards, 20 clips: 5 batches of 2 on each of 2 ranks
+
+
+def small(url: str, **overrides: object) -> DataConfig:
+    """The test-sized loader config: 2 clips × 4 viewpoints, 4 frames of 32×32, 16 mels, in-process."""
+    settings = dict(
+        url=url, batch_size=2, frames=4, crop_size=32, n_mels=16, workers=0, viewpoint_sampler="mix"
+    )
+    return DataConfig(**(settings | overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
+    root = tmp_path_factory.mktemp("shards")
+    return str(root), write_dataset(str(root), SIZES, seconds=1.5)
+
+
+def _epoch(rank: int, world_size: int, url: str) -> tuple[list[list[str]], int]:
+    loader = build_loader(small(url, workers=2), rank, world_size, epoch=3)
+    return [batch.meta["key"] for batch in loader], len(loader)
+
+
+def test_two_ranks_two_workers_see_every_sample_once(dataset: tuple[str, list[str]]) -> None:
+    url, keys = dataset
+    (keys0, len0), (keys1, len1) = run_distributed(_epoch, 2, url, timeout_s=240)
+    assert len(keys0) == len(keys1) == len0 == len1 == 5
+    seen = [key for batch in keys0 + keys1 for key in batch]
+    assert sorted(seen) == sorted(keys)
+
+
+def _run(loader: Loader, count: int | None = None) -> list[tuple[list[str], torch.Tensor, torch.Tensor]]:
+    out = []
+    for batch in loader:
+        out.append((batch.meta["key"], batch.video, batch.audio))
+        if count is not None and len(out) == count:
+            break
+    return out
+
+
+def test_resume_mid_epoch_continues_with_the_same_batches(dataset: tuple[str, list[str]]) -> None:
+    url, _ = dataset
+    full = _run(build_loader(small(url, workers=2), epoch=1))
+    first = build_loader(small(url, workers=2), epoch=1)
+    head = _run(first, 3)
+    state = first.state_dict()
+    resumed = build_loader(small(url, workers=1))  # another worker count: the stream does not depend on it
+    resumed.load_state_dict(state)
+    tail = _run(resumed)
+    assert len(full) == len(head) + len(tail) == 10
+    for (keys, video, audio), (keys_r, video_r, audio_r) in zip(full, head + tail, strict=True):
+        assert keys == keys_r
+        torch.testing.assert_close(video, video_r, rtol=0, atol=0)
+        torch.testing.assert_close(audio, audio_r, rtol=0, atol=0)
+    assert resumed.counters["samples"] == 20
+    assert list(resumed) == []  # the epoch is over until set_epoch moves on
+    resumed.set_epoch(2)
+    assert len(_run(resumed, 1)) == 1
+
+
+@pytest.mark.parametrize("feature", sorted(CHANNELS))
+def test_shapes_dtypes_and_ranges(dataset: tuple[str, list[str]], feature: str) -> None:
+    url, _ = dataset
+    cfg = small(url, feature=feature)
+    batch = next(iter(build_loader(cfg)))
+    b, k = cfg.batch_size, cfg.viewpoints
+    assert batch.video.shape == (b, k, 3, cfg.frames, cfg.crop_size, cfg.crop_size)
+    assert batch.audio.shape == (b, k, CHANNELS[feature], cfg.n_mels, 101)  # 1 s at 100 frames/s, centred
+    assert batch.directions.shape == (b, k, 2)
+    for tensor in (batch.video, batch.audio, batch.directions):
+        assert tensor.dtype == torch.float32 and tensor.isfinite().all()
+    assert batch.video.min() >= 0.0 and batch.video.max() <= 1.0 and batch.video.std() > 0.05
+    assert batch.directions[..., 1].abs().max() <= math.radians(cfg.max_elevation_deg) + 1e-6
+    logmel = batch.audio[:, :, : {"stereo": 2}.get(feature, min(CHANNELS[feature], 4))]
+    spread = logmel.amax((2, 3, 4)) - logmel.amin((2, 3, 4))
+    assert (spread <= cfg.top_db + 1e-3).all() and (spread > 1.0).all()
+    if feature == "stereo":  # GCC-PHAT is a normalised correlation
+        assert batch.audio[:, :, 2].abs().max() <= 1.0 + 1e-5
+    low, high = np.radians(cfg.fov_deg)
+    assert ((batch.meta["fov"] >= low - 1e-6) & (batch.meta["fov"] <= high + 1e-6)).all()
+
+
+OBJECT = (2.9, 0.25)  # near the ±180° seam, a little up
+SOUND = (1.1, -0.35)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("scene")
+    write_dataset(str(root), [4], seconds=1.5, seed=5, object_direction=OBJECT, sound_direction=SOUND)
+    return str(root)
+
+
+def test_crop_aimed_at_the_object_shows_it(scene: str) -> None:
+    """The objects sampler aims viewpoint 0 at the red patch; its crop centre is red, flipped or not."""
+    for augment in (False, True):
+        loader = build_loader(small(scene, viewpoint_sampler="objects", flip_prob=0.5), augment=augment)
+        batches = list(loader)
+        flipped = torch.cat([b.meta["flipped"] for b in batches])
+        assert augment or not flipped.any()
+        for batch in batches:
+            for b in range(batch.video.shape[0]):
+                sign = -1.0 if batch.meta["flipped"][b] else 1.0
+                torch.testing.assert_close(
+                    batch.directions[b, 0],
+                    torch.tensor([sign * OBJECT[0], OBJECT[1]]),
+                    atol=3e-4,
+                    rtol=0,  # JSON keeps 0.01°
+                )
+                centre = batch.video[b, 0, :, :, 12:20, 12:20].mean((1, 2, 3))  # RGB
+                assert centre[0] > 0.6 and centre[1] < 0.35 and centre[2] < 0.35, centre
+                other = batch.video[b, 1:, :, :, 12:20, 12:20].mean((0, 2, 3, 4))
+                assert other[0] < 0.5  # viewpoints elsewhere do not see the patch
+
+
+def _iv_direction(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direction of the mean mel-pooled intensity vector (channels 4-6: Y, Z, X) of ``[..., 7, F, T]``."""
+    i_y, i_z, i_x = features[..., 4:7, :, :].mean((-2, -1)).unbind(-1)
+    return torch.atan2(i_y, i_x), torch.atan2(i_z, torch.hypot(i_x, i_y))
+
+
+def test_steered_audio_points_where_each_viewpoint_says(scene: str) -> None:
+    """With every augmentation on, the intensity DOA of each viewpoint's features is the source direction
+    seen from that viewpoint (mirrored for flipped clips), and the audio sampler's first view faces it."""
+    for sampler in ("random", "audio"):
+        cfg = small(scene, feature="logmel_iv", viewpoint_sampler=sampler, flip_prob=0.5)
+        for batch in build_loader(cfg):
+            az, el = batch.directions.unbind(-1)
+            sign = torch.where(batch.meta["flipped"], -1.0, 1.0)[:, None]
+            source = direction_vector(sign * SOUND[0], torch.full_like(az, SOUND[1]))  # [B, K, 3]
+            rotation = steering_matrix(az, el)[..., [3, 1, 2], :][..., [3, 1, 2]]
+            x, y, z = (rotation @ source.unsqueeze(-1)).squeeze(-1).unbind(-1)
+            doa_az, doa_el = _iv_direction(batch.audio)
+            az_error = torch.remainder(doa_az - torch.atan2(y, x) + math.pi, 2 * math.pi) - math.pi
+            assert az_error.abs().max() < math.radians(3.0), az_error
+            assert (doa_el - torch.atan2(z, torch.hypot(x, y))).abs().max() < math.radians(3.0)
+            if sampler == "audio":  # steered toward the sound peak, the sound arrives from the front
+                assert doa_az[:, 0].abs().max() < math.radians(5.0) and doa_el[
+                    :, 0
+                ].abs().max() < math.radians(5.0)
+
+
+def _damage(root: Path) -> tuple[set[str], set[str], str]:
+    """Corrupt one clip's video and another's JSON in shard 0 (in place, sizes kept) and cut shard 2 short.
+
+    Returns the damaged keys, the keys lost to the truncation and the truncated shard's URL.
+    """
+    tar = root / "shard-000000.tar"
+    entries = parse_index((root / "shard-000000.idx").read_text())
+    data = bytearray(tar.read_bytes())
+    offset, size = entries[1].members["mp4"]
+    data[offset : offset + size] = bytes(size)
+    offset, size = entries[2].members["json"]
+    data[offset : offset + size] = b"{" * size
+    tar.write_bytes(bytes(data))
+    cut = root / "shard-000002.tar"
+    cut_entries = parse_index((root / "shard-000002.idx").read_text())
+    cut.write_bytes(cut.read_bytes()[: cut_entries[2].span[0] + 100])
+    return {entries[1].key, entries[2].key}, {cut_entries[2].key, cut_entries[3].key}, str(cut)
+
+
+def test_bad_samples_and_a_truncated_shard_are_counted_logged_once_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = write_dataset(str(tmp_path), [4, 4, 4], seconds=1.5, seed=2)
+    damaged, lost, truncated = _damage(tmp_path)
+    caplog.set_level(logging.WARNING, logger="dataloading.loader")
+    loader = build_loader(small(str(tmp_path), workers=2))
+    delivered = [key for batch in loader for key in batch.meta["key"]]
+    assert len(delivered) == 12 == len(loader) * 2  # the batch count holds: bad clips were replaced
+    assert set(delivered) == set(keys) - damaged - lost
+    assert loader.counters["skipped"] >= 4 and loader.counters["truncated_shards"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3, messages  # once per damaged sample, once for the truncated shard
+    for key in damaged:
+        assert sum(key in m and "shard-000000.tar" in m for m in messages) == 1
+    assert sum(truncated in m and any(k in m for k in lost) for m in messages) == 1
+
+
+def test_an_unreadable_dataset_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
+    write_dataset(str(tmp_path), [3], seconds=1.5)
+    tar = tmp_path / "shard-000000.tar"
+    data = bytearray(tar.read_bytes())
+    for entry in parse_index((tmp_path / "shard-000000.idx").read_text()):
+        offset, size = entry.members["mp4"]
+        data[offset : offset + size] = bytes(size)
+    tar.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match=r"looks unreadable.*decode failed"):
+        next(iter(build_loader(small(str(tmp_path), batch_size=1))))
+    with pytest.raises(FileNotFoundError, match="no readable shards"):
+        build_loader(small(str(tmp_path / "elsewhere")))
+
+
+def test_resampled_mode_yields_the_requested_batches(dataset: tuple[str, list[str]]) -> None:
+    url, keys = dataset
+    loader = build_loader(small(url, resampled=True), batches_per_epoch=3)
+    seen = [key for batch in loader for key in batch.meta["key"]]
+    assert len(seen) == 6 and set(seen) <= set(keys)
+
+
+@pytest.mark.integration
+def test_s3_dataset_on_seaweedfs(stack, dataset: tuple[str, list[str]]) -> None:  # type: ignore[no-untyped-def]
+    storage = stack.storage()
+    url = f"s3://{stack.cfg.bucket}/loader-test"
+    keys = write_dataset(url, [3, 3], seconds=1.5, storage=storage)
+    assert [s.samples for s in list_shards(url, storage)] == [3, 3]
+    loader = build_loader(small(url, workers=2), storage=storage)
+    seen = [key for batch in loader for key in batch.meta["key"]]
+    assert sorted(seen) == sorted(keys)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_decode_and_remap_match_the_cpu_path(dataset: tuple[str, list[str]]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    url, _ = dataset
+    cfg = small(url)
+    cpu = _run(build_loader(cfg, device="cpu", augment=False), 3)
+    gpu = _run(build_loader(cfg, device="cuda", augment=False), 3)
+    for (keys, video, audio), (keys_g, video_g, audio_g) in zip(cpu, gpu, strict=True):
+        assert keys == keys_g and video_g.is_cuda
+        assert (video_g.cpu() - video).abs().mean() < 2.0 / 255.0  # decoders may round differently
+        torch.testing.assert_close(audio_g.cpu(), audio, atol=1e-3, rtol=1e-3)
