@@ -439,26 +439,26 @@ def procedural_panorama(seed: int, width: int, height: int) -> np.ndarray:
 def build_catalog(root: str | os.PathLike | None = None, fetch: bool = True) -> Catalog:
     """Fetch (if ``fetch``) and index the real assets in the cache, filling gaps procedurally."""
     base = cache_dir(root)
-    dirs = {p.name: (fetch_package(p, base) if fetch else _cached(p, base)) for p in PACKAGES}
-    sounds: list[SoundAsset] = []
+    folders = {}  # package name -> its (first) kept data folder, for the packages at hand
+    for package in PACKAGES:
+        target = fetch_package(package, base) if fetch else _cached(package, base)
+        if target is not None:
+            folders[package.name] = target / package.keep[0]
+    indexers = {
+        "sonic-pi-samples": sonic_pi_sounds,
+        "hydrogen-data": hydrogen_sounds,
+        "openttd-opensfx": opensfx_sounds,
+    }
+    sounds = [sound for name, index in indexers.items() if name in folders for sound in index(folders[name])]
     fallbacks = []
-    if dirs["sonic-pi-samples"]:
-        sounds += sonic_pi_sounds(dirs["sonic-pi-samples"] / PACKAGES[1].keep[0])
-    if dirs["hydrogen-data"]:
-        sounds += hydrogen_sounds(dirs["hydrogen-data"] / PACKAGES[3].keep[0])
-    if dirs["openttd-opensfx"]:
-        sounds += opensfx_sounds(dirs["openttd-opensfx"] / PACKAGES[2].keep[0])
     present = {s.label for s in sounds}
     missing = [label for label in PROCEDURAL_LABELS if label not in present]
     if missing:
         fallbacks.append(f"sounds: {', '.join(missing)}")
         sounds += [s for s in procedural_sounds() if s.label in missing]
-    backgrounds: list[str] = []
-    if dirs["blender-data"]:
-        world = dirs["blender-data"] / PACKAGES[0].keep[0]
-        backgrounds = [
-            str(p) for p in sorted(world.glob("*.exr")) if p.stem != "studio"
-        ]  # studio: featureless
+    world = folders.get("blender-data")
+    # "studio" is a featureless grey backdrop, not a scene
+    backgrounds = [str(p) for p in sorted(world.glob("*.exr")) if p.stem != "studio"] if world else []
     if not backgrounds:
         fallbacks.append("backgrounds")
         backgrounds = [f"procedural:{k}" for k in range(8)]
