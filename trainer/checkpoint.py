@@ -6,7 +6,8 @@ Layout under ``train.checkpoint_url`` (the *root*)::
     ROOT/step_00001000/              one folder (*tag*) per save
         mp_rank_00_model_states.pt   DeepSpeed: module weights and buffers (+ scheduler)
         zero_pp_rank_R_...optim_states.pt   DeepSpeed: rank R's ZeRO optimizer partition
-        rank_R.pt                    ours: rank R's RNG states (python, numpy, torch) and loader position
+        rank_R.pt                    ours: rank R's RNG states (python, numpy, torch), loader position
+                                     and module buffers (BatchNorm statistics differ per rank)
         config.yaml                  the resolved config of the run
         meta.json                    step, epoch, world size, MLflow run id, files (written after them)
 
@@ -139,7 +140,12 @@ class Checkpointer:
         try:
             local = os.path.join(staging, tag)
             engine.save_checkpoint(staging, tag=tag, save_latest=False)
-            own = {"rng": rng_state(), "source": source.state_dict(), "step": step}
+            own = {
+                "rng": rng_state(),
+                "source": source.state_dict(),
+                "step": step,
+                "buffers": {k: v.detach().cpu() for k, v in engine.module.named_buffers()},
+            }
             torch.save(own, os.path.join(local, f"rank_{self.rank}.pt"))
             if self.rank == 0:
                 with open(os.path.join(local, CONFIG), "w") as fh:
@@ -187,6 +193,11 @@ class Checkpointer:
             shutil.rmtree(staging, ignore_errors=True)
         set_rng_state(own["rng"])
         source.load_state_dict(own["source"])
+        # Buffers (BatchNorm running statistics) are not averaged across ranks like gradients, and
+        # DeepSpeed saves rank 0's only: each rank restores its own.
+        with torch.no_grad():
+            for name, buffer in engine.module.named_buffers():
+                buffer.copy_(own["buffers"][name])
         return Resumed(url=tag_url, step=int(meta["step"]), run_id=meta.get("run_id"))
 
 

@@ -127,13 +127,25 @@ def register(cfg: Config, run_id: str, folder: str, name: str) -> str:
     return client.create_model_version(name, source=source, run_id=run_id).version
 
 
+def checkpoint_of_run(cfg: Config, run_id: str) -> str:
+    """The newest checkpoint URL that the tracked run ``run_id`` recorded (its ``checkpoint.latest`` tag)."""
+    from mlflow.tracking import MlflowClient
+
+    if not cfg.tracking.uri:
+        raise ValueError("--run needs a tracking server: set --tracking.uri")
+    tags = MlflowClient(cfg.tracking.uri).get_run(run_id).data.tags
+    if "checkpoint.latest" not in tags:
+        raise ValueError(f"MLflow run {run_id} recorded no checkpoint (no checkpoint.latest tag)")
+    return tags["checkpoint.latest"]
+
+
 def read_export_config(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
     fs, path = filesystem(join(url, "config.json"), storage)
     return json.loads(fs.cat_file(path))
 
 
 def load_encoder(url: str, which: Encoder, storage: StorageConfig | None = None) -> nn.Module:
-    """Rebuild the exported ``which`` encoder from the folder ``url`` (torch + safetensors only), in eval mode."""
+    """Rebuild the exported ``which`` encoder from folder ``url`` with torch + safetensors, in eval mode."""
     info = read_export_config(url, storage)
     if info.get("format") != FORMAT_VERSION:
         raise ValueError(f"{url}: export format {info.get('format')!r}, expected {FORMAT_VERSION}")

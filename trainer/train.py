@@ -34,9 +34,11 @@ EXTENSIONS_CACHE = "~/.cache/avsa/torch_extensions"  # DeepSpeed JIT-builds a sm
 
 @dataclass
 class TrainResult:
-    """What one rank saw: the last step, per-step metrics, the newest checkpoint and the MLflow run."""
+    """What one rank saw: the last step, per-step metrics, the newest checkpoint, the MLflow run and
+    the trained module (whole on ZeRO 0–2; ZeRO 3 leaves each rank only its partition)."""
 
     step: int
+    model: torch.nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: str | None = None
     run_id: str | None = None
@@ -112,7 +114,7 @@ def train(
     resumed = checkpointer.load(engine, tag_url, source) if tag_url else None
     start = resumed.step if resumed else 0
     tracker = Tracker(cfg, rank, world_size, resumed.run_id if resumed else None)
-    result = TrainResult(step=start, checkpoint=tag_url, run_id=tracker.run_id)
+    result = TrainResult(step=start, model=engine.module, checkpoint=tag_url, run_id=tracker.run_id)
     if rank == 0:
         how = f"resumed from {tag_url}" if resumed else "from scratch"
         log.info("training %d steps on %d ranks (%s), %s", total_steps, world_size, device.type, how)

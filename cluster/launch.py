@@ -1,0 +1,194 @@
+"""Three ways to start the one training function (:func:`trainer.train.train`) on many ranks.
+
+- :func:`run_local`: ``avsa train`` — ``train.processes`` processes on this machine (gloo on CPU).
+  Under ``torchrun`` or the DeepSpeed launcher (``RANK`` already set) it trains in-process instead.
+- :func:`run_ray`: ``ray job submit -- avsa train --ray --workers N`` — Ray Train's TorchTrainer
+  sets up the process group; Ray restarts the worker group after a failure (``--max-failures``)
+  and the restarted ranks resume from the newest checkpoint.
+- :func:`run_hostfile`: ``avsa train --hostfile FILE`` — the DeepSpeed launcher (pdsh/ssh) for
+  clusters without Ray; it re-runs ``avsa train`` on every host with the resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from cluster.processes import free_port
+from trainer.config import Config
+from trainer.tracking import SECRET_KEY
+from trainer.typed_config import flatten, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 10.0  # after one rank fails, how long the others get to exit on SIGTERM
+
+
+def launched_externally() -> bool:
+    """True inside torchrun, the DeepSpeed launcher or similar: the rank's environment is set."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _local_rank_main(rank: int, world_size: int, port: int, cfg: Config, resume: str | None) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    import torch
+
+    # N ranks share this machine's cores; torch would otherwise start one thread per core in each.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(message)s")
+    from trainer.train import train
+
+    try:
+        train(cfg, resume=resume)
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(1)
+
+
+def run_local(cfg: Config, resume: str | None = None) -> int:
+    """Train with ``cfg.train.processes`` local ranks; returns the exit status (0 = every rank finished).
+
+    If any rank fails the others are stopped at once (they would block in their next collective),
+    so the caller can resume from the last checkpoint.
+    """
+    if launched_externally():
+        from trainer.train import train
+
+        train(cfg, resume=resume)
+        return 0
+    n = cfg.train.processes
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_local_rank_main, args=(r, n, port, cfg, resume)) for r in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.exitcode is None for p in procs):
+            failed = [p for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                log.error(
+                    "rank %d exited with %s; stopping the others", procs.index(failed[0]), failed[0].exitcode
+                )
+                break
+            time.sleep(0.2)
+    finally:
+        _stop(procs)
+    codes = [p.exitcode for p in procs]
+    return next((c for c in codes if c != 0), 0)
+
+
+def _stop(procs: list[Any]) -> None:
+    for p in procs:
+        if p.exitcode is None:
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+
+
+def _ray_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: the process group is already up; run the shared training function."""
+    import ray.train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    os.environ.setdefault("LOCAL_RANK", str(ray.train.get_context().get_local_rank()))
+    from trainer.train import train
+
+    train(from_dict(Config, loop_config["config"]), resume=loop_config["resume"])
+
+
+def run_ray(
+    cfg: Config, workers: int, gpus_per_worker: float = 0, max_failures: int = 0, resume: str | None = None
+) -> int:
+    """Train with ``workers`` Ray Train workers on the Ray cluster this process is connected to.
+
+    A restarted worker group cannot know which checkpoint its predecessor reached, so without an
+    explicit ``resume`` every attempt uses ``auto``: the newest checkpoint under
+    ``train.checkpoint_url`` if there is one. Give each job its own checkpoint URL.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": 1, "GPU": gpus_per_worker} if gpus_per_worker else {"CPU": 1}
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"config": to_dict(cfg), "resume": resume or "auto"},
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"avsa-train-{time.strftime('%Y%m%d-%H%M%S')}",
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        log.error("Ray training failed: %s", result.error)
+        return 1
+    return 0
+
+
+def config_overrides(cfg: Config) -> list[str]:
+    """The resolved config as ``--key=VALUE`` arguments (JSON values parse back to the same types).
+
+    Credentials are left out of command lines (visible in ``ps``); the ranks read them from the
+    standard AWS environment variables, which :func:`run_hostfile` sets from the config.
+    """
+    return [
+        f"--{k}={json.dumps(v)}"
+        for k, v in flatten(cfg).items()
+        if not SECRET_KEY.search(k.rsplit(".", 1)[-1])
+    ]
+
+
+def run_hostfile(
+    cfg: Config, hostfile: str, resume: str | None = None, launcher_args: Sequence[str] = ()
+) -> int:
+    """Run ``avsa train`` on every host of an MPI-style hostfile (``host slots=N``) via the DeepSpeed
+    launcher, which sets each rank's environment; returns the launcher's exit status.
+
+    ``launcher_args`` go to the ``deepspeed`` launcher itself, e.g. ``--no_ssh --node_rank 0
+    --master_addr HOST`` to start one host's ranks without ssh.
+
+    On several hosts the launcher forwards only some environment variables: list ``AWS_*`` ones in
+    ``.deepspeed_env`` (see the DeepSpeed docs) when checkpoints go to ``s3://``.
+    """
+    launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    cmd = [
+        launcher,
+        "--hostfile",
+        hostfile,
+        *launcher_args,
+        "--no_local_rank",
+        "--module",
+        "cluster.cli",
+        "train",
+    ]
+    cmd += config_overrides(cfg) + (["--resume", resume] if resume else [])
+    env = dict(os.environ)
+    if cfg.storage.access_key_id and cfg.storage.secret_access_key:
+        env |= {
+            "AWS_ACCESS_KEY_ID": cfg.storage.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": cfg.storage.secret_access_key,
+        }
+    log.info("launching: %s", " ".join(cmd[:8]) + " …")
+    return subprocess.run(cmd, env=env, check=False).returncode
