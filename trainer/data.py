@@ -1,22 +1,24 @@
 """What the trainer needs from a data loader, and a deterministic synthetic source of batches.
 
-The trainer is written against :class:`BatchSource`, a small protocol: the real loader
-(:mod:`dataloading`) and :class:`SyntheticSource` (tests, benchmarks, ``--data.url synthetic://``)
-both satisfy it. Resuming needs only ``state_dict``/``load_state_dict``: the position inside the
-epoch, so a resumed run sees exactly the batches an uninterrupted run would have seen.
+The trainer is written against :class:`BatchSource`, a small protocol: the shard loader
+(:class:`dataloading.loader.Loader`) and :class:`SyntheticSource` (tests, benchmarks,
+``--data.url synthetic://``) both satisfy it, yielding :class:`dataloading.batch.Batch`. Resuming
+needs only ``state_dict``/``load_state_dict``: the position inside the epoch, so a resumed run
+sees exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from dataloading.batch import Batch
 from dataloading.config import DataConfig
 from dataloading.features import CHANNELS
+from trainer.config import Config
 
 SYNTHETIC_SCHEME = "synthetic://"
 
@@ -32,21 +34,6 @@ TINY = {
     "data.n_mels": 32,
     "data.audio_seconds": 0.32,
 }
-
-
-@dataclass
-class Batch:
-    """One rank's batch of B clips × K viewpoints.
-
-    video: ``[B, K, 3, T, H, W]`` float crops; audio: ``[B, K, C, F, T']`` steered-FOA features
-    (C channels, F mels, T' frames); directions: ``[B, K, 2]`` (azimuth, elevation) in radians;
-    meta: per-clip information for logging (keys, shard names), never used by the model.
-    """
-
-    video: torch.Tensor
-    audio: torch.Tensor
-    directions: torch.Tensor
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -150,15 +137,21 @@ class SyntheticSource:
         )
 
 
-def make_source(data: DataConfig, batches_per_epoch: int, rank: int, world_size: int) -> BatchSource:
-    """The batch source named by ``data.url``: ``synthetic://`` or a dataset URL for the real loader.
+def make_source(cfg: Config, rank: int, world_size: int, device: torch.device) -> BatchSource:
+    """The batch source ``cfg.data.url`` names: ``synthetic://``, or a shard dataset for the loader.
 
-    ``batches_per_epoch`` (``train.steps_per_epoch``) is required for synthetic data, which has no
-    natural epoch; for a dataset 0 means one pass.
+    ``train.steps_per_epoch`` sets the batches per epoch (synthetic data has no natural epoch, so
+    16 when unset; for a dataset 0 means one pass).
     """
-    if data.url.startswith(SYNTHETIC_SCHEME):
-        return SyntheticSource(data, batches_per_epoch or 16, rank, world_size)
-    raise NotImplementedError(
-        f"data.url={data.url!r}: the shard loader (dataloading.loader) is not available yet; "
-        f"use --data.url {SYNTHETIC_SCHEME} for synthetic batches"
+    if cfg.data.url.startswith(SYNTHETIC_SCHEME):
+        return SyntheticSource(cfg.data, cfg.train.steps_per_epoch or 16, rank, world_size)
+    from dataloading.loader import build_loader  # imports DALI: only when real data is read
+
+    return build_loader(
+        cfg.data,
+        rank,
+        world_size,
+        storage=cfg.storage,
+        device=device,
+        batches_per_epoch=cfg.train.steps_per_epoch,
     )

@@ -99,7 +99,7 @@ def train(
 
     rank, world_size, device, created_group = setup_distributed()
     t = cfg.train
-    source = source or make_source(cfg.data, t.steps_per_epoch, rank, world_size)
+    source = source or make_source(cfg, rank, world_size, device)
     steps_per_epoch = t.steps_per_epoch or len(source)
     total_steps = (t.avc_epochs + t.avsa_epochs) * steps_per_epoch
     clips_per_step = cfg.data.batch_size * world_size
