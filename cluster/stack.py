@@ -192,7 +192,7 @@ class Stack:
             return http + [p + WEED_GRPC_OFFSET for p in http]
         if name == "mlflow":
             return [c.mlflow_port]
-        return [c.ray_port, c.ray_dashboard_port]
+        return [c.ray_port, c.ray_dashboard_port, c.ray_agent_port]
 
     def _check_ports(self, services: Sequence[str]) -> None:
         for name in services:
@@ -206,7 +206,13 @@ class Stack:
 
     def _port_key(self, name: str, port: int) -> str:
         keys = {"s3": "s3_port", "mlflow": "mlflow_port", "ray": "ray_port"}
-        for key in ("weed_master_port", "weed_volume_port", "weed_filer_port", "ray_dashboard_port"):
+        for key in (
+            "weed_master_port",
+            "weed_volume_port",
+            "weed_filer_port",
+            "ray_dashboard_port",
+            "ray_agent_port",
+        ):
             if getattr(self.cfg, key) in (port, port - WEED_GRPC_OFFSET):
                 return key
         return keys[name]
@@ -283,6 +289,7 @@ class Stack:
             "--include-dashboard=true",
             f"--dashboard-host={state.host}",
             f"--dashboard-port={c.ray_dashboard_port}",
+            f"--dashboard-agent-listen-port={c.ray_agent_port}",
             f"--num-cpus={c.ray_num_cpus or os.cpu_count()}",
             f"--temp-dir={self._ray_temp_dir('head')}",
             "--disable-usage-stats",
@@ -360,7 +367,12 @@ class Stack:
                     and n["raylet"].get("state") == "ALIVE"
                     for n in nodes["data"]["summary"]
                 )
-            return requests.get(f"{url}/api/version", headers=auth, timeout=2).status_code == 200
+            # `ray job submit` needs the dashboard and the head's job agent, which starts later.
+            agent = f"http://{state.host}:{self.cfg.ray_agent_port}/api/healthz"
+            return all(
+                requests.get(u, headers=auth, timeout=2).status_code == 200
+                for u in (f"{url}/api/version", agent)
+            )
         except (requests.RequestException, ValueError, KeyError):
             return False
 

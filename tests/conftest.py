@@ -44,6 +44,7 @@ def free_stack_config(state_dir: Path) -> StackConfig:
         mlflow_port=pick(),
         ray_port=pick(),
         ray_dashboard_port=pick(),
+        ray_agent_port=pick(),
         ray_num_cpus=2,
     )
 

@@ -33,6 +33,7 @@ class StackConfig:
     mlflow_port: int = 5000
     ray_port: int = 6379
     ray_dashboard_port: int = 8265
+    ray_agent_port: int = 52365  # the head's dashboard agent, which runs submitted jobs
     ray_num_cpus: int = 0  # 0 = all cores
     start_timeout_s: float = 120.0
 
