@@ -7,9 +7,12 @@ import io
 import itertools
 import json
 import math
+import os
+import resource
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import av
 import numpy as np
@@ -224,52 +227,71 @@ def _scipy_logmel(foa: np.ndarray, az: float, el: float, cfg: DataConfig, fb: np
     return np.maximum(db, db.max() - cfg.top_db)
 
 
-def _clips_per_second(batches: object, clips_per_batch: int, warmup: int) -> float:
-    """Clips/s over the batches after the first ``warmup`` (worker start-up is not throughput)."""
-    count, start = 0, None
-    for i, _ in enumerate(batches):  # type: ignore[call-overload]
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (loader workers), in seconds."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _throughput(batches: Iterable[object], clips_per_batch: int, warmup: int = 1) -> tuple[float, float]:
+    """(clips/s of wall time after ``warmup`` batches, clips per CPU-second over the whole run).
+
+    The second counts the workers too (read once they have exited) and barely depends on what else
+    the machine runs, so it estimates the throughput of an idle machine: ×cores.
+    """
+    cpu = _cpu_seconds()
+    count, total, start = 0, 0, time.perf_counter()
+    for i, _ in enumerate(batches):
         if i == warmup:
             start, count = time.perf_counter(), 0
         count += clips_per_batch
-    assert start is not None, "not enough batches to time"
-    return count / (time.perf_counter() - start)
+        total += clips_per_batch
+    wall = count / (time.perf_counter() - start)
+    del batches  # shut the workers down so their CPU time is counted
+    return wall, total / (_cpu_seconds() - cpu)
 
 
 def main(argv: list[str]) -> float:
     parser = argparse.ArgumentParser(prog="python -m bench loader", description=__doc__)
-    parser.add_argument("--clips", type=int, default=96, help="clips in the dataset")
+    parser.add_argument("--clips", type=int, default=64, help="clips in the dataset")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--width", type=int, default=512, help="equirect width (height is half)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data", help="dataset folder to reuse (written there first if it has no shards)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory() as root:
-        start = time.perf_counter()
-        per_shard = 16
-        sizes = [per_shard] * (args.clips // per_shard) + (
-            [args.clips % per_shard] if args.clips % per_shard else []
-        )
-        write_dataset(root, sizes, args.seconds, (args.width, args.width // 2), seed=1)
-        print(
-            f"dataset: {args.clips} clips of {args.seconds:g} s, {args.width}x{args.width // 2}, "
-            f"written in {time.perf_counter() - start:.1f} s"
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.data or scratch
+        if not list(Path(root).glob("*.tar")):
+            start = time.perf_counter()
+            sizes = [16] * (args.clips // 16) + ([args.clips % 16] if args.clips % 16 else [])
+            write_dataset(root, sizes, args.seconds, (args.width, args.width // 2), seed=1)
+            print(f"dataset written in {time.perf_counter() - start:.1f} s")
         cfg = DataConfig(url=root, batch_size=args.batch_size, workers=args.workers, viewpoint_sampler="mix")
-        warmup = 1
-        ours = _clips_per_second(build_loader(cfg, device="cpu"), args.batch_size, warmup)
-        reference = DataLoader(
-            ReferenceStyle(cfg),
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            shuffle=True,
-            drop_last=True,
+        reference = ReferenceStyle(cfg)
+        print(
+            f"{len(reference)} clips, K={cfg.viewpoints} T={cfg.frames} "
+            f"{cfg.crop_size}x{cfg.crop_size} crops, {cfg.n_mels} mels, batch {args.batch_size}, "
+            f"{args.workers} workers, {os.cpu_count()} CPUs"
         )
-        baseline = _clips_per_second(reference, args.batch_size, warmup)
-    print(
-        f"K={cfg.viewpoints} T={cfg.frames} {cfg.crop_size}x{cfg.crop_size} crops, {cfg.n_mels} mels, "
-        f"batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads"
-    )
-    print(f"ours (DALI + grid_sample + one STFT per clip): {ours:8.1f} clips/s")
-    print(f"baseline (PyAV + numpy crops + scipy STFTs):   {baseline:8.1f} clips/s")
-    return ours / baseline
+        figures = {
+            "ours (DALI, grid_sample, 1 STFT/clip)": _throughput(
+                build_loader(cfg, device="cpu"), args.batch_size
+            ),
+            "baseline (PyAV, numpy, scipy STFTs)": _throughput(
+                DataLoader(
+                    reference, args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True
+                ),
+                args.batch_size,
+            ),
+        }
+        if torch.cuda.is_available():
+            name = "ours on GPU (DALI mixed + remap)"
+            figures[name] = _throughput(build_loader(cfg, device="cuda"), args.batch_size)
+    print(f"{'':40s} {'clips/s':>9s} {'clips/CPU-s':>12s}")
+    for name, (wall, per_cpu) in figures.items():
+        print(f"{name:40s} {wall:9.1f} {per_cpu:12.2f}")
+    (ours, ours_cpu), (base, base_cpu) = list(figures.values())[:2]
+    print(f"ratio per CPU-second (idle-machine estimate): {ours_cpu / base_cpu:.2f}")
+    return ours / base

@@ -11,15 +11,22 @@ loader, not DALI's reader, decides which sample comes when (exact rank split, mi
   then ``fn.experimental.remap`` with the K gnomonic maps of :func:`dataloading.geometry.remap_maps`
   stacked along the height, so all K crops of a clip come from one remap call.
 
+DALI's CPU video decoder, fed from memory, decodes every frame before the requested start (its seek does
+not take effect), so a window late in a 10 s clip cost up to 5× one at the start. :func:`trim_window`
+therefore cuts the packets of the window's GOPs out of the mp4 first (demux and mux only, no decoding,
+~2 ms), and DALI decodes the same frames bit for bit from the small file.
+
 DALI fails a whole batch when one sample is bad; :func:`_run` then decodes the samples one by one, so
 only the bad ones are reported (as exceptions in place of their outputs) and the rest are kept.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import av
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
@@ -67,9 +74,40 @@ def _gpu_crop_pipeline(frames: int, pad: int) -> Any:
     decoded = _video_window(_source("mp4", types.UINT8, 1), "mixed", frames)
     # remap's border is a constant 0, so the seam is handled by wrapped columns, as in geometry.crop.
     padded = fn.cat(decoded[:, :, -pad:], decoded, decoded[:, :, :pad], axis=2)
-    return fn.experimental.remap(
-        padded, _source("mapx", types.FLOAT, 2), _source("mapy", types.FLOAT, 2), pixel_origin="corner"
+    mapx, mapy = (
+        fn.external_source(name=name, dtype=types.FLOAT, ndim=2, layout="HW") for name in ("mapx", "mapy")
     )
+    return fn.experimental.remap(padded, mapx.gpu(), mapy.gpu(), pixel_origin="corner")
+
+
+def trim_window(mp4: bytes, start_frame: int, frames: int, stride: int, fps: float) -> tuple[bytes, int]:
+    """The packets of an mp4 from the keyframe at or before ``start_frame`` up to the window's end.
+
+    The window is ``frames`` frames every ``stride``-th from ``start_frame`` of a constant-rate video at
+    ``fps``. Returns the new mp4 and the window's first frame index in it. Raises ``av.FFmpegError`` for
+    a stream that cannot be demuxed.
+    """
+    out = io.BytesIO()
+    with av.open(io.BytesIO(mp4)) as src, av.open(out, "w", format="mp4") as dst:
+        stream = src.streams.video[0]
+        origin = stream.start_time or 0
+        src.seek(origin + round(start_frame / fps / stream.time_base), stream=stream, backward=True)
+        copy = dst.add_stream_from_template(stream)
+        first: int | None = None
+        for packet in src.demux(stream):
+            if packet.pts is None:  # the demuxer's final empty packet
+                continue
+            index = round((packet.pts - origin) * stream.time_base * fps)
+            if index >= start_frame + frames * stride:
+                break
+            if first is None:
+                first, pts0, dts0 = index, packet.pts, packet.dts
+            packet.pts, packet.dts = packet.pts - pts0, packet.dts - dts0
+            packet.stream = copy
+            dst.mux(packet)
+    if first is None:
+        raise av.InvalidDataError(0, "no video packets in the window")
+    return out.getvalue(), start_frame - first
 
 
 def _run(

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -45,7 +46,7 @@ from dataloading.batch import (
     unstack_remapped,
 )
 from dataloading.config import DataConfig, StorageConfig
-from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder
+from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder, trim_window
 from dataloading.feature_stats import FeatureStats
 from dataloading.shards import BadSample, EpochPlan, ShardReader, list_shards
 from dataloading.viewpoints import sample_viewpoints
@@ -67,21 +68,56 @@ class Skipped:
     truncated: bool = False
 
 
-class _Windows:
-    """Where a sample's frame and audio windows lie, drawn from its JSON and its generator."""
+@dataclass
+class _Sample:
+    """A sample read and planned for decoding: its members, JSON, generator and windows.
 
-    def __init__(self, cfg: DataConfig, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    The frame window is drawn uniformly within the clip (every ``stride``-th frame for clips at a
+    multiple of the training rate); the audio window is centred on it, kept inside the clip where it
+    fits. ``mp4`` is already trimmed to the window's GOPs, starting at frame ``decode_start`` of it.
+    """
+
+    position: int
+    key: str
+    shard: str
+    meta: dict[str, Any]
+    rng: np.random.Generator
+    flac: bytes
+    mp4: bytes
+    start_frame: int  # in the clip
+    decode_start: int  # in ``mp4``
+    stride: int
+    start_s: float  # video window start, seconds into the clip
+    audio_start: int  # samples into the clip, at the training rate
+
+    @classmethod
+    def plan(
+        cls,
+        cfg: DataConfig,
+        position: int,
+        key: str,
+        shard: str,
+        members: dict[str, bytes],
+        rng: np.random.Generator,
+    ) -> _Sample:
+        meta = json.loads(members["json"])
         duration, clip_fps = float(meta["duration_s"]), float(meta["fps"])
-        self.size = (int(meta["video"]["width"]), int(meta["video"]["height"]))
-        # Clips at a multiple of the training rate are subsampled; the window spans T / fps seconds.
-        self.stride = max(1, round(clip_fps / cfg.fps))
+        stride = max(1, round(clip_fps / cfg.fps))
         clip_frames = max(1, math.floor(duration * clip_fps + 1e-6))
-        self.start_frame = int(rng.integers(max(1, clip_frames - cfg.frames * self.stride + 1)))
-        video_s = cfg.frames * self.stride / clip_fps
-        # The audio window is centred on the video window, kept inside the clip where it fits.
-        start = self.start_frame / clip_fps + (video_s - cfg.audio_seconds) / 2.0
-        self.audio_start_s = min(max(start, 0.0), max(duration - cfg.audio_seconds, 0.0))
-        self.start_s = self.start_frame / clip_fps
+        start_frame = int(rng.integers(max(1, clip_frames - cfg.frames * stride + 1)))
+        start_s = start_frame / clip_fps
+        audio_s = start_s + (cfg.frames * stride / clip_fps - cfg.audio_seconds) / 2.0
+        audio_s = min(max(audio_s, 0.0), max(duration - cfg.audio_seconds, 0.0))
+        mp4, decode_start = trim_window(members["mp4"], start_frame, cfg.frames, stride, clip_fps)
+        return cls(
+            position, key, shard, meta, rng, members["flac"], mp4, start_frame, decode_start, stride, start_s,
+            round(audio_s * cfg.sample_rate),
+        )  # fmt: skip
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Equirect (width, height) in pixels."""
+        return int(self.meta["video"]["width"]), int(self.meta["video"]["height"])
 
 
 def _objects(meta: dict[str, Any]) -> np.ndarray:
@@ -125,68 +161,89 @@ class ClipStream(IterableDataset):
     def _prepare(
         self, positions: list[int], reader: ShardReader, decoder: SampleDecoder
     ) -> list[Clip | Skipped]:
-        cfg = self.cfg
+        """One item per position: read and plan each sample, decode them as one DALI batch, finish each."""
         items: dict[int, Clip | Skipped] = {}
-        pending = []  # (position, key, shard url, members, meta, windows, rng)
+        samples = []
         for position in positions:
-            ref = self.plan[position]
-            shard = self.plan.shards[ref.shard].url
-            key = "?"
-            try:
-                key, members = reader.read(ref)
-                meta = json.loads(members["json"])
-                rng = self.plan.sample_rng(position)
-                windows = _Windows(cfg, meta, rng)
-                pending.append((position, key, shard, members, meta, windows, rng))
-            except BadSample as exc:
-                items[position] = Skipped(position, exc.key, shard, str(exc), exc.truncated)
-            except (KeyError, TypeError, ValueError) as exc:  # JSON missing, malformed or lacking fields
-                items[position] = Skipped(position, key, shard, f"bad sample: {exc!r}")
-        length = round(cfg.audio_seconds * cfg.sample_rate)
-        decoded = (
-            decoder.decode(
-                [p[3]["flac"] for p in pending],
-                [(round(p[5].audio_start_s * cfg.sample_rate), length) for p in pending],
-                [] if self.gpu else [p[3]["mp4"] for p in pending],
-                [] if self.gpu else [(p[5].start_frame, p[5].stride) for p in pending],
-            )
-            if pending
-            else []
-        )
-        for (position, key, shard, members, meta, windows, rng), result in zip(pending, decoded, strict=True):
+            item = self._read(position, reader)
+            if isinstance(item, Skipped):
+                items[position] = item
+            else:
+                samples.append(item)
+        length = round(self.cfg.audio_seconds * self.cfg.sample_rate)
+        video = not self.gpu
+        decoded = decoder.decode(
+            [s.flac for s in samples],
+            [(s.audio_start, length) for s in samples],
+            [s.mp4 for s in samples] if video else [],
+            [(s.decode_start, s.stride) for s in samples] if video else [],
+        ) if samples else []  # fmt: skip
+        for sample, result in zip(samples, decoded, strict=True):
             if isinstance(result, Exception):
                 reason = str(result).strip().splitlines()[-1][:200]
-                items[position] = Skipped(position, key, shard, f"decode failed: {reason}")
-                continue
-            audio, frames = result
-            low, high = np.radians(cfg.fov_deg)
-            fov = torch.from_numpy(rng.uniform(low, high, cfg.viewpoints)).float()
-            azimuth, elevation = sample_viewpoints(
+                items[sample.position] = Skipped(
+                    sample.position, sample.key, sample.shard, f"decode failed: {reason}"
+                )
+            else:
+                items[sample.position] = self._finish(sample, *result)
+        return [items[p] for p in positions]
+
+    def _read(self, position: int, reader: ShardReader) -> _Sample | Skipped:
+        ref = self.plan[position]
+        shard = self.plan.shards[ref.shard].url
+        key = "?"
+        try:
+            key, members = reader.read(ref)
+            return _Sample.plan(self.cfg, position, key, shard, members, self.plan.sample_rng(position))
+        except BadSample as exc:
+            return Skipped(position, exc.key, shard, str(exc), exc.truncated)
+        except av.FFmpegError as exc:
+            return Skipped(position, key, shard, f"unreadable video: {exc}")
+        except (KeyError, TypeError, ValueError) as exc:  # JSON missing, malformed or lacking fields
+            return Skipped(position, key, shard, f"bad sample: {exc!r}")
+
+    def _finish(self, sample: _Sample, audio: np.ndarray, frames: np.ndarray | None) -> Clip:
+        """Viewpoints and fields of view; on the CPU path also the K crops and the augmentations."""
+        cfg, rng = self.cfg, sample.rng
+        fov = torch.from_numpy(rng.uniform(*np.radians(cfg.fov_deg), cfg.viewpoints)).float()
+        azimuth, elevation = (
+            torch.from_numpy(angles).float()
+            for angles in sample_viewpoints(
                 cfg.viewpoint_sampler,
                 cfg.viewpoints,
                 rng,
                 math.radians(cfg.max_elevation_deg),
                 math.radians(cfg.min_separation_deg),
-                objects=_objects(meta),
+                objects=_objects(sample.meta),
                 foa=audio,
             )
-            azimuth, elevation = torch.from_numpy(azimuth).float(), torch.from_numpy(elevation).float()
-            foa = torch.from_numpy(audio)
-            clip = Clip(key, shard, position, foa, azimuth, elevation, fov, windows.start_s)
-            if self.gpu:  # crops and augmentations happen on the device
-                clip.mp4, clip.size = members["mp4"], windows.size
-                clip.frame_window = (windows.start_frame, windows.stride)
-            else:
-                views = crop_views(frames, azimuth, elevation, fov, cfg.crop_size)[None]
-                if self.augment:
-                    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                    views, foa, azimuth, flipped = augment_views(
-                        views, foa[None], azimuth[None], cfg.flip_prob, generator
-                    )
-                    clip.foa, clip.azimuth, clip.flipped = foa[0], azimuth[0], bool(flipped[0])
-                clip.crops = to_uint8(views[0])
-            items[position] = clip
-        return [items[p] for p in positions]
+        )
+        clip = Clip(
+            sample.key,
+            sample.shard,
+            sample.position,
+            torch.from_numpy(audio),
+            azimuth,
+            elevation,
+            fov,
+            sample.start_s,
+        )
+        if frames is None:  # GPU path: crops and augmentations happen on the device
+            clip.mp4, clip.frame_window, clip.size = (
+                sample.mp4,
+                (sample.decode_start, sample.stride),
+                sample.size,
+            )
+            return clip
+        views = crop_views(frames, azimuth, elevation, fov, cfg.crop_size)[None]
+        if self.augment:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            views, foa, azimuth, flipped = augment_views(
+                views, clip.foa[None], azimuth[None], cfg.flip_prob, generator
+            )
+            clip.foa, clip.azimuth, clip.flipped = foa[0], azimuth[0], bool(flipped[0])
+        clip.crops = to_uint8(views[0])
+        return clip
 
 
 def _identity(item: Any) -> Any:
@@ -268,7 +325,6 @@ class Loader:
             batch_size=None,
             num_workers=workers,
             collate_fn=_identity,
-            pin_memory=gpu,
             multiprocessing_context="spawn" if gpu and workers else None,
         )
         items = iter(stream)
