@@ -200,10 +200,9 @@ def worker_class() -> Any:
 
 
 # ----- the driver ------------------------------------------------------------------------------------
-def resolved_storage(storage: StorageConfig | None, url: str) -> StorageConfig:
-    """Storage settings with the driver's environment folded in, so actors need no AWS env of their own."""
-    storage = storage or StorageConfig()
-    options = storage_options(url if url.startswith("s3") else "s3://x", storage)
+def resolved_storage(storage: StorageConfig | None) -> StorageConfig:
+    """S3 settings with the driver's environment folded in, so actors need no AWS env of their own."""
+    options = storage_options("s3://", storage)
     return StorageConfig(
         endpoint_url=options.get("endpoint_url"),
         access_key_id=options.get("key"),
@@ -259,7 +258,7 @@ def run(
     ``on_shard`` is called with each shard result as it arrives (tests use it to inject faults).
     """
     started = time.time()
-    storage = resolved_storage(storage, output if output.startswith("s3") else input_spec)
+    storage = resolved_storage(storage)
     settings = settings_of(cfg) | {"input": input_spec}
     previous = read_manifest(output, storage)
     if previous and previous["settings"] != settings:

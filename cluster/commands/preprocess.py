@@ -8,14 +8,11 @@ import os
 import sys
 from dataclasses import replace
 
-import ray
 from rich.console import Console
 from rich.table import Table
 
 from cluster.cli import add_config_arguments
 from cluster.commands.synth import parse_size
-from cluster.preprocess import PreprocessError
-from cluster.preprocess import run as preprocess
 from trainer.config import Config
 
 log = logging.getLogger(__name__)
@@ -107,7 +104,11 @@ def settings(args: argparse.Namespace, cfg: Config) -> Config:
 
 
 def connect(address: str | None, workers: int) -> None:
-    """Join the Ray cluster at ``address`` (or $RAY_ADDRESS), or start a local one on 127.0.0.1."""
+    """Join the Ray cluster at ``address`` (or $RAY_ADDRESS), or start a local one on 127.0.0.1.
+
+    Ray is imported here, not at module level: whether its ports stay on loopback is read from the
+    environment when Ray is first imported, and `avsa --help` should not pay for the import.
+    """
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address.startswith(("http://", "https://")):
         # a dashboard URL (what `ray job submit` wants) cannot be joined by a driver
@@ -116,14 +117,24 @@ def connect(address: str | None, workers: int) -> None:
         )
         os.environ.pop("RAY_ADDRESS")
         address = None
+    if address is None or is_loopback(address):
+        # otherwise Ray rewrites 127.0.0.1 to the machine's network address, where a loopback head is not
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # a throwaway cluster on loopback; with auth on, Ray writes ~/.ray/auth_token, which then turns on
         # token auth for every later Ray head on the machine (their dashboards answer 401)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=workers or None, _node_ip_address="127.0.0.1", include_dashboard=False)
+
+
+def is_loopback(address: str) -> bool:
+    """True for ``127.x.x.x:port``, ``localhost:port`` and ``[::1]:port``."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -134,6 +145,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         print(f"avsa preprocess: cannot reach Ray at {args.ray_address}: {exc}", file=sys.stderr)
         return 2
+    import ray
+
+    from cluster.preprocess import PreprocessError
+    from cluster.preprocess import run as preprocess
+
     try:
         manifest = preprocess(p.input, p.output, p, cfg.storage, progress=not args.no_progress)
     except PreprocessError as exc:

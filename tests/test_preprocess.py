@@ -1,0 +1,322 @@
+"""`avsa preprocess` end to end on the real stack: a Ray head, SeaweedFS S3, synthetic 360° videos.
+
+Datasets are checked the way consumers read them: `tar tf`, webdataset, DALI with the .idx files,
+and the manifest's counts and checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# The stack's Ray head listens on loopback only; without this, Ray (read when it is first imported)
+# rewrites 127.0.0.1 to the machine's network address and the driver cannot reach the head.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from cluster.preprocess import run  # after the environment above
+from cluster.stack import Stack
+from dataloading.config import PreprocessConfig, StorageConfig
+from dataloading.schema import EXTENSIONS, MANIFEST_NAME
+from dataloading.shardwriter import sha256_url
+from dataloading.storage import filesystem, join, register_webdataset_opener
+from tests.test_shardwriter import dali_read
+from tests.test_transcode import bad_inputs, synth_videos
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = PreprocessConfig(clip_seconds=1.0, shard_size=2, video_size=(256, 128), fps=16)
+FLAGS = ["--clip-seconds", "1", "--shard-size", "2", "--size", "256x128", "--fps", "16", "--no-progress"]
+VIDEOS, CLIPS_PER_VIDEO = 3, 2  # 2.5 s videos make two whole 1 s clips
+
+
+@pytest.fixture(scope="module")
+def ray_head(stack: Stack) -> str:
+    import ray
+    from ray._private import ray_constants
+
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        pytest.skip(
+            "ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; run this module alone"
+        )
+    address = f"127.0.0.1:{stack.cfg.ray_port}"
+    ray.init(address=address)
+    yield address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("raw")
+    synth_videos(folder, videos=VIDEOS, seconds=2.5, size="256x128", fps=16)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def s3_raw(stack: Stack, raw: Path) -> str:
+    """The raw videos uploaded to the stack's bucket."""
+    url = f"s3://{stack.state().bucket}/raw-{uuid.uuid4().hex[:8]}"
+    fs, path = filesystem(url, stack.storage())
+    for video in sorted(raw.glob("video_*")):
+        fs.put_file(str(video), f"{path}/{video.name}")
+    return url
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(stack: Stack, ray_head: str, s3_raw: str) -> tuple[str, dict]:
+    output = s3_raw.replace("/raw-", "/shards-")
+    return output, run(s3_raw, output, CFG, stack.storage(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_dataset(ray_head: str, raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    output = str(tmp_path_factory.mktemp("local") / "shards")
+    return output, run(str(raw), output, CFG, progress=False)
+
+
+def without_run(manifest: dict) -> dict:
+    """The manifest minus timings and run bookkeeping (what two equivalent runs share)."""
+    return {k: v for k, v in manifest.items() if k != "run"}
+
+
+def local_copy(url: str, storage: StorageConfig | None, folder: str) -> str:
+    fs, path = filesystem(url, storage)
+    target = os.path.join(folder, path.rsplit("/", 1)[-1])
+    fs.get_file(path, target)
+    return target
+
+
+def check_dataset(output: str, manifest: dict, storage: StorageConfig | None) -> None:
+    """Every shard: checksum, `tar tf` listing, webdataset read, DALI read through the index;
+    counts agree with the manifest."""
+    totals = manifest["totals"]
+    assert totals["accepted"] + totals["rejected"] == totals["inputs"]
+    keys = [k for shard in manifest["shards"].values() for k in shard["keys"]]
+    assert len(keys) == len(set(keys)) == totals["samples"]
+    with tempfile.TemporaryDirectory() as folder:
+        tars, indexes = [], []
+        for name, shard in manifest["shards"].items():
+            stem = join(output, name)
+            assert sha256_url(f"{stem}.tar", storage) == shard["sha256"]
+            tars.append(local_copy(f"{stem}.tar", storage, folder))
+            indexes.append(local_copy(f"{stem}.idx", storage, folder))
+            listing = subprocess.run(["tar", "tf", tars[-1]], capture_output=True, text=True, check=True)
+            assert listing.stdout.split() == [f"{k}.{e}" for k in shard["keys"] for e in EXTENSIONS]
+
+        import webdataset as wds
+
+        register_webdataset_opener(storage)
+        urls = [f"{join(output, name)}.tar" for name in manifest["shards"]]
+        seen = []
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            meta = json.loads(sample["json"])
+            assert meta["key"] == sample["__key__"] and meta["schema_version"] == manifest["schema_version"]
+            assert sample["mp4"][4:8] == b"ftyp" and sample["flac"][:4] == b"fLaC"
+            seen.append(sample["__key__"])
+        assert seen == keys
+
+        (video, audio, rate, meta), *_ = dali_read(tars, indexes, batch_size=2)
+        assert [v.shape for v in video] == [(8, 128, 256, 3)] * 2
+        assert [a.shape for a in audio] == [(24000, 4)] * 2 and rate == [24000.0] * 2
+
+
+def test_local_dataset_reads_with_tar_webdataset_and_dali(local_dataset, raw: Path) -> None:
+    output, manifest = local_dataset
+    assert manifest["totals"] | {"bytes": 0} == {
+        "inputs": VIDEOS,
+        "accepted": VIDEOS,
+        "rejected": 0,
+        "shards": VIDEOS * CLIPS_PER_VIDEO // CFG.shard_size,
+        "samples": VIDEOS * CLIPS_PER_VIDEO,
+        "bytes": 0,
+    }
+    assert json.loads(Path(output, MANIFEST_NAME).read_text()) == manifest
+    check_dataset(output, manifest, None)
+
+
+def test_s3_dataset_reads_and_matches_the_local_one(stack: Stack, s3_dataset, local_dataset) -> None:
+    output, manifest = s3_dataset
+    check_dataset(output, manifest, stack.storage())
+    local = local_dataset[1]
+
+    def clips(m: dict) -> list[list[str]]:  # keys without the hash of the input URL, which differs
+        return [[re.sub(r"-[0-9a-f]{8}_", "_", k) for k in s["keys"]] for s in m["shards"].values()]
+
+    assert clips(manifest) == clips(local)
+
+
+def test_ray_job_submit_makes_the_same_manifest_as_a_local_run(stack: Stack, s3_dataset, s3_raw) -> None:
+    output = s3_raw.replace("/raw-", "/job-")
+    env = {**os.environ, **stack.client_env()}
+    s3_env = {k: v for k, v in stack.client_env().items() if k.startswith("AWS_")}
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    runtime = json.dumps({"env_vars": s3_env})
+    command = ["avsa", "preprocess", "--input", s3_raw, "--output", output, *FLAGS]
+    submit = subprocess.run(
+        [ray, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json", runtime, "--", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert re.search(r"3 of 3 inputs accepted", submit.stdout + submit.stderr)
+    fs, path = filesystem(join(output, MANIFEST_NAME), stack.storage())
+    job_manifest = json.loads(fs.cat_file(path))
+    assert without_run(job_manifest) == without_run(s3_dataset[1])
+
+
+def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a_noop(
+    stack: Stack, ray_head: str, raw: Path, tmp_path: Path
+) -> None:
+    from ray.util.state import list_actors
+
+    cfg = PreprocessConfig(**{**CFG.__dict__, "shard_size": 1})
+    output = str(tmp_path / "shards")
+    killed: list[int] = []
+    pids_after_kill: list[int] = []
+
+    def kill_the_busy_one(result: dict) -> None:
+        if killed:
+            pids_after_kill.append(result["pid"])
+            return
+        alive = list_actors(
+            address=stack.client_env()["RAY_ADDRESS"],
+            filters=[("class_name", "=", "PreprocessWorker"), ("state", "=", "ALIVE")],
+        )
+        busy = [a.pid for a in alive if a.pid != result["pid"]]
+        assert busy, alive
+        os.kill(busy[0], signal.SIGKILL)  # the other actor is mid-shard right now
+        killed.append(busy[0])
+
+    manifest = run(str(raw), output, cfg, progress=False, on_shard=kill_the_busy_one)
+    assert killed and killed[0] not in pids_after_kill
+    assert manifest["run"]["shards"] == {"written": VIDEOS * CLIPS_PER_VIDEO}
+    assert all(e["clips"] == CLIPS_PER_VIDEO and e["failed_clips"] == 0 for e in manifest["inputs"].values())
+    check_dataset(output, manifest, None)
+
+    again = run(str(raw), output, cfg, progress=False)
+    assert again["run"]["shards"] == {"skipped": VIDEOS * CLIPS_PER_VIDEO}
+    assert without_run(again) == without_run(manifest)
+
+
+def test_a_damaged_shard_is_redone_on_resume(ray_head: str, local_dataset, tmp_path: Path) -> None:
+    output, manifest = local_dataset
+    damaged = Path(output, "shard-000001.tar")
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # e.g. a copy cut short outside our control
+    again = run(manifest["settings"]["input"], output, CFG, progress=False)
+    assert again["run"]["shards"] == {"skipped": 2, "written": 1}
+    assert without_run(again) == without_run(manifest)
+
+
+def avsa_cli(
+    ray_head: str, stack: Stack, *args: str, flags: list[str] = FLAGS
+) -> subprocess.CompletedProcess:
+    """Run `avsa preprocess` in its own process against the stack's Ray head and S3."""
+    env = {**os.environ, **{k: v for k, v in stack.client_env().items() if k.startswith("AWS_")}}
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "preprocess", "--ray-address", ray_head, *args, *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def test_bad_inputs_are_rejected_with_reasons_and_good_ones_all_present(
+    stack: Stack, ray_head: str, raw: Path, tmp_path: Path
+) -> None:
+    expected = bad_inputs(tmp_path / "bad")
+    expected[f"s3://{stack.state().bucket}/nowhere/absent.mp4"] = "does not exist"
+    good = [str(p) for p in sorted(raw.glob("video_*.mp4"))]
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("\n".join(["# a mixed corpus", *good, *expected]) + "\n")
+    output = str(tmp_path / "shards")
+
+    done = avsa_cli(ray_head, stack, "--input", str(listing), "--output", output)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads(Path(output, MANIFEST_NAME).read_text())
+    inputs = manifest["inputs"]
+    assert set(inputs) == set(good) | set(expected)
+    for url, reason in expected.items():
+        assert inputs[url]["status"] == "rejected" and re.search(reason, inputs[url]["reason"]), url
+        assert Path(url).name in done.stderr  # the summary names every rejected input
+    for url in good:
+        assert inputs[url]["status"] == "accepted" and inputs[url]["clips"] == CLIPS_PER_VIDEO
+    totals = manifest["totals"]
+    assert totals["accepted"] + totals["rejected"] == totals["inputs"] == len(good) + len(expected)
+    assert totals["samples"] == len(good) * CLIPS_PER_VIDEO
+    check_dataset(output, manifest, None)
+
+    only_bad = tmp_path / "bad.txt"
+    only_bad.write_text("\n".join(expected) + "\n")
+    nothing = avsa_cli(ray_head, stack, "--input", str(only_bad), "--output", str(tmp_path / "none"))
+    assert nothing.returncode == 1, nothing.stderr[-3000:]
+    assert "0 of 11 inputs accepted" in nothing.stderr.replace("\n", " ")
+
+
+def test_progress_line_shows_videos_clips_shards_and_rate(
+    ray_head: str, stack: Stack, raw: Path, tmp_path
+) -> None:
+    flags = [f for f in FLAGS if f != "--no-progress"]
+    started = time.monotonic()
+    done = avsa_cli(ray_head, stack, "--input", str(raw), "--output", str(tmp_path / "shards"), flags=flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"6/6 \[.*clip/s, videos=3 shards=3/3\]", done.stderr), done.stderr[-2000:]
+    assert time.monotonic() - started < 120
+
+
+def test_object_directions_match_the_synthetic_ground_truth(local_dataset, raw: Path) -> None:
+    """Hit rate (a visible object's centre within max(10°, half its width) of a detection) and the
+    angular error of the hits, against the same number of uniformly random directions as a floor."""
+    output, manifest = local_dataset
+    rng = np.random.default_rng(0)
+    hits = chance = total = 0
+    errors: list[float] = []
+    for name in manifest["shards"]:
+        with tarfile.open(f"{join(output, name)}.tar") as tar:
+            metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+        for meta in metas:
+            truth = json.loads(Path(meta["source"]).with_suffix(".json").read_text())
+            found = np.radians([o["direction"] for o in meta["objects"]])
+            z = rng.uniform(-1, 1, len(found))  # uniform on the sphere
+            guess = np.stack([rng.uniform(-np.pi, np.pi, len(found)), np.arcsin(z)], axis=1)
+            middle = meta["start_s"] + meta["duration_s"] / 2
+            for source in truth["sources"]:
+                if not source["visible"] or source["object_class"] == "pillar":
+                    continue
+                trajectory = np.array(source["trajectory"])
+                az, el = np.radians(trajectory[np.argmin(abs(trajectory[:, 0] - middle)), 1:])
+                tolerance = max(np.radians(10), np.radians(source["angular_width_deg"]) / 2)
+                total += 1
+                error = min((angle(az, el, *d) for d in found), default=np.pi)
+                hits += error <= tolerance
+                chance += min((angle(az, el, *d) for d in guess), default=np.pi) <= tolerance
+                if error <= tolerance:
+                    errors.append(np.degrees(error))
+    print(
+        f"\nobject directions: hit rate {hits / total:.2f} ({hits}/{total} visible objects), "
+        f"mean angular error of hits {np.mean(errors):.1f}°, random-direction floor {chance / total:.2f}"
+    )
+    assert hits / total >= 0.6 and hits > chance
+    assert np.mean(errors) < 10
+
+
+def angle(az1: float, el1: float, az2: float, el2: float) -> float:
+    """Great-circle angle in radians."""
+    c = np.sin(el1) * np.sin(el2) + np.cos(el1) * np.cos(el2) * np.cos(az1 - az2)
+    return float(np.arccos(np.clip(c, -1, 1)))
