@@ -249,6 +249,16 @@ def flac_bytes(audio: np.ndarray, rate: int) -> bytes:
     return buf.getvalue()
 
 
+def encoder_options(cfg: PreprocessConfig) -> dict[str, str]:
+    """FFmpeg options of the video encoder: keyframe every ``cfg.gop`` frames, one thread."""
+    # One thread: actors scale across cores, so each encoder stays on its own.
+    options = {"threads": "1", "g": str(cfg.gop), "keyint_min": str(cfg.gop)}
+    if cfg.codec in ("vp9", "vp8"):
+        # realtime + cpu-used 8 is libvpx's fastest preset; crf keeps quality constant per clip
+        options |= {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "crf": "32", "b": "0"}
+    return options
+
+
 class VideoEncoder:
     """Encode frames to an in-memory mp4 at a constant ``fps``, keyframe every ``gop`` frames."""
 
@@ -259,12 +269,7 @@ class VideoEncoder:
         self._stream.width, self._stream.height = cfg.video_size
         self._stream.pix_fmt = "yuvj420p" if cfg.codec == "mjpeg" else "yuv420p"
         self._stream.gop_size = cfg.gop
-        # One thread: actors scale across cores, so each encoder stays on its own.
-        options = {"threads": "1", "g": str(cfg.gop), "keyint_min": str(cfg.gop)}
-        if cfg.codec in ("vp9", "vp8"):
-            # realtime + cpu-used 8 is libvpx's fastest preset; crf keeps quality constant per clip
-            options |= {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "crf": "32", "b": "0"}
-        self._stream.codec_context.options = options
+        self._stream.codec_context.options = encoder_options(cfg)
         self._count = 0
 
     def add(self, frame: av.VideoFrame) -> None:
