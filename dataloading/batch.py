@@ -75,7 +75,8 @@ def crop_views(
 
     Values in [0, 1]; angles and ``fov`` are ``[K]`` radians; bilinear (:func:`dataloading.geometry.crop`).
     """
-    video = torch.as_tensor(frames).permute(3, 0, 1, 2).unsqueeze(0).float()  # [1, 3, T, H, W]
+    # Channels first while still uint8: the float copy is then contiguous and crop() reshapes it for free.
+    video = torch.as_tensor(frames).permute(3, 0, 1, 2).contiguous().unsqueeze(0).float()  # [1, 3, T, H, W]
     return crop(video, azimuth[None], elevation[None], fov[None], size)[0].div_(255.0)
 
 

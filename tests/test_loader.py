@@ -16,10 +16,11 @@ import torch
 
 from bench.loader import write_dataset
 from dataloading.config import DataConfig
+from dataloading.dali_pipeline import SampleDecoder, trim_window
 from dataloading.features import CHANNELS
 from dataloading.foa import direction_vector, steering_matrix
 from dataloading.loader import Loader, build_loader
-from dataloading.shards import list_shards, parse_index
+from dataloading.shards import SampleRef, ShardReader, list_shards, parse_index
 from tests.distributed import run_distributed
 
 SIZES = [3, 5, 4, 2, 6]  # five uneven shards, 20 clips: 5 batches of 2 on each of 2 ranks
@@ -161,6 +162,19 @@ def test_steered_audio_points_where_each_viewpoint_says(scene: str) -> None:
                 assert doa_az[:, 0].abs().max() < math.radians(5.0) and doa_el[
                     :, 0
                 ].abs().max() < math.radians(5.0)
+
+
+def test_trimmed_window_decodes_to_the_same_frames(dataset: tuple[str, list[str]]) -> None:
+    url, _ = dataset
+    _, members = ShardReader(list_shards(url)).read(SampleRef(1, 2))
+    decoder = SampleDecoder(24000, 4, video=True, max_batch=1)
+    for start, stride in ((0, 1), (9, 1), (13, 2), (22, 1)):  # 24-frame clips, keyframe every 8
+        mp4, offset = trim_window(members["mp4"], start, 4, stride, 16.0)
+        assert len(mp4) < len(members["mp4"]) or start < 8
+        whole = decoder.decode([members["flac"]], [(0, 10)], [members["mp4"]], [(start, stride)])[0]
+        part = decoder.decode([members["flac"]], [(0, 10)], [mp4], [(offset, stride)])[0]
+        assert isinstance(whole, tuple) and isinstance(part, tuple)
+        np.testing.assert_array_equal(whole[1], part[1])
 
 
 def _damage(root: Path) -> tuple[set[str], set[str], str]:
