@@ -210,9 +210,9 @@ class FeatureExtractor:
         clip, concatenating would copy the largest tensors once more.
         """
         if self.feature in ("logmel", "logmel_iv"):
-            # Steering never changes W, so only (Y, Z, X) are mixed per viewpoint.
-            rotation = None if matrix is None else matrix[..., 1:, 1:]
-            mixed = _mix(rotation, spec[..., 1:, :, :, :])
+            # Steering never changes W, so only the (Y, Z, X) rows are mixed per viewpoint. They take all
+            # four input channels (W's column is zero) so the clip spectrum is read in place, not copied.
+            mixed = spec[..., 1:, :, :, :] if matrix is None else _mix(matrix[..., 1:, :], spec)
             out = spec.new_empty((*mixed.shape[:-4], self.channels, self.n_mels, mixed.shape[-2]))
             self._mel_magnitude(mixed, out[..., 1:4, :, :])
             out[..., :1, :, :] = self._mel_magnitude(spec[..., :1, :, :, :])
@@ -225,9 +225,11 @@ class FeatureExtractor:
                     spec[..., 1:, :, :, :].unbind(-1),
                 )
                 intensity = (w_re * v_re).addcmul_(w_im, v_im)  # Re{conj(W)·V}: [..., 3, freq, T]
-                power = spec.square().sum(-1)
+                real, imag = spec.unbind(-1)
+                power = real.square().addcmul_(imag, imag)
                 energy = power[..., 0, :, :] + power[..., 1:, :, :].sum(-3) / 3.0 + _EPS
                 iv = self._mel(intensity / energy.unsqueeze(-3))
+                rotation = None if matrix is None else matrix[..., 1:, 1:]
                 out[..., 4:, :, :] = _mix(rotation, iv.unsqueeze(-3)).squeeze(-3)
             return out
         decoder = self._cached("decoder", spec.device, spec.dtype, lambda: _DECODERS[self.feature])
