@@ -1,0 +1,93 @@
+"""Small heads trained on frozen features: linear / MLP classifiers and a direction regressor.
+
+Every head sees standardised features (statistics from its training split only) and is trained
+with Adam on mini-batches, seeded, so an evaluation is reproducible. Heads are tiny next to the
+encoders: they run on the CPU in seconds whatever device produced the features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+BATCH = 64
+LR = 1e-3
+WEIGHT_DECAY = 1e-4
+
+
+def standardise(train: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+    """Every tensor scaled by the per-feature mean and std of ``train`` (constant features stay 0)."""
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    return tuple((x - mean) / std for x in (train, *others))
+
+
+def head(in_dim: int, out_dim: int, hidden: int) -> nn.Module:
+    """Linear when ``hidden`` is 0, else one hidden ReLU layer."""
+    if hidden == 0:
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+
+def fit(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    epochs: int,
+    seed: int,
+) -> nn.Module:
+    """Train ``model`` on (x, y) for ``epochs`` shuffled passes of mini-batches; returns it in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(BATCH):
+            optimizer.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def classify(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    classes: int,
+    epochs: int,
+    hidden: int = 0,
+    seed: int = 0,
+) -> Tensor:
+    """Predicted labels of ``test_x`` from a head trained on (``train_x``, ``train_y``) with cross-entropy.
+
+    ``hidden=0`` is the linear probe (multinomial logistic regression).
+    """
+    train_x, test_x = standardise(train_x.float(), test_x.float())
+    torch.manual_seed(seed)  # the head's initial weights
+    model = fit(
+        head(train_x.shape[1], classes, hidden),
+        train_x,
+        train_y.long(),
+        nn.functional.cross_entropy,
+        epochs,
+        seed,
+    )
+    with torch.no_grad():
+        return model(test_x).argmax(-1)
+
+
+def regress_direction(
+    train_x: Tensor, train_dir: Tensor, test_x: Tensor, epochs: int, hidden: int = 64, seed: int = 0
+) -> Tensor:
+    """Unit direction vectors ``[N, 3]`` for ``test_x`` from a head trained to maximise the cosine to
+    the training directions ``train_dir`` ``[M, 3]`` (unit vectors)."""
+    train_x, test_x = standardise(train_x.float(), test_x.float())
+    torch.manual_seed(seed)
+
+    def loss(pred: Tensor, target: Tensor) -> Tensor:
+        return 1 - nn.functional.cosine_similarity(pred, target, dim=-1).mean()
+
+    model = fit(head(train_x.shape[1], 3, hidden), train_x, train_dir.float(), loss, epochs, seed)
+    with torch.no_grad():
+        return nn.functional.normalize(model(test_x), dim=-1)
