@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import cv2
@@ -29,7 +30,7 @@ MERGE_RADIUS = math.radians(12.0)
 # Tiles: a ring at the horizon plus two rings toward the poles; 90° tiles overlap their neighbours.
 TILE_FOV = math.radians(90.0)
 TILE_RINGS = ((0.0, 8), (math.radians(55.0), 4), (math.radians(-55.0), 4))  # (elevation, tiles in ring)
-TILE_SCALE = 1.5  # tile pixels per equirect pixel at the tile centre: detectors like objects ≥ 24 px
+TILE_SCALE = 1.0  # tile pixels per equirect pixel at the tile centre: no upsampling, no detail lost
 MAX_OBJECTS = 16  # per clip, best first
 
 
@@ -69,9 +70,11 @@ class Detection:
 
 
 class Detector(Protocol):
-    """Finds objects in one undistorted RGB tile; ``previous`` is the same tile earlier in the clip."""
+    """Finds objects in one undistorted RGB tile. A ``motion`` detector also gets ``previous``, the same
+    tile earlier in the clip, and runs on each pair of sampled frames; others run on the first frame."""
 
     name: str
+    motion: bool
 
     def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]: ...
 
@@ -86,6 +89,7 @@ class Tile:
     fov: float
     size: int
 
+    @cached_property
     def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Forward, right and up unit vectors (x front, y left, z up)."""
         ca, sa, ce, se = (
@@ -101,7 +105,7 @@ class Tile:
     def rays(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Unit directions [..., 3] through tile pixel centres (x, y) (may be fractional)."""
         focal = self.size / 2 / math.tan(self.fov / 2)
-        forward, right, up = self.basis()
+        forward, right, up = self.basis
         u = (np.asarray(x, np.float64) + 0.5 - self.size / 2) / focal
         v = (np.asarray(y, np.float64) + 0.5 - self.size / 2) / focal
         d = forward + u[..., None] * right - v[..., None] * up
@@ -143,6 +147,7 @@ class HaarDetector:
 
     def __init__(self, label: str, cascade: str, min_neighbors: int = 5) -> None:
         self.name = f"haar_{label}"
+        self.motion = False
         self.label = label
         self.cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, cascade))
         if self.cascade.empty():
@@ -164,6 +169,7 @@ class HogPeopleDetector:
     """OpenCV's bundled HOG + linear SVM pedestrian model; score = the SVM margin."""
 
     name = "hog_person"
+    motion = False
 
     def __init__(self, min_score: float = 0.5) -> None:
         self.hog = cv2.HOGDescriptor()
@@ -181,12 +187,15 @@ class HogPeopleDetector:
         ]
 
 
-def _blobs(saliency: np.ndarray, label: str, threshold: float, min_area: float) -> list[Box]:
-    """Boxes around connected regions of ``saliency`` above ``threshold``; score = mean saliency inside."""
+def _blobs(saliency: np.ndarray, label: str, threshold: float, min_area: float, kernel: int = 9) -> list[Box]:
+    """Boxes around connected regions of ``saliency`` above ``threshold``; score = mean saliency inside.
+
+    ``kernel`` (pixels) is the closing that joins an object's broken response (edges, texture) into one blob.
+    """
     mask = (saliency > threshold).astype(np.uint8)
-    # an object's response is often broken (edges, texture); closing joins it into one blob
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    mask = cv2.morphologyEx(
+        mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel, kernel))
+    )
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
     boxes = []
     for k in range(1, count):
@@ -202,6 +211,7 @@ class SpectralSaliency:
     average 1/f spectrum of natural images. Score = mean saliency in the region, in [0, 1]. No weights."""
 
     name = "saliency"
+    motion = False
 
     def __init__(self, work_size: int = 64, min_area: float = 0.004) -> None:
         self.work_size = work_size  # the method works at coarse scale; 64 px is the paper's choice
@@ -218,9 +228,20 @@ class SpectralSaliency:
         residual = log_amp - cv2.blur(log_amp, (3, 3))
         saliency = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))) ** 2
         saliency = cv2.GaussianBlur(saliency, (0, 0), 2.5)
-        saliency = cv2.resize(saliency / max(saliency.max(), 1e-12), tile.shape[1::-1]).astype(np.float32)
+        saliency = (saliency / max(saliency.max(), 1e-12)).astype(np.float32)
         threshold = max(0.25, float(saliency.mean() + 3 * saliency.std()))
-        return _blobs(saliency, "salient", threshold, self.min_area)
+        scale = tile.shape[1] / self.work_size  # blobs at the working size, boxes in tile pixels
+        return [
+            Box(
+                b.label,
+                b.score,
+                (b.x + 0.5) * scale - 0.5,
+                (b.y + 0.5) * scale - 0.5,
+                b.w * scale,
+                b.h * scale,
+            )
+            for b in _blobs(saliency, "salient", threshold, self.min_area, kernel=3)
+        ]
 
 
 class MotionSaliency:
@@ -230,14 +251,13 @@ class MotionSaliency:
     """
 
     name = "motion"
+    motion = True
 
     def __init__(self, min_change: float = 12.0, min_area: float = 0.002) -> None:
         self.min_change = min_change  # grey levels
         self.min_area = min_area  # fraction of the tile
 
     def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
-        if previous is None:
-            return []
         a, b = (cv2.GaussianBlur(cv2.cvtColor(t, cv2.COLOR_RGB2GRAY), (5, 5), 0) for t in (tile, previous))
         diff = cv2.absdiff(a, b).astype(np.float32) / 255.0
         threshold = max(self.min_change / 255.0, float(diff.mean() + 3 * diff.std()))
@@ -262,6 +282,7 @@ class OnnxDetector:
         if not os.path.exists(path):
             raise RuntimeError(f"ONNX detector not found: {path}")
         self.name = f"onnx:{os.path.basename(path)}"
+        self.motion = False
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # actors scale across cores
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -338,24 +359,33 @@ class ObjectFinder:
     def find(self, frames: Sequence[tuple[float, np.ndarray]]) -> list[Detection]:
         """Detections in RGB equirect ``frames`` given as (time in seconds, uint8 [H, W, 3]), best first.
 
-        Each frame after the first is compared with the one before it (for motion).
+        Still-image detectors look at the first frame; motion detectors at each pair of consecutive frames.
         """
         if not self.detectors or not frames:
             return []
         height, width = frames[0][1].shape[:2]
         found: list[Detection] = []
         for tile, map_x, map_y in self._tiles(width, height):
-            previous = None
-            for time, frame in frames:
-                view = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                for detector in self.detectors:
-                    for box in detector.detect(view, previous):
-                        az, el = tile.angles(np.array(box.x), np.array(box.y))
-                        size = 2 * math.atan(box.w / tile.size * math.tan(tile.fov / 2))
-                        found.append(
-                            Detection(box.label, box.score, float(az), float(el), size, time, detector.name)
-                        )
-                previous = view
+            views = [
+                cv2.remap(f, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                for _, f in frames
+            ]
+            hits: list[tuple[Box, float, str]] = []
+            for detector in self.detectors:
+                if detector.motion:
+                    for k in range(1, len(views)):
+                        hits += [
+                            (b, frames[k][0], detector.name) for b in detector.detect(views[k], views[k - 1])
+                        ]
+                else:
+                    hits += [(b, frames[0][0], detector.name) for b in detector.detect(views[0], None)]
+            if not hits:
+                continue
+            az, el = tile.angles(np.array([h[0].x for h in hits]), np.array([h[0].y for h in hits]))
+            half = math.tan(tile.fov / 2) / tile.size
+            for (box, time, name), a, e in zip(hits, az, el, strict=True):
+                size = 2 * math.atan(box.w * half)
+                found.append(Detection(box.label, box.score, float(a), float(e), size, time, name))
         return merge(found)[:MAX_OBJECTS]
 
 

@@ -320,18 +320,21 @@ def transcode(
                 yield float(frame.time if frame.time is not None else 0.0), frame
 
         source = frames()
-        held: av.VideoFrame | None = None  # scaled copy of the latest source frame
-        upcoming = next(source, None)
+        latest: av.VideoFrame | None = None  # the latest source frame at or before the output time
+        held: av.VideoFrame | None = None  # its scaled copy, made only when a frame is output: sources
+        upcoming = next(source, None)  # faster than the output rate skip the scaling of the rest
         for clip_index, start in zip(clip_indices, starts, strict=True):
             encoder = VideoEncoder(cfg)
             kept: dict[int, np.ndarray] = {}
             for i in range(n_frames):
                 t = start + i / cfg.fps
-                while upcoming is not None and (held is None or upcoming[0] <= t + _EPS):
-                    held = _scaled(upcoming[1], cfg)
+                while upcoming is not None and (latest is None or upcoming[0] <= t + _EPS):
+                    latest, held = upcoming[1], None
                     upcoming = next(source, None)
-                if held is None:
+                if latest is None:
                     raise InputError(f"no video frames at {t:.2f} s")
+                if held is None:
+                    held = _scaled(latest, cfg)
                 if i in keep_frames:
                     kept[i] = held.to_ndarray(format="rgb24")
                 encoder.add(held)
