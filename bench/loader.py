@@ -260,7 +260,8 @@ def main(argv: list[str]) -> float:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", help="dataset folder to reuse (written there first if it has no shards)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    # The workers own the cores; intra-op threads in the main process would only spin against them.
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         root = args.data or scratch
         if not list(Path(root).glob("*.tar")):

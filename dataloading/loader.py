@@ -253,8 +253,8 @@ def _identity(item: Any) -> Any:
 class Loader:
     """One rank's resumable stream of :class:`dataloading.batch.Batch` (see the module docstring).
 
-    ``len(loader)`` batches per epoch on every rank: from the dataset size, or ``batches_per_epoch`` when
-    given (> 0; required to be set for open-ended resampled training to mean anything other than a pass).
+    ``len(loader)`` batches per epoch on every rank: one pass over the dataset (samples // global batch),
+    or ``batches_per_epoch`` when > 0 (e.g. for resampled training; past the rank's share it wraps).
     ``counters`` (``samples``, ``skipped``, ``truncated_shards``) accumulate across epochs and resumes.
     """
 
@@ -325,6 +325,8 @@ class Loader:
             batch_size=None,
             num_workers=workers,
             collate_fn=_identity,
+            # Items are single clips: let the workers run a whole batch ahead of the trainer.
+            prefetch_factor=max(2, math.ceil(self.cfg.batch_size / workers)) if workers else None,
             multiprocessing_context="spawn" if gpu and workers else None,
         )
         items = iter(stream)

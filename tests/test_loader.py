@@ -256,5 +256,5 @@ def test_gpu_mixed_decode_and_remap_match_the_cpu_path(dataset: tuple[str, list[
     gpu = _run(build_loader(cfg, device="cuda", augment=False), 3)
     for (keys, video, audio), (keys_g, video_g, audio_g) in zip(cpu, gpu, strict=True):
         assert keys == keys_g and video_g.is_cuda
-        assert (video_g.cpu() - video).abs().mean() < 2.0 / 255.0  # decoders may round differently
+        assert (video_g.cpu() - video).abs().mean() < 4.0 / 255.0  # the decoders convert YUV differently
         torch.testing.assert_close(audio_g.cpu(), audio, atol=1e-3, rtol=1e-3)
