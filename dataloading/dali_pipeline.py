@@ -32,7 +32,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
-# A few frames of slack around the window cost little; a missing frame at a clip's end repeats the last.
+# A window that runs past the end of a clip repeats its last frame.
 _PAD_MODE = "edge"
 
 
@@ -84,8 +84,9 @@ def trim_window(mp4: bytes, start_frame: int, frames: int, stride: int, fps: flo
     """The packets of an mp4 from the keyframe at or before ``start_frame`` up to the window's end.
 
     The window is ``frames`` frames every ``stride``-th from ``start_frame`` of a constant-rate video at
-    ``fps``. Returns the new mp4 and the window's first frame index in it. Raises ``av.FFmpegError`` for
-    a stream that cannot be demuxed.
+    ``fps``, in a codec without frame reordering (VP8, VP9, MJPEG: the sample format), so packets come
+    in presentation order. Returns the new mp4 and the window's first frame index in it. Raises
+    ``av.FFmpegError`` for a stream that cannot be demuxed.
     """
     out = io.BytesIO()
     with av.open(io.BytesIO(mp4)) as src, av.open(out, "w", format="mp4") as dst:
