@@ -21,7 +21,6 @@ import av
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 
 from dataloading.config import PreprocessConfig, StorageConfig
 from dataloading.foa import fuma_to_ambix
@@ -194,27 +193,41 @@ def audio_frame_array(frame: av.AudioFrame) -> np.ndarray:
 
 
 class _AudioStream:
-    """Decoded audio of one stream as a sample timeline, read forward clip by clip."""
+    """Decoded audio of one stream, resampled by FFmpeg to ``rate`` Hz, as a sample timeline read forward
+    clip by clip. The resampler keeps the input's channel layout, so it never mixes channels."""
 
-    def __init__(self, container: av.container.InputContainer, start: float) -> None:
+    def __init__(self, container: av.container.InputContainer, start: float, rate: int) -> None:
         self.stream = container.streams.audio[0]
-        self.rate = self.stream.codec_context.sample_rate
+        self.rate = rate
         container.seek(int(max(0.0, start) / self.stream.time_base), stream=self.stream)
         self._frames = container.decode(self.stream)
+        self._resampler: av.AudioResampler | None = None
+        self._ended = False
         self._buf = np.zeros((FOA_CHANNELS, 0), np.float32)
         self._first: int | None = None  # timeline sample index of self._buf[:, 0]
+
+    def _pull(self) -> bool:
+        """Append the next resampled chunk to the buffer; False once the stream is exhausted."""
+        if self._ended:
+            return False
+        frame = next(self._frames, None)
+        if frame is not None and self._resampler is None:
+            self._first = round((frame.time or 0.0) * self.rate)
+            self._resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=self.rate)
+        if self._resampler is None:  # no audio at all
+            self._ended = True
+            return False
+        chunks = self._resampler.resample(frame)  # None at the end flushes the resampler's tail
+        self._ended = frame is None
+        if chunks:
+            self._buf = np.concatenate([self._buf, *(audio_frame_array(c) for c in chunks)], axis=1)
+        return True
 
     def take(self, start: float, seconds: float) -> np.ndarray:
         """Samples ``[4, round(seconds·rate)]`` from ``start``, zero-padded where the stream has none."""
         s0, n = round(start * self.rate), round(seconds * self.rate)
-        while self._first is None or self._first + self._buf.shape[1] < s0 + n:
-            frame = next(self._frames, None)
-            if frame is None:
-                break
-            data = audio_frame_array(frame)
-            if self._first is None:
-                self._first = round((frame.time or 0.0) * self.rate)
-            self._buf = np.concatenate((self._buf, data), axis=1)
+        while (self._first is None or self._first + self._buf.shape[1] < s0 + n) and self._pull():
+            pass
         first = self._first if self._first is not None else s0
         out = np.zeros((FOA_CHANNELS, n), np.float32)
         lo, hi = max(s0, first), min(s0 + n, first + self._buf.shape[1])
@@ -230,16 +243,6 @@ def to_ambix(audio: np.ndarray, input_format: str) -> np.ndarray:
     if input_format == "fuma":
         return fuma_to_ambix(torch.from_numpy(audio)).numpy()
     return audio
-
-
-def resample(audio: np.ndarray, rate_in: int, rate_out: int, n_out: int) -> np.ndarray:
-    """Polyphase-resample ``[C, N]`` from ``rate_in`` to ``rate_out`` Hz, exactly ``n_out`` samples long."""
-    if rate_in != rate_out:
-        g = math.gcd(rate_in, rate_out)
-        audio = resample_poly(audio, rate_out // g, rate_in // g, axis=-1).astype(np.float32)
-    if audio.shape[1] < n_out:
-        audio = np.pad(audio, ((0, 0), (0, n_out - audio.shape[1])))
-    return np.ascontiguousarray(audio[:, :n_out])
 
 
 def flac_bytes(audio: np.ndarray, rate: int) -> bytes:
@@ -312,7 +315,7 @@ def transcode(
         video = container.streams.video[0]
         video.thread_type = "AUTO"
         audio_container = _container(_open(probe_.audio_url, storage, stack), stack)
-        audio = _AudioStream(audio_container, starts[0])
+        audio = _AudioStream(audio_container, starts[0], cfg.audio_rate)
         container.seek(int(starts[0] / video.time_base), stream=video)
 
         def frames() -> Iterator[tuple[float, av.VideoFrame]]:
@@ -339,7 +342,5 @@ def transcode(
                     kept[i] = held.to_ndarray(format="rgb24")
                 encoder.add(held)
             mp4 = encoder.finish()
-            raw = audio.take(start, cfg.clip_seconds)
-            n_out = round(cfg.clip_seconds * cfg.audio_rate)
-            foa = to_ambix(resample(raw, audio.rate, cfg.audio_rate, n_out), probe_.input_format)
+            foa = to_ambix(audio.take(start, cfg.clip_seconds), probe_.input_format)
             yield Clip(clip_index, start, mp4, flac_bytes(foa, cfg.audio_rate), foa, kept)
