@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dataloading.features import intensity_doa
+from dataloading.geometry import direction_to_equirect, gnomonic_directions
 from dataloading.schema import direction_deg
 
 MERGE_RADIUS = math.radians(12.0)
@@ -82,7 +83,8 @@ class Detector(Protocol):
 # ----- geometry --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tile:
-    """A pinhole camera looking at (azimuth, elevation) with a square ``size``-pixel image of ``fov``."""
+    """A pinhole camera looking at (azimuth, elevation) with a square ``size``-pixel image of ``fov``
+    (radians); the geometry is :mod:`dataloading.geometry`'s, the same as the training crops'."""
 
     azimuth: float
     elevation: float
@@ -90,38 +92,25 @@ class Tile:
     size: int
 
     @cached_property
-    def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Forward, right and up unit vectors (x front, y left, z up)."""
-        ca, sa, ce, se = (
-            math.cos(self.azimuth),
-            math.sin(self.azimuth),
-            math.cos(self.elevation),
-            math.sin(self.elevation),
-        )
-        forward = np.array([ca * ce, sa * ce, se])
-        right = np.array([sa, -ca, 0.0])  # toward decreasing azimuth, as image right is
-        return forward, right, np.cross(right, forward)
-
-    def rays(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Unit directions [..., 3] through tile pixel centres (x, y) (may be fractional)."""
-        focal = self.size / 2 / math.tan(self.fov / 2)
-        forward, right, up = self.basis
-        u = (np.asarray(x, np.float64) + 0.5 - self.size / 2) / focal
-        v = (np.asarray(y, np.float64) + 0.5 - self.size / 2) / focal
-        d = forward + u[..., None] * right - v[..., None] * up
-        return d / np.linalg.norm(d, axis=-1, keepdims=True)
+    def directions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(azimuth, elevation) in radians seen by each pixel centre, each ``[size, size]``."""
+        az, el = gnomonic_directions(self.azimuth, self.elevation, self.fov, self.size, self.size)
+        return az.double().numpy(), el.double().numpy()
 
     def angles(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(azimuth, elevation) in radians of tile pixels (x, y)."""
-        d = self.rays(x, y)
-        return np.arctan2(d[..., 1], d[..., 0]), np.arcsin(np.clip(d[..., 2], -1.0, 1.0))
+        """(azimuth, elevation) in radians at tile points (x, y) in pixel-edge coordinates (the pixel
+        holding each point: half a pixel, under 0.4° for the default tiles, is far below box accuracy)."""
+        col = np.clip(np.floor(x), 0, self.size - 1).astype(int)
+        row = np.clip(np.floor(y), 0, self.size - 1).astype(int)
+        az, el = self.directions
+        return az[row, col], el[row, col]
 
     def remap(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        """float32 source maps for ``cv2.remap`` from a ``width``×``height`` equirect image."""
-        y, x = np.mgrid[0 : self.size, 0 : self.size]
-        az, el = self.angles(x, y)
-        map_x = ((1 - az / math.pi) / 2 * width - 0.5) % width  # φ = (1−2x)π
-        map_y = (0.5 - el / math.pi) * height - 0.5  # ν = (1−2y)π/2
+        """float32 source maps for ``cv2.remap`` (pixel-centre coordinates) from a ``width``×``height``
+        equirect image; columns wrap across the ±180° seam."""
+        x, y = direction_to_equirect(*(torch.from_numpy(d) for d in self.directions))
+        map_x = (x.numpy() * width - 0.5) % width
+        map_y = y.numpy() * height - 0.5
         return map_x.astype(np.float32), map_y.astype(np.float32)
 
 

@@ -51,15 +51,15 @@ def scene_with_disk(az: float, el: float, radius_deg: float = 6.0, seed: int = 0
 @pytest.mark.parametrize(("az", "el"), [(0.0, 0.0), (2.0, 0.3), (-2.9, -0.5), (math.pi, 0.0), (1.0, 1.0)])
 def test_tile_centre_looks_at_its_direction_and_remap_samples_there(az: float, el: float) -> None:
     tile = Tile(az, el, math.radians(90), 128)
-    got_az, got_el = tile.angles(np.array(63.5), np.array(63.5))
-    assert angular_distance(float(got_az), float(got_el), az, el) < 1e-9
+    got_az, got_el = tile.angles(np.array(64.0), np.array(64.0))  # the pixel just past the centre
+    assert math.degrees(angular_distance(float(got_az), float(got_el), az, el)) < 1.0
     map_x, map_y = tile.remap(W, H)
-    x, y = equirect_xy(*(float(a) for a in tile.angles(np.array(64.0), np.array(64.0))))
+    x, y = equirect_xy(float(got_az), float(got_el))
     assert float(map_y[64, 64]) == pytest.approx(y, abs=1e-3)
     assert float(map_x[64, 64]) == pytest.approx(x % W, abs=1e-3)
     # image right is decreasing azimuth, image up is increasing elevation
-    right_az, _ = tile.angles(np.array(100.0), np.array(63.5))
-    _, up_el = tile.angles(np.array(63.5), np.array(20.0))
+    right_az, _ = tile.angles(np.array(100.0), np.array(64.0))
+    _, up_el = tile.angles(np.array(64.0), np.array(20.0))
     assert math.sin(float(right_az) - az) < 0 and float(up_el) > el
 
 
