@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bench.loader import write_dataset
+from dataloading.batch import crop_views, stacked_remap_maps, unstack_remapped
 from dataloading.config import DataConfig
 from dataloading.dali_pipeline import SampleDecoder, trim_window
 from dataloading.features import CHANNELS
 from dataloading.foa import direction_vector, steering_matrix
+from dataloading.geometry import wrap_pad
 from dataloading.loader import Loader, build_loader
 from dataloading.shards import SampleRef, ShardReader, list_shards, parse_index
 from tests.distributed import run_distributed
@@ -244,6 +247,23 @@ def test_s3_dataset_on_seaweedfs(stack, dataset: tuple[str, list[str]]) -> None:
     loader = build_loader(small(url, workers=2), storage=storage)
     seen = [key for batch in loader for key in batch.meta["key"]]
     assert sorted(seen) == sorted(keys)
+
+
+def test_stacked_remap_maps_give_the_cpu_crops() -> None:
+    """The GPU path's layout, checked on CPU: K maps stacked along the height, a remap (emulated by
+    grid_sample on the wrap-padded frames, pixel corners at integers as in DALI) and the unstacking
+    give crop_views' crops."""
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (3, 32, 64, 3), dtype=np.uint8))  # [T, H, W, 3]
+    azimuth, elevation = torch.tensor([0.3, 3.1, -2.0]), torch.tensor([0.0, 0.4, -0.5])
+    fov = torch.tensor([0.6, 1.2, 0.9])
+    mapx, mapy = (torch.from_numpy(m) for m in stacked_remap_maps(azimuth, elevation, fov, 8, (64, 32)))
+    assert mapx.shape == (3 * 8, 8)
+    padded = wrap_pad(frames.permute(0, 3, 1, 2).float(), 1)  # [T, 3, H, W + 2]
+    grid = torch.stack((2.0 * mapx / padded.shape[-1] - 1.0, 2.0 * mapy / padded.shape[-2] - 1.0), -1)
+    remapped = F.grid_sample(padded, grid.expand(3, -1, -1, -1), align_corners=False, padding_mode="border")
+    views = unstack_remapped(remapped.permute(0, 2, 3, 1), 3)  # DALI's [T, K·h, w, 3] -> [K, 3, T, h, w]
+    torch.testing.assert_close(views / 255.0, crop_views(frames.numpy(), azimuth, elevation, fov, 8))
 
 
 @pytest.mark.gpu
