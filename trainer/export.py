@@ -74,8 +74,9 @@ def export(
 
     Writes the encoders and ``config.json`` to ``out``; if the checkpoint's run was tracked and
     ``cfg.tracking.uri`` is set, logs the files to that run under ``encoders/`` and registers them as
-    a new version of the model ``register_as`` (default ``<experiment>-encoders``). Returns the
-    written config.json content (with ``model_version`` when registered).
+    a new version of the model ``register_as`` (default: the training run's experiment name +
+    ``-encoders``). ``cfg`` gives storage and tracking access; the checkpoint has its own config.
+    Returns the written config.json content (with ``model_version`` when registered).
     """
     storage = cfg.storage
     tag_url = resolve(checkpoint, checkpoint, storage)
@@ -105,9 +106,8 @@ def export(
             upload_atomic(os.path.join(tmp, name), join(out, name), storage)
         run_id = meta.get("run_id")
         if cfg.tracking.uri and run_id:
-            info["model_version"] = register(
-                cfg, run_id, tmp, register_as or f"{cfg.tracking.experiment}-encoders"
-            )
+            name = register_as or f"{trained.tracking.experiment}-encoders"
+            info["model_version"] = register(cfg, run_id, tmp, name)
     return info
 
 

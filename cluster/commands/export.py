@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--run", metavar="RUN_ID", help="the MLflow run whose newest checkpoint to export")
     parser.add_argument("--out", required=True, metavar="URL", help="output folder: local path or s3:// URL")
     parser.add_argument(
-        "--name", metavar="MODEL", help="registered model name (default <experiment>-encoders)"
+        "--name", metavar="MODEL", help="registered model name (default: <training experiment>-encoders)"
     )
     add_config_arguments(parser)
     parser.set_defaults(func=run)

@@ -1,0 +1,92 @@
+"""The launch paths other than local processes: `ray job submit -- avsa train --ray` on the stack's
+Ray head, and the DeepSpeed launcher with a hostfile."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.launch import config_overrides
+from cluster.stack import Stack
+from tests.test_train import tiny_config
+from trainer.checkpoint import read_text
+from trainer.config import load_config, save_config
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+SCHEDULE = {
+    "train.steps_per_epoch": 2,
+    "train.avc_epochs": 1,
+    "train.avsa_epochs": 1,
+    "train.checkpoint_every": 2,
+}
+
+
+def test_config_overrides_round_trip(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, **{"storage.secret_access_key": "hush", "data.fov_deg": [30.0, 60.0]})
+    args = config_overrides(cfg)
+    assert not any("hush" in a or "secret" in a for a in args)
+    back = load_config(None, args)
+    assert back.data == cfg.data and back.train == cfg.train and back.storage.secret_access_key is None
+
+
+def test_ray_job_submit_trains_on_two_workers(stack: Stack, tmp_path: Path) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    cfg = tiny_config(tmp_path, **SCHEDULE)
+    save_config(cfg, tmp_path / "train.yaml")
+    env = {**os.environ, **stack.client_env()}
+    entry = [str(BIN / "avsa"), "train", "--ray", "--workers", "2", "--config", str(tmp_path / "train.yaml")]
+    submit = subprocess.run(
+        [BIN / "ray", "job", "submit", "--no-wait", "--", *entry],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submit.returncode == 0, submit.stderr
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
+    client = JobSubmissionClient(env["RAY_ADDRESS"])
+    deadline = time.monotonic() + 400
+    finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    while (status := client.get_job_status(job_id)) not in finished:
+        assert time.monotonic() < deadline, "ray job did not finish"
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert read_text(f"{cfg.train.checkpoint_url}/latest") == "step_00000004"
+    assert "training 4 steps on 2 ranks" in logs
+
+
+def test_deepspeed_launcher_with_a_hostfile(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, **SCHEDULE)
+    save_config(cfg, tmp_path / "train.yaml")
+    (tmp_path / "hosts").write_text("localhost slots=2\n")
+    # One host, so no ssh: the launcher starts this host's ranks itself.
+    launcher = "--no_ssh --node_rank 0 --master_addr 127.0.0.1"
+    done = subprocess.run(
+        [
+            BIN / "avsa",
+            "train",
+            "--hostfile",
+            tmp_path / "hosts",
+            "--launcher-args",
+            launcher,
+            "--config",
+            tmp_path / "train.yaml",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_text(f"{cfg.train.checkpoint_url}/latest") == "step_00000004"
+    assert "training 4 steps on 2 ranks" in done.stderr + done.stdout
