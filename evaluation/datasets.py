@@ -17,9 +17,10 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from dataloading.config import DataConfig, StorageConfig
+from dataloading.config import StorageConfig
 from dataloading.schema import MANIFEST_NAME
 from dataloading.storage import filesystem, join
+from trainer.config import Config
 from trainer.data import Batch, make_source
 
 # Synthetic sources draw fresh clips per epoch and shard loaders only reshuffle by epoch, so reading
@@ -71,11 +72,18 @@ def read_split(url: str, split: str, storage: StorageConfig | None = None) -> La
 
 
 def held_out_batches(
-    data: DataConfig, url: str, batches: int, storage: StorageConfig | None = None
+    cfg: Config, url: str, batches: int, device: torch.device, storage: StorageConfig | None = None
 ) -> list[Batch]:
     """``batches`` batches of B clips × K viewpoints from the source ``url`` names (``synthetic://`` or
-    a held-out shard set), read with the run's data settings so the encoders get the inputs they know."""
-    source = make_source(replace(data, url=url), batches, 0, 1)
+    a held-out shard set), read with the run's data settings (``cfg``, the checkpoint's config) so the
+    encoders get the inputs they know; ``storage`` replaces the run's storage settings when given."""
+    held_out = replace(
+        cfg,
+        data=replace(cfg.data, url=url),
+        train=replace(cfg.train, steps_per_epoch=batches),
+        storage=storage or cfg.storage,
+    )
+    source = make_source(held_out, 0, 1, device)
     source.set_epoch(HELD_OUT_EPOCH)
     out = [batch for _, batch in zip(range(batches), source, strict=False)]
     if len(out) < 2:

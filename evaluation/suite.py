@@ -53,6 +53,9 @@ class Report:
         return next((r for r in self.results if r.task == task), None)
 
 
+TASK_ORDER = (avc_bin.NAME, avsa_bin.NAME, classification.NAME, doa.NAME)
+
+
 def tasks_for(suite: Suite) -> list[tuple[str, Task]]:
     """The tasks ``suite`` has inputs for, in report order."""
     tasks: list[tuple[str, Task]] = [(avc_bin.NAME, avc_bin.run), (avsa_bin.NAME, avsa_bin.run)]

@@ -42,9 +42,8 @@ def pair_dataset(video: Tensor, audio: Tensor, mismatch: Mismatch) -> tuple[Tens
 def run_pair_task(ctx: Context, task: str, mismatch: Mismatch) -> TaskResult:
     """Accuracy of the matching-pair MLP for the trained and the random-init encoders."""
     cfg = ctx.model.cfg
-    batches = held_out_batches(
-        cfg.data, ctx.suite.clips_url or cfg.data.url, ctx.suite.clip_batches, ctx.storage
-    )
+    url = ctx.suite.clips_url or cfg.data.url
+    batches = held_out_batches(cfg, url, ctx.suite.clip_batches, ctx.model.device, ctx.storage)
     video = torch.cat([b.video for b in batches])
     audio = torch.cat([b.audio for b in batches])
     half = len(batches) // 2 * batches[0].video.shape[0]
