@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from bench.loader import write_dataset
 from dataloading.batch import crop_views, stacked_remap_maps, unstack_remapped
-from dataloading.config import DataConfig
+from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
 from dataloading.dali_pipeline import SampleDecoder, trim_window
 from dataloading.features import CHANNELS
 from dataloading.foa import direction_vector, steering_matrix
@@ -229,6 +229,23 @@ def test_an_unreadable_dataset_fails_fast_with_a_clear_message(tmp_path: Path) -
         next(iter(build_loader(small(str(tmp_path), batch_size=1))))
     with pytest.raises(FileNotFoundError, match="no readable shards"):
         build_loader(small(str(tmp_path / "elsewhere")))
+
+
+def test_reads_what_preprocessing_writes(tmp_path: Path) -> None:
+    """The contract with `avsa preprocess`: its shards (written here by its worker, without Ray) load."""
+    from cluster.preprocess import PreprocessWorker, list_inputs, plan_shards
+    from tests.test_transcode import synth_videos
+
+    synth_videos(tmp_path / "raw", videos=2, seconds=2.5)
+    raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    prep = PreprocessConfig(input=raw, output=out, clip_seconds=1.2, shard_size=2, video_size=(256, 128))
+    worker = PreprocessWorker(prep, StorageConfig())
+    probes = {url: worker.probe(url) for url in list_inputs(prep.input)}
+    for plan in plan_shards(probes, prep.clip_seconds, prep.shard_size):  # type: ignore[arg-type]
+        assert worker.make_shard(plan, probes, prep.output, None)["status"] == "written"  # type: ignore[arg-type]
+    loader = build_loader(small(prep.output, feature="logmel_iv"))
+    keys = [key for batch in loader for key in batch.meta["key"]]
+    assert len(keys) == len(set(keys)) == 4 and loader.counters["skipped"] == 0
 
 
 def test_resampled_mode_yields_the_requested_batches(dataset: tuple[str, list[str]]) -> None:
