@@ -204,6 +204,8 @@ class _AudioStream:
         self._resampler: av.AudioResampler | None = None
         self._ended = False
         self._buf = np.zeros((FOA_CHANNELS, 0), np.float32)
+        self._chunks: list[np.ndarray] = []  # pulled after _buf, joined once per clip (not per frame)
+        self._pulled = 0  # samples in _buf and _chunks together
         self._first: int | None = None  # timeline sample index of self._buf[:, 0]
 
     def _pull(self) -> bool:
@@ -219,15 +221,18 @@ class _AudioStream:
             return False
         chunks = self._resampler.resample(frame)  # None at the end flushes the resampler's tail
         self._ended = frame is None
-        if chunks:
-            self._buf = np.concatenate([self._buf, *(audio_frame_array(c) for c in chunks)], axis=1)
+        for chunk in chunks:
+            self._chunks.append(audio_frame_array(chunk))
+            self._pulled += self._chunks[-1].shape[1]
         return True
 
     def take(self, start: float, seconds: float) -> np.ndarray:
         """Samples ``[4, round(seconds·rate)]`` from ``start``, zero-padded where the stream has none."""
         s0, n = round(start * self.rate), round(seconds * self.rate)
-        while (self._first is None or self._first + self._buf.shape[1] < s0 + n) and self._pull():
+        while (self._first is None or self._first + self._pulled < s0 + n) and self._pull():
             pass
+        if self._chunks:
+            self._buf, self._chunks = np.concatenate([self._buf, *self._chunks], axis=1), []
         first = self._first if self._first is not None else s0
         out = np.zeros((FOA_CHANNELS, n), np.float32)
         lo, hi = max(s0, first), min(s0 + n, first + self._buf.shape[1])
@@ -235,6 +240,7 @@ class _AudioStream:
             out[:, lo - s0 : hi - s0] = self._buf[:, lo - first : hi - first]
         keep = max(0, s0 + n - first)  # the next clip starts at or after this clip's end
         self._buf, self._first = self._buf[:, keep:], first + keep
+        self._pulled = self._buf.shape[1]
         return out
 
 
