@@ -1,0 +1,117 @@
+"""`avsa eval`: evaluate one checkpoint in the foreground and print the benchmark table."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from cluster.cli import add_config_arguments
+from trainer.config import Config
+
+if TYPE_CHECKING:  # the evaluation stack (torch, mlflow) loads only when a command runs
+    from evaluation.tasks import Suite
+
+EPILOG = """\
+examples:
+  avsa eval --checkpoint .avsa/checkpoints --doa .avsa/demo/raw/eval/doa
+  avsa eval --run 3f2a… --tracking.uri http://127.0.0.1:5000 --log
+"""
+
+
+def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the benchmark data lives (shared with `avsa eval-service`)."""
+    parser.add_argument(
+        "--clips",
+        default="",
+        metavar="URL",
+        help="held-out clips for AVC-Bin/AVSA-Bin (default: the run's data.url, at an unused epoch)",
+    )
+    parser.add_argument(
+        "--clip-batches", type=int, default=16, metavar="N", help="batches of held-out clips (default 16)"
+    )
+    parser.add_argument("--classification", default="", metavar="URL", help="sound-classification set")
+    parser.add_argument("--doa", default="", metavar="URL", help="direction-of-arrival set")
+    parser.add_argument("--device", default="auto", help="cuda, cpu, or auto (CUDA when present)")
+
+
+def suite_from_args(args: argparse.Namespace, cfg: Config) -> Suite:
+    from evaluation.tasks import Suite
+
+    return Suite(
+        clips_url=args.clips,
+        clip_batches=args.clip_batches,
+        classification_url=args.classification,
+        doa_url=args.doa,
+        probe_epochs=cfg.eval.probe_epochs,
+    )
+
+
+def tracking_uri(cfg: Config) -> str:
+    """``eval.tracking_uri``, else ``tracking.uri``."""
+    return cfg.eval.tracking_uri or cfg.tracking.uri
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="run the benchmark suite on one checkpoint and print the table",
+        description="Evaluates the frozen encoders of one checkpoint (AVC-Bin, AVSA-Bin, sound "
+        "classification, DOA; each with its baselines) and prints accuracies in %% and DOA errors in "
+        "degrees. With --log the results also go to the checkpoint's MLflow run, exactly as the "
+        "evaluation service would log them (a checkpoint already evaluated is not redone).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint", metavar="URL", help="a checkpoint folder, or a checkpoint root (its latest)"
+    )
+    source.add_argument("--run", metavar="RUN_ID", help="the MLflow run whose newest checkpoint to evaluate")
+    parser.add_argument("--log", action="store_true", help="log the results to the checkpoint's MLflow run")
+    add_suite_arguments(parser)
+    add_config_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from dataclasses import replace
+
+    from trainer.checkpoint import resolve
+    from trainer.export import checkpoint_of_run
+
+    uri = tracking_uri(cfg)
+    url = args.checkpoint or checkpoint_of_run(
+        replace(cfg, tracking=replace(cfg.tracking, uri=uri)), args.run
+    )
+    tag_url = resolve(url, url, cfg.storage)
+    assert tag_url is not None
+    suite = suite_from_args(args, cfg)
+    if args.log:
+        return _log(uri, tag_url, suite, cfg, args.device)
+    from evaluation.suite import evaluate_checkpoint, format_table
+
+    report = evaluate_checkpoint(tag_url, suite, cfg.storage, args.device)
+    print(format_table({f"step {report.step}": report}))
+    return 0
+
+
+def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from evaluation.discovery import Checkpoint
+    from evaluation.service import EvalService
+    from trainer.checkpoint import read_meta
+
+    if not uri:
+        raise SystemExit("--log needs a tracking server: set --tracking.uri or --eval.tracking_uri")
+    meta = read_meta(tag_url, cfg.storage)
+    if not meta.get("run_id"):
+        raise SystemExit(f"{tag_url} was saved by an untracked run; nothing to log to")
+    run = MlflowClient(uri).get_run(meta["run_id"])
+    ckpt = Checkpoint(run.info.run_id, run.info.experiment_id, int(meta["step"]), tag_url, None)
+    final = EvalService(uri, suite, cfg.storage, device).evaluate(ckpt)
+    if final is None:
+        print(f"step {ckpt.step} of run {ckpt.run_id} is already evaluated or being evaluated")
+        return 0
+    print(f"step {ckpt.step} of run {ckpt.run_id}: {final.state} {final.reason}".rstrip())
+    return 0 if final.state == "done" else 1

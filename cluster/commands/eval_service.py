@@ -1,0 +1,62 @@
+"""`avsa eval-service`: the long-running evaluation service, and its queue (`--status`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cluster.cli import add_config_arguments
+from cluster.commands.eval import add_suite_arguments, suite_from_args, tracking_uri
+from trainer.config import Config
+
+EPILOG = """\
+examples:
+  avsa eval-service --tracking-uri http://127.0.0.1:5000 --poll 30 --doa s3://avsa/eval/doa
+  avsa eval-service --status --tracking-uri http://127.0.0.1:5000
+  ray job submit -- avsa eval-service --tracking-uri http://mlflow:5000
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval-service",
+        help="evaluate every new checkpoint of every tracked run, once; or show the queue",
+        description="Polls MLflow for runs with checkpoints, evaluates each checkpoint exactly once "
+        "(interrupted evaluations are redone, finished ones never), and logs the results into the "
+        "training run at the checkpoint's step plus a linked evaluation run with the details and plots. "
+        "--status prints every checkpoint's state: queued, running, stale (interrupted), done, failed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--status", action="store_true", help="print every checkpoint's evaluation state and exit"
+    )
+    parser.add_argument(
+        "--tracking-uri", metavar="URI", help="MLflow (default eval.tracking_uri, else tracking.uri)"
+    )
+    parser.add_argument(
+        "--poll", type=float, metavar="SECONDS", help="seconds between sweeps (default eval.poll_seconds)"
+    )
+    parser.add_argument(
+        "--lease", type=float, default=120.0, metavar="SECONDS", help="claim lease, renewed while evaluating"
+    )
+    parser.add_argument("--once", action="store_true", help="one sweep, then exit")
+    add_suite_arguments(parser)
+    add_config_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from evaluation.service import EvalService, format_status, status
+
+    uri = args.tracking_uri or tracking_uri(cfg)
+    if not uri:
+        raise SystemExit("no tracking server: pass --tracking-uri or set tracking.uri")
+    if args.status:
+        print(format_status(status(uri, cfg.storage)))
+        return 0
+    service = EvalService(uri, suite_from_args(args, cfg), cfg.storage, args.device, lease_s=args.lease)
+    if args.once:
+        finals = service.run_once()
+        return 1 if any(m.state == "failed" for m in finals) else 0
+    service.serve(args.poll if args.poll is not None else cfg.eval.poll_seconds)
+    return 0

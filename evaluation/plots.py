@@ -1,0 +1,114 @@
+"""Figures of evaluation results, logged to MLflow as PNG artifacts.
+
+Built as bare :class:`matplotlib.figure.Figure` objects, never through pyplot: no global figure
+state or GUI backend in a long-running headless service.
+
+- :func:`metric_curves`: every ``eval/…`` metric against the checkpoint step, one panel per task.
+- :func:`doa_polar`: DOA error (degrees, radius) against the true azimuth (angle), per method.
+- :func:`confusion`: the classification confusion matrices, one panel per method.
+- :func:`report_figure`: the one-page summary of one checkpoint (score table plus the two above).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.projections.polar import PolarAxes
+
+from evaluation.tasks import TaskResult, lower_is_better
+
+# (step, value) points of each flat metric key eval/<task>/<method>/<metric>
+History = Mapping[str, Sequence[tuple[int, float]]]
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def metric_curves(history: History) -> Figure:
+    """One panel per (task, metric), one line per method; accuracies in %, errors in degrees."""
+    panels: dict[tuple[str, str], dict[str, Sequence[tuple[int, float]]]] = {}
+    for key, points in sorted(history.items()):
+        _, task, method, metric = key.split("/", 3)
+        panels.setdefault((task, metric), {})[method] = points
+    cols = min(3, max(1, len(panels)))
+    rows = -(-max(1, len(panels)) // cols)
+    figure = Figure(figsize=(4.5 * cols, 3.2 * rows))
+    for i, ((task, metric), lines) in enumerate(panels.items()):
+        ax = figure.add_subplot(rows, cols, i + 1)
+        scale = 1.0 if lower_is_better(metric) else 100.0
+        for method, points in sorted(lines.items()):
+            steps, values = zip(*sorted(points), strict=True)
+            ax.plot(steps, [scale * v for v in values], marker="o", label=method.replace("_", " "))
+        ax.set_title(f"{task} {metric}", fontsize=9)
+        ax.set_xlabel("checkpoint step")
+        ax.set_ylabel("degrees" if lower_is_better(metric) else "%")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def doa_polar(result: TaskResult) -> Figure:
+    """Each test clip at its true azimuth, at a radius of its angular error in degrees, per method."""
+    figure = Figure(figsize=(5.5, 5.5))
+    _draw_polar(figure.add_subplot(projection="polar"), result)
+    return figure
+
+
+def confusion(result: TaskResult) -> Figure:
+    """Row-normalised confusion matrices (true class down, predicted across), one panel per method."""
+    figure = Figure(figsize=(4.2 * len(result.confusion), 4.0))
+    for i, method in enumerate(result.confusion):
+        _draw_confusion(figure.add_subplot(1, len(result.confusion), i + 1), result, method)
+    figure.tight_layout()
+    return figure
+
+
+def report_figure(title: str, table: str, results: Sequence[TaskResult]) -> Figure:
+    """One page: the score table, then the model's confusion matrix and the DOA polar plot."""
+    panels = [r for r in results if r.confusion or r.errors]
+    figure = Figure(figsize=(11, 4.0 + 4.5 * bool(panels)))
+    text = figure.add_axes((0.02, 0.55, 0.96, 0.4) if panels else (0.02, 0.05, 0.96, 0.9))
+    text.axis("off")
+    text.set_title(title, loc="left", fontsize=11)
+    text.text(0, 1, table, family="monospace", fontsize=8, va="top")
+    width = 0.9 / max(1, len(panels))
+    for i, result in enumerate(panels):
+        box = (0.05 + i * width, 0.05, 0.85 * width, 0.42)
+        if result.confusion:
+            _draw_confusion(figure.add_axes(box), result, "model")
+        else:
+            _draw_polar(figure.add_axes(box, projection="polar"), result)
+    return figure
+
+
+def _draw_polar(ax: PolarAxes, result: TaskResult) -> None:
+    assert result.directions is not None, "a DOA result carries its true directions"
+    for method, errors in result.errors.items():
+        ax.scatter(
+            result.directions[:, 0], np.rad2deg(errors), s=12, alpha=0.7, label=method.replace("_", " ")
+        )
+    ax.set_theta_zero_location("N")  # front up; azimuth grows counter-clockwise, toward the left
+    ax.set_rlabel_position(135)
+    ax.set_title(f"{result.task}: error (°) by true azimuth", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(-0.15, -0.15))
+
+
+def _draw_confusion(ax: Axes, result: TaskResult, method: str) -> None:
+    counts = result.confusion[method]
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
+    n = len(result.classes)
+    ax.set_xticks(range(n), result.classes, rotation=90, fontsize=6)
+    ax.set_yticks(range(n), result.classes, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(
+        f"{result.task} {method.replace('_', ' ')}: {100 * result.scores[method]['acc']:.1f}%", fontsize=9
+    )

@@ -1,0 +1,247 @@
+"""The evaluation service against a real MLflow server and checkpoints of a real (tiny) training run:
+exactly-once evaluation across a SIGKILL and restart, failure records for broken checkpoints, and
+plots that open as images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from cluster.stack import Stack
+from evaluation.discovery import checkpoints_of
+from evaluation.markers import Marker, marker_key
+from evaluation.service import EvalService, format_status, status
+from evaluation.tasks import Suite
+from tests.distributed import run_distributed
+from tests.test_eval_tasks import write_classification_set, write_doa_set
+from trainer.config import Config, load_config
+from trainer.data import TINY
+
+pytestmark = pytest.mark.integration
+
+STEPS = (2, 4)
+SERVICE_ARGS = ("--clip-batches", "4", "--eval.probe_epochs", "10", "--device", "cpu", "--poll", "1")
+
+
+@dataclass
+class Trained:
+    uri: str
+    run_id: str
+    env: dict[str, str]
+    suite_args: list[str]
+    suite: Suite
+
+
+def _train(rank: int, world_size: int, cfg: Config) -> str | None:
+    from trainer.train import train
+
+    return train(cfg).run_id
+
+
+@pytest.fixture(scope="module")
+def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A 4-step tiny run tracked on the stack's MLflow, with checkpoints after steps 2 and 4, and
+    small labeled eval sets."""
+    tmp = tmp_path_factory.mktemp("evalsvc")
+    uri = stack.client_env()["MLFLOW_TRACKING_URI"]
+    overrides = {
+        **TINY,
+        "train.checkpoint_url": str(tmp / "ckpt"),
+        "train.steps_per_epoch": 2,
+        "train.avc_epochs": 1,
+        "train.avsa_epochs": 1,
+        "train.checkpoint_every": 2,
+        "tracking.uri": uri,
+        "tracking.experiment": f"eval-service-{uuid.uuid4().hex[:8]}",
+    }
+    (run_id,) = run_distributed(_train, 1, load_config(None, overrides), timeout_s=300)
+    write_classification_set(str(tmp / "cls"), per_class=6)
+    write_doa_set(str(tmp / "doa"), clips=20)
+    data = ["--classification", str(tmp / "cls"), "--doa", str(tmp / "doa")]
+    suite = Suite(
+        clip_batches=4, classification_url=str(tmp / "cls"), doa_url=str(tmp / "doa"), probe_epochs=10
+    )
+    return Trained(uri, run_id, {**os.environ, **stack.client_env()}, [*SERVICE_ARGS, *data], suite)
+
+
+@pytest.fixture
+def service_process(trained: Trained, tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    """Started services (``avsa eval-service`` subprocesses); any still running at the end is stopped."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _start(trained: Trained, log: Path) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "eval-service",
+        "--tracking-uri",
+        trained.uri,
+        "--lease",
+        "60",
+    ]
+    return subprocess.Popen(
+        [*cmd, *trained.suite_args], env=trained.env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+def _markers(client: MlflowClient, run_id: str) -> dict[int, Marker]:
+    tags = client.get_run(run_id).data.tags
+    return {s: Marker.from_tag(tags[marker_key(s)]) for s in STEPS if marker_key(s) in tags}
+
+
+def _wait(
+    predicate: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen, log: Path
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(
+                f"no {what} (service exit code {proc.poll()}); its log:\n{log.read_text()[-4000:]}"
+            )
+        time.sleep(0.5)
+
+
+def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
+    trained: Trained, service_process: list[subprocess.Popen], tmp_path: Path
+) -> None:
+    client = MlflowClient(trained.uri)
+    log = tmp_path / "service.log"
+    first = _start(trained, log)
+    service_process.append(first)
+    _wait(
+        lambda: any(m.eval_run for m in _markers(client, trained.run_id).values()),
+        240,
+        "running evaluation",
+        first,
+        log,
+    )
+    os.kill(first.pid, signal.SIGKILL)  # mid-evaluation: no cleanup, the lease is left behind
+    first.wait(30)
+    interrupted = {s: m for s, m in _markers(client, trained.run_id).items() if m.state == "running"}
+    (killed_step,) = interrupted  # exactly one evaluation was in flight
+
+    second = _start(trained, log)
+    service_process.append(second)
+    _wait(
+        lambda: [m.state for m in _markers(client, trained.run_id).values()] == ["done", "done"],
+        400,
+        "completion of both checkpoints",
+        second,
+        log,
+    )
+    markers = _markers(client, trained.run_id)
+    assert markers[killed_step].attempt == 2  # redone once, since the first attempt never finished
+    assert [m.attempt for s, m in markers.items() if s != killed_step] == [1]
+
+    run = client.get_run(trained.run_id)
+    eval_keys = [k for k in run.data.metrics if k.startswith("eval/")]
+    assert {"eval/doa/intensity/mean_error_deg", "eval/classification/logmel_stats/acc"} <= set(eval_keys)
+    assert "eval/avsa_bin/model/acc" in eval_keys and "eval/avc_bin/random_init/acc" in eval_keys
+    for key in eval_keys:  # exactly one value per checkpoint step
+        assert sorted(m.step for m in client.get_metric_history(trained.run_id, key)) == list(STEPS), key
+
+    evals = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`avsa.eval.parent_run` = '{trained.run_id}'"
+    )
+    finished = sorted(int(r.data.tags["avsa.eval.step"]) for r in evals if r.info.status == "FINISHED")
+    assert finished == list(STEPS)
+    assert {r.info.run_id for r in evals if r.info.status == "FINISHED"} == {
+        m.eval_run for m in markers.values()
+    }
+    assert [r.info.status for r in evals if r.info.run_id == interrupted[killed_step].eval_run] == ["KILLED"]
+
+    # A further sweep finds nothing to do: done is final.
+    assert EvalService(trained.uri, trained.suite).queue() == []
+    table = format_status(status(trained.uri))
+    assert "2 done" in table and trained.run_id in table
+
+    _check_plots(client, trained.run_id, markers[STEPS[-1]].eval_run, tmp_path)
+
+
+def _open_image(client: MlflowClient, run_id: str, path: str, tmp: Path) -> Image.Image:
+    local = client.download_artifacts(run_id, path, str(tmp))
+    image = Image.open(io.BytesIO(Path(local).read_bytes()))
+    image.load()
+    assert image.size[0] > 100 and image.size[1] > 100
+    return image
+
+
+def _check_plots(client: MlflowClient, run_id: str, eval_run: str, tmp: Path) -> None:
+    step_dir = f"eval/step_{STEPS[-1]:08d}"
+    assert {a.path for a in client.list_artifacts(run_id, "eval")} >= {"eval/metrics_vs_step.png", step_dir}
+    for path in ("eval/metrics_vs_step.png", f"{step_dir}/report.png"):
+        _open_image(client, run_id, path, tmp / "origin")
+    html = Path(client.download_artifacts(run_id, f"{step_dir}/report.html", str(tmp / "html"))).read_text()
+    assert "<img" in html and "avsa_bin" in html
+    names = {a.path for a in client.list_artifacts(eval_run)}
+    assert {
+        "classification_confusion.png",
+        "doa_polar.png",
+        "report.png",
+        "report.html",
+        "results.json",
+    } <= names
+    for name in ("classification_confusion.png", "doa_polar.png", "report.png"):
+        _open_image(client, eval_run, name, tmp / "eval")
+    results = json.loads(
+        Path(client.download_artifacts(eval_run, "results.json", str(tmp / "json"))).read_text()
+    )
+    assert results["step"] == STEPS[-1] and set(results["scores"]) == {
+        "avc_bin",
+        "avsa_bin",
+        "classification",
+        "doa",
+    }
+
+
+def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(
+    trained: Trained, tmp_path: Path
+) -> None:
+    client = MlflowClient(trained.uri)
+    source = client.get_run(trained.run_id)
+    broken_run = client.create_run(source.info.experiment_id, run_name="corrupt").info.run_id
+    good = source.data.tags["checkpoint.latest"]
+    root = tmp_path / "ckpt"
+    for step, damage in ((2, "truncate"), (4, "none")):
+        folder = root / f"step_{step:08d}"
+        shutil.copytree(good, folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**meta, "run_id": broken_run, "step": step}))
+        if damage == "truncate":
+            for name in os.listdir(folder):
+                if name.endswith(".pt"):
+                    (folder / name).write_bytes((folder / name).read_bytes()[:100])
+    client.set_tag(broken_run, "checkpoint.latest", str(root / "step_00000004"))
+    client.set_terminated(broken_run)
+
+    service = EvalService(trained.uri, trained.suite, device="cpu")
+    finals = [service.evaluate(c) for c in checkpoints_of(client.get_run(broken_run))]
+    assert [m.state if m else None for m in finals] == ["failed", "done"]  # went on after the failure
+    failed = Marker.from_tag(client.get_run(broken_run).data.tags[marker_key(2)])
+    assert (
+        failed.state == "failed" and failed.reason
+    )  # e.g. "RuntimeError: ... failed finding central directory"
+    eval_run = client.get_run(failed.eval_run)
+    assert eval_run.info.status == "FAILED" and eval_run.data.tags["avsa.eval.error"] == failed.reason
+    assert "failed" in format_status(status(trained.uri))
