@@ -1,0 +1,131 @@
+"""`avsa preprocess` (Ray actors, detection, shards) vs a PyAV-only transcode, in clips/s per CPU core."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from dataloading.config import PreprocessConfig
+from dataloading.transcode import ENCODERS, encoder_options
+
+
+def make_inputs(folder: Path, videos: int, seconds: float, size: str) -> list[Path]:
+    """Synthetic 360° videos (H.264 at 30 fps + 4-channel 48 kHz AAC) via `avsa synth`, kept in ``folder``
+    (named after the arguments) for re-runs."""
+    found = sorted(folder.glob("video_*.mp4"))
+    if len(found) == videos:
+        return found
+    from cluster.cli import main as avsa
+
+    args = ["--out", str(folder), "--videos", str(videos), "--seconds", str(seconds), "--size", size]
+    if avsa(["synth", *args, "--fps", "30", "--workers", "2", "--no-fetch"]) != 0:
+        raise SystemExit("avsa synth failed")
+    return sorted(folder.glob("video_*.mp4"))
+
+
+def floor_transcode(path: Path, cfg: PreprocessConfig) -> int:
+    """The floor: only PyAV. Decode the whole input once; per clip, scale and encode the latest source frame
+    at each output time with the same encoder and options, and its audio resampled to 24 kHz as FLAC.
+    Returns the number of clips."""
+    width, height = cfg.video_size
+    per_clip = round(cfg.clip_seconds * cfg.fps)
+    clips = 0
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frame_seconds = 1 / float(video.average_rate)
+        frames = [(f.time, f) for f in container.decode(video)]
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s32", layout=audio.layout, rate=cfg.audio_rate)
+        pcm = np.concatenate(
+            [r.to_ndarray().reshape(-1, 4) for f in container.decode(audio) for r in resampler.resample(f)]
+        )
+    duration = min(frames[-1][0] + frame_seconds, len(pcm) / cfg.audio_rate)
+    times = np.array([t for t, _ in frames])
+    for c in range(int(duration // cfg.clip_seconds)):
+        out = io.BytesIO()
+        with av.open(out, "w", format="mp4") as mp4:
+            stream = mp4.add_stream(ENCODERS[cfg.codec], rate=cfg.fps)
+            stream.width, stream.height, stream.pix_fmt, stream.gop_size = width, height, "yuv420p", cfg.gop
+            stream.codec_context.options = encoder_options(cfg)
+            for i in range(per_clip):
+                t = c * cfg.clip_seconds + i / cfg.fps
+                source = frames[max(0, int(np.searchsorted(times, t + 1e-4)) - 1)][1]
+                frame = source.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+                frame.pts = i
+                mp4.mux(stream.encode(frame))
+            mp4.mux(stream.encode(None))
+        n = round(cfg.clip_seconds * cfg.audio_rate)
+        chunk = np.ascontiguousarray(pcm[c * n : (c + 1) * n].reshape(1, -1))
+        flac = io.BytesIO()
+        with av.open(flac, "w", format="flac") as sink:
+            stream = sink.add_stream("flac", rate=cfg.audio_rate, layout=audio.layout.name)
+            samples = av.AudioFrame.from_ndarray(chunk, format="s32", layout=audio.layout.name)
+            samples.sample_rate = cfg.audio_rate
+            sink.mux(stream.encode(samples))
+            sink.mux(stream.encode(None))
+        clips += 1
+    return clips
+
+
+def main(argv: list[str]) -> float:
+    parser = argparse.ArgumentParser(prog="python -m bench preprocess", description=__doc__)
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each input video")
+    parser.add_argument("--size", default="1024x512", help="input size (output is 512x256)")
+    parser.add_argument("--clip-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="Ray actors = CPU cores used"
+    )
+    parser.add_argument("--cache", default=".avsa/bench", help="where synthetic inputs are kept for re-runs")
+    args = parser.parse_args(argv)
+    cfg = PreprocessConfig(clip_seconds=args.clip_seconds, shard_size=8, workers=args.workers)
+    folder = Path(args.cache, f"preprocess-{args.videos}x{args.seconds:g}s-{args.size}")
+    inputs = make_inputs(folder, args.videos, args.seconds, args.size)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    floor_clips = sum(floor_transcode(p, cfg) for p in inputs)
+    floor_wall, floor_cpu = time.perf_counter() - started, time.process_time() - cpu
+    floor_rate = floor_clips / floor_wall  # one process on one core
+
+    from cluster.commands.preprocess import connect
+
+    connect(None, args.workers)
+    import ray
+
+    from cluster.preprocess import run
+
+    scratch = tempfile.mkdtemp(prefix="avsa-bench-preprocess-")
+    listing = Path(scratch, "inputs.txt")  # exactly the floor's inputs, whatever else the cache holds
+    listing.write_text("".join(f"{p.resolve()}\n" for p in inputs))
+    try:
+        started = time.perf_counter()
+        manifest = run(str(listing), str(Path(scratch, "shards")), cfg, progress=False)
+        ours_wall = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    ours_clips = manifest["totals"]["samples"]
+    ours_rate = ours_clips / ours_wall / manifest["run"]["actors"]
+
+    print(f"inputs: {len(inputs)} videos x {args.seconds:g} s ({args.size}) -> {cfg.clip_seconds:g} s clips")
+    print(f"floor (PyAV decode + VP9/FLAC encode, 1 process): {floor_clips} clips in {floor_wall:.1f} s")
+    print(f"  ({floor_cpu:.1f} CPU s) = {floor_rate:.3f} clips/s per core")
+    print(
+        f"ours (avsa preprocess, {manifest['run']['actors']} actors, detection, shards, manifest): "
+        f"{ours_clips} clips in {ours_wall:.1f} s = {ours_rate:.3f} clips/s per core"
+    )
+    cpu_per_clip = manifest["run"]["shard_cpu_seconds"] / max(1, ours_clips)
+    print(
+        f"  of which start-up + probing {manifest['run']['probe_seconds']:.1f} s; "
+        f"shard work {cpu_per_clip:.3f} CPU s/clip vs floor {floor_cpu / max(1, floor_clips):.3f}"
+    )
+    return ours_rate / floor_rate
