@@ -24,7 +24,8 @@ from PIL import Image
 from cluster.stack import Stack
 from evaluation.discovery import checkpoints_of
 from evaluation.markers import Marker, marker_key
-from evaluation.service import EvalService, format_status, status
+from evaluation.service import EvalService, format_status, run_reports, status
+from evaluation.suite import format_table
 from evaluation.tasks import Suite
 from tests.distributed import run_distributed
 from tests.test_eval_tasks import write_classification_set, write_doa_set
@@ -173,8 +174,17 @@ def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
 
     # A further sweep finds nothing to do: done is final.
     assert EvalService(trained.uri, trained.suite).queue() == []
-    table = format_status(status(trained.uri))
+    cli = [sys.executable, "-m", "cluster.cli", "eval-service", "--status", "--tracking-uri", trained.uri]
+    table = subprocess.run(cli, env=trained.env, capture_output=True, text=True, check=True).stdout
     assert "2 done" in table and trained.run_id in table
+
+    reports = run_reports(trained.uri, trained.run_id, {2: "early", 4: "late", 6: "not saved"})
+    assert list(reports) == ["early", "late"]
+    late = reports["late"].result("doa")
+    assert (
+        late is not None and late.scores["intensity"]["acc20"] == run.data.metrics["eval/doa/intensity/acc20"]
+    )
+    assert "random init" in format_table(reports)
 
     _check_plots(client, trained.run_id, markers[STEPS[-1]].eval_run, tmp_path)
 
