@@ -138,6 +138,7 @@ class PreprocessWorker:
         """Write shard ``plan`` under ``output`` unless it is already there with ``expected_sha``."""
         started, cpu = time.perf_counter(), time.process_time()
         stem = join(output, plan.name)
+        self._remove_leftovers(stem)
         if expected_sha and sha256_url(f"{stem}.tar", self.storage) == expected_sha:
             return {"name": plan.name, "status": "skipped", "pid": os.getpid()}
         written: dict[str, list[int]] = {}
@@ -173,6 +174,12 @@ class PreprocessWorker:
             "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu,
         }
+
+    def _remove_leftovers(self, stem: str) -> None:
+        """Delete temp uploads of this shard left by a killed attempt (the shard has one owner at a time)."""
+        fs, path = filesystem(stem, self.storage)
+        for leftover in fs.glob(f"{path}.*{TEMP_MARK}*"):
+            fs.rm(leftover)
 
     def _json(self, key: str, url: str, source: Probe, clip: Clip) -> bytes:
         """The sample's JSON, with the viewpoint candidates found in ``clip``."""

@@ -87,7 +87,7 @@ class ShardWriter:
     """
 
     def __init__(self, tmp_dir: str | None = None) -> None:
-        fd, self.path = tempfile.mkstemp(suffix=".tar", dir=tmp_dir)
+        fd, self.path = tempfile.mkstemp(prefix="avsa-shard-", suffix=".tar", dir=tmp_dir)
         os.close(fd)
         self._tar = tarfile.open(self.path, "w:", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed in publish/discard
         self.keys: list[str] = []

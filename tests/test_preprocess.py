@@ -30,7 +30,7 @@ from cluster.stack import Stack
 from dataloading.config import PreprocessConfig, StorageConfig
 from dataloading.schema import EXTENSIONS, MANIFEST_NAME
 from dataloading.shardwriter import sha256_url
-from dataloading.storage import filesystem, join, register_webdataset_opener
+from dataloading.storage import TEMP_MARK, filesystem, join, register_webdataset_opener
 from tests.test_shardwriter import dali_read
 from tests.test_transcode import bad_inputs, synth_videos
 
@@ -208,9 +208,11 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
     assert all(e["clips"] == CLIPS_PER_VIDEO and e["failed_clips"] == 0 for e in manifest["inputs"].values())
     check_dataset(output, manifest, None)
 
+    Path(output, "shard-000002.tar.tmp-0123abcd").write_bytes(b"half an upload by a killed attempt")
     again = run(str(raw), output, cfg, progress=False)
     assert again["run"]["shards"] == {"skipped": VIDEOS * CLIPS_PER_VIDEO}
     assert without_run(again) == without_run(manifest)
+    assert not [p.name for p in Path(output).iterdir() if TEMP_MARK in p.name]
 
 
 def test_a_damaged_shard_is_redone_on_resume(ray_head: str, local_dataset, tmp_path: Path) -> None:
