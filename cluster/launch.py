@@ -7,6 +7,8 @@
   and the restarted ranks resume from the newest checkpoint.
 - :func:`run_hostfile`: ``avsa train --hostfile FILE`` — the DeepSpeed launcher (pdsh/ssh) for
   clusters without Ray; it re-runs ``avsa train`` on every host with the resolved config.
+
+:func:`train_and_export` is the pipeline step ``avsa demo`` runs: local training, then the export.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cluster.processes import free_port
+from trainer.checkpoint import read_meta, resolve
 from trainer.config import Config
 from trainer.tracking import SECRET_KEY
 from trainer.typed_config import flatten, from_dict, to_dict
@@ -192,3 +196,26 @@ def run_hostfile(
         }
     log.info("launching: %s", " ".join(cmd[:8]) + " …")
     return subprocess.run(cmd, env=env, check=False).returncode
+
+
+@dataclass
+class TrainedRun:
+    """Where a finished training job left its results."""
+
+    checkpoint: str  # URL of the last checkpoint
+    run_id: str | None  # MLflow run (None without tracking)
+    export: dict[str, Any] | None  # the export's config.json content, with "model_version" if registered
+
+
+def train_and_export(cfg: Config, out: str | None = None, resume: str | None = None) -> TrainedRun:
+    """Train with ``cfg.train.processes`` local ranks, then export the last checkpoint to ``out``
+    (skipped when None) and register it in MLflow; raises if any rank failed."""
+    code = run_local(cfg, resume)
+    if code != 0:
+        raise RuntimeError(f"training failed (exit status {code}); resume with `avsa train --resume latest`")
+    checkpoint = resolve("latest", cfg.train.checkpoint_url, cfg.storage)
+    assert checkpoint is not None
+    from trainer.export import export
+
+    info = export(checkpoint, out, cfg) if out else None
+    return TrainedRun(checkpoint, read_meta(checkpoint, cfg.storage)["run_id"], info)

@@ -1,4 +1,4 @@
-"""A tracked 2-rank `avsa train` run against the stack's MLflow server, then `avsa export --run`."""
+"""A tracked 2-rank training run against the stack's MLflow server, then `avsa export --run`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from cluster.launch import train_and_export
 from cluster.stack import Stack
 from tests.test_train import tiny_config
-from trainer.config import save_config
 from trainer.export import submodule_state
 from trainer.models import PRESETS, AudioEncoder
 
@@ -45,15 +45,8 @@ def tracked_run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[
             "storage.secret_access_key": s.secret_access_key,
         },
     )
-    save_config(cfg, tmp / "train.yaml")
-    done = subprocess.run(
-        [BIN / "avsa", "train", "--config", tmp / "train.yaml"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    trained = train_and_export(cfg)  # the `avsa train` path: 2 local rank processes
+    assert trained.checkpoint == f"{cfg.train.checkpoint_url}/step_{STEPS:08d}" and trained.run_id
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
