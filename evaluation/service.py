@@ -40,6 +40,7 @@ from evaluation.tasks import Suite, TaskResult
 log = logging.getLogger(__name__)
 
 CLAIMABLE = ("queued", "stale")
+MAX_ATTEMPTS = 3
 
 
 class EvalService:
@@ -94,6 +95,14 @@ class EvalService:
         if current is not None and not current.stale():
             return None  # finished or taken since it was listed
         attempt = (current.attempt if current else 0) + 1
+        if attempt > MAX_ATTEMPTS:
+            # Interrupted every time (e.g. the evaluation itself gets the process OOM-killed): give up.
+            reason = f"interrupted {MAX_ATTEMPTS} times, last on {current.owner if current else '?'}"
+            final = Marker("failed", attempt - 1, eval_run=current.eval_run if current else "", reason=reason)
+            self._write(ckpt, final)
+            if final.eval_run:
+                self.client.set_terminated(final.eval_run, "KILLED")
+            return final
         claim = Marker("running", attempt, this_owner(), time.time() + self.lease_s)
         self._write(ckpt, claim)
         time.sleep(self.settle_s)

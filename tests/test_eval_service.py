@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,9 +23,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cluster.stack import Stack
-from evaluation.discovery import checkpoints_of
+from evaluation.discovery import Checkpoint, checkpoints_of
 from evaluation.markers import Marker, marker_key
-from evaluation.service import EvalService, format_status, run_reports, status
+from evaluation.service import MAX_ATTEMPTS, EvalService, format_status, run_reports, status
 from evaluation.suite import format_table
 from evaluation.tasks import Suite
 from tests.distributed import run_distributed
@@ -255,3 +256,19 @@ def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(
     eval_run = client.get_run(failed.eval_run)
     assert eval_run.info.status == "FAILED" and eval_run.data.tags["avsa.eval.error"] == failed.reason
     assert "failed" in format_status(status(trained.uri))
+
+
+def test_a_checkpoint_interrupted_too_often_is_given_up(trained: Trained, tmp_path: Path) -> None:
+    client = MlflowClient(trained.uri)
+    source = client.get_run(trained.run_id)
+    run_id = client.create_run(source.info.experiment_id, run_name="crashes").info.run_id
+    ckpt = Checkpoint(run_id, source.info.experiment_id, 2, str(tmp_path / "never-read"), None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    crashed = Marker("running", MAX_ATTEMPTS, f"{socket.gethostname()}:{dead.pid}", time.time() + 600)
+    client.set_tag(run_id, marker_key(2), crashed.to_tag())
+    final = EvalService(trained.uri, trained.suite).evaluate(ckpt)
+    assert (
+        final is not None and final.state == "failed" and f"interrupted {MAX_ATTEMPTS} times" in final.reason
+    )
+    assert Marker.from_tag(client.get_run(run_id).data.tags[marker_key(2)]) == final
