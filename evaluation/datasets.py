@@ -23,8 +23,8 @@ from dataloading.storage import filesystem, join
 from trainer.config import Config
 from trainer.data import Batch, make_source
 
-# Synthetic sources draw fresh clips per epoch and shard loaders only reshuffle by epoch, so reading
-# this far-off epoch gives clips no training run has seen (synthetic) or the held-out set (shards).
+# Synthetic sources draw fresh clips per epoch, so this far-off epoch holds clips no training run has
+# seen. A shard loader only reshuffles by epoch: held-out clips there must come from held-out shards.
 HELD_OUT_EPOCH = 1_000_000
 
 

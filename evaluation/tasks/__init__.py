@@ -16,8 +16,9 @@ from evaluation.encoders import Encoders
 
 @dataclass
 class Suite:
-    """What to evaluate on. An empty URL skips the tasks that need it; ``clips_url`` empty means the
-    run's own ``data.url`` (held-out clips of a synthetic source, see :mod:`evaluation.datasets`)."""
+    """What to evaluate on. An empty URL skips the tasks that need it, except ``clips_url``: empty
+    means the run's own ``data.url`` — unseen clips of a synthetic source, but the training clips
+    of a shard dataset (a warning says so; pass held-out shards instead, see :mod:`evaluation.datasets`)."""
 
     clips_url: str = ""
     clip_batches: int = 16  # batches of B clips × K viewpoints for AVC-Bin / AVSA-Bin

@@ -8,6 +8,7 @@ is 0.5. Training and test pairs come from disjoint clips (first and second half 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,9 @@ from evaluation.encoders import Encoders
 from evaluation.metrics import accuracy
 from evaluation.probe import classify
 from evaluation.tasks import Context, TaskResult
+from trainer.data import SYNTHETIC_SCHEME
+
+log = logging.getLogger(__name__)
 
 # (video [N, K, D], audio [N, K, D]) -> audio [N, K, D] where entry (n, k) must not match video (n, k)
 Mismatch = Callable[[Tensor], Tensor]
@@ -43,6 +47,10 @@ def run_pair_task(ctx: Context, task: str, mismatch: Mismatch) -> TaskResult:
     """Accuracy of the matching-pair MLP for the trained and the random-init encoders."""
     cfg = ctx.model.cfg
     url = ctx.suite.clips_url or cfg.data.url
+    if not (ctx.suite.clips_url or url.startswith(SYNTHETIC_SCHEME)):
+        log.warning(
+            "%s on the run's training shards %s: pass held-out shards as the suite's clips_url", task, url
+        )
     batches = held_out_batches(cfg, url, ctx.suite.clip_batches, ctx.model.device, ctx.storage)
     video = torch.cat([b.video for b in batches])
     audio = torch.cat([b.audio for b in batches])
