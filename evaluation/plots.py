@@ -21,6 +21,9 @@ from matplotlib.projections.polar import PolarAxes
 
 from evaluation.tasks import TaskResult, lower_is_better
 
+# One colour per method in every figure, so a method reads the same across panels.
+COLOURS = {"model": "C0", "random_init": "C1", "logmel_stats": "C2", "intensity": "C3"}
+
 # (step, value) points of each flat metric key eval/<task>/<method>/<metric>
 History = Mapping[str, Sequence[tuple[int, float]]]
 
@@ -45,7 +48,13 @@ def metric_curves(history: History) -> Figure:
         scale = 1.0 if lower_is_better(metric) else 100.0
         for method, points in sorted(lines.items()):
             steps, values = zip(*sorted(points), strict=True)
-            ax.plot(steps, [scale * v for v in values], marker="o", label=method.replace("_", " "))
+            ax.plot(
+                steps,
+                [scale * v for v in values],
+                marker="o",
+                color=COLOURS.get(method),
+                label=method.replace("_", " "),
+            )
         ax.set_title(f"{task} {metric}", fontsize=9)
         ax.set_xlabel("checkpoint step")
         ax.set_ylabel("degrees" if lower_is_better(metric) else "%")
@@ -73,14 +82,14 @@ def confusion(result: TaskResult) -> Figure:
 def report_figure(title: str, table: str, results: Sequence[TaskResult]) -> Figure:
     """One page: the score table, then the model's confusion matrix and the DOA polar plot."""
     panels = [r for r in results if r.confusion or r.errors]
-    figure = Figure(figsize=(11, 4.0 + 4.5 * bool(panels)))
-    text = figure.add_axes((0.02, 0.55, 0.96, 0.4) if panels else (0.02, 0.05, 0.96, 0.9))
+    figure = Figure(figsize=(11, 2.5 + 5.0 * bool(panels)))
+    text = figure.add_axes((0.02, 0.72, 0.96, 0.24) if panels else (0.02, 0.05, 0.96, 0.9))
     text.axis("off")
     text.set_title(title, loc="left", fontsize=11)
     text.text(0, 1, table, family="monospace", fontsize=8, va="top")
     width = 0.9 / max(1, len(panels))
     for i, result in enumerate(panels):
-        box = (0.05 + i * width, 0.05, 0.85 * width, 0.42)
+        box = (0.05 + i * width, 0.06, 0.85 * width, 0.56)
         if result.confusion:
             _draw_confusion(figure.add_axes(box), result, "model")
         else:
@@ -92,7 +101,12 @@ def _draw_polar(ax: PolarAxes, result: TaskResult) -> None:
     assert result.directions is not None, "a DOA result carries its true directions"
     for method, errors in result.errors.items():
         ax.scatter(
-            result.directions[:, 0], np.rad2deg(errors), s=12, alpha=0.7, label=method.replace("_", " ")
+            result.directions[:, 0],
+            np.rad2deg(errors),
+            s=12,
+            alpha=0.7,
+            color=COLOURS.get(method),
+            label=method.replace("_", " "),
         )
     ax.set_theta_zero_location("N")  # front up; azimuth grows counter-clockwise, toward the left
     ax.set_rlabel_position(135)
