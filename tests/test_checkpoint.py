@@ -87,7 +87,8 @@ def _train(rank: int, world_size: int, cfg: Any, resume: str | None, kill_after:
 
 @pytest.mark.integration
 def test_run_killed_by_sigkill_resumes_from_s3_exactly(tmp_path: Path, stack: Stack) -> None:
-    """2n steps straight == n steps, SIGKILL of one rank, resume from s3:// for the remaining steps."""
+    """2n steps straight == n steps, SIGKILL of one rank, resume from s3:// for the remaining steps;
+    the resumed attempt continues the interrupted one's MLflow run."""
     schedule = {"train.steps_per_epoch": 2, "train.avc_epochs": 2, "train.avsa_epochs": 1, "train.lr": 1e-3}
     straight = run_distributed(_train, 2, tiny_config(tmp_path, **schedule), None, -1, timeout_s=300)
 
@@ -97,6 +98,10 @@ def test_run_killed_by_sigkill_resumes_from_s3_exactly(tmp_path: Path, stack: St
         tmp_path,
         **schedule,
         **{"train.checkpoint_url": url, "train.checkpoint_every": 3},
+        **{
+            "tracking.uri": stack.client_env()["MLFLOW_TRACKING_URI"],
+            "tracking.experiment": url.rsplit("/")[-1],
+        },
         **{
             f"storage.{k}": getattr(s, k)
             for k in ("endpoint_url", "access_key_id", "secret_access_key", "region")
@@ -113,3 +118,11 @@ def test_run_killed_by_sigkill_resumes_from_s3_exactly(tmp_path: Path, stack: St
         assert resumed[rank]["losses"] == straight[rank]["losses"][3:]  # steps 4, 5 (AVSA), 6: bit-equal
         for name, tensor in straight[rank]["state"].items():
             assert torch.equal(resumed[rank]["state"][name], tensor), name
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(on_s3.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name(on_s3.tracking.experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # both attempts, one run
+    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}
+    assert steps == set(range(1, 7))

@@ -38,7 +38,10 @@ def broadcast_from_rank0(value: Any) -> Any:
 
 
 class Tracker:
-    """The job's MLflow run. Every rank constructs one (it is a collective); only rank 0 logs."""
+    """The job's MLflow run. Every rank constructs one (it is a collective); only rank 0 logs.
+
+    A resumed job continues in the run its checkpoint names: one run per job, however many attempts.
+    """
 
     def __init__(self, cfg: Config, rank: int, world_size: int, resume_run_id: str | None = None) -> None:
         self.enabled = bool(cfg.tracking.uri)
@@ -50,6 +53,8 @@ class Tracker:
 
             self.client = MlflowClient(cfg.tracking.uri)
             run_id = resume_run_id or self._create_run(cfg, world_size)
+            if resume_run_id:  # the interrupted attempt marked it FAILED; the job goes on in it
+                self.client.update_run(run_id, status="RUNNING")
         self.run_id: str | None = broadcast_from_rank0(run_id)
 
     @property

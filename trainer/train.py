@@ -143,7 +143,7 @@ def train(
             engine.step()
 
             metrics = mean_over_ranks(metrics, world_size)  # the all-reduce also waits for the step
-            dt = time.perf_counter() - t0
+            dt, done = time.perf_counter() - t0, step + 1
             metrics |= {
                 "lr": engine.get_lr()[0],
                 "epoch": epoch,
@@ -152,7 +152,7 @@ def train(
                 "data_wait_fraction": t_data / dt,
                 "memory_gib": memory_gib(device),
             }
-            result.step, done = step + 1, step + 1
+            result.step = done
             result.history.append(metrics)
             tracker.log_metrics(metrics, done)
             if step == start or step % steps_per_epoch == 0:
