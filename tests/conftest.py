@@ -15,6 +15,9 @@ from trainer.config import StackConfig
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Before any test imports ray: otherwise a driver swaps 127.0.0.1 for the machine's address
+# and cannot join the loopback-only heads the tests start.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _weed_safe(port: int) -> bool:
