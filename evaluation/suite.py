@@ -93,7 +93,7 @@ def evaluate_checkpoints(
 
 
 def format_table(reports: Mapping[str, Report]) -> str:
-    """A plain-text table: one column per task metric, one row per labelled checkpoint,
+    """A plain-text table: one column per task metric (by name), one row per labelled checkpoint,
     then the baselines of the first report (random init and each task's classical baseline).
 
     Accuracies are printed in percent, DOA errors in degrees; "-" where a method does not apply.
@@ -101,7 +101,7 @@ def format_table(reports: Mapping[str, Report]) -> str:
     if not reports:
         return "(no reports)"
     first = next(iter(reports.values()))
-    columns = [(r.task, metric) for r in first.results for metric in r.scores["model"]]
+    columns = [(r.task, metric) for r in first.results for metric in sorted(r.scores["model"])]
     rows: list[tuple[str, dict[str, dict[str, float]]]] = [
         (label, {r.task: r.scores["model"] for r in report.results}) for label, report in reports.items()
     ]

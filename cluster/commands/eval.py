@@ -99,7 +99,8 @@ def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:
     from mlflow.tracking import MlflowClient
 
     from evaluation.discovery import Checkpoint
-    from evaluation.service import EvalService
+    from evaluation.service import EvalService, run_reports
+    from evaluation.suite import format_table
     from trainer.checkpoint import read_meta
 
     if not uri:
@@ -114,4 +115,7 @@ def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:
         print(f"step {ckpt.step} of run {ckpt.run_id} is already evaluated or being evaluated")
         return 0
     print(f"step {ckpt.step} of run {ckpt.run_id}: {final.state} {final.reason}".rstrip())
-    return 0 if final.state == "done" else 1
+    if final.state != "done":
+        return 1
+    print(format_table(run_reports(uri, ckpt.run_id, {ckpt.step: f"step {ckpt.step}"})))
+    return 0
