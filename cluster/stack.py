@@ -121,7 +121,9 @@ class Stack:
         if "mlflow" in state.services:
             env["MLFLOW_TRACKING_URI"] = state.endpoints["mlflow"]
         if "ray" in state.services:
-            env["RAY_ADDRESS"] = state.endpoints["ray"]
+            # `ray job submit` talks to the dashboard; drivers (`avsa preprocess`, ray.init) join the GCS.
+            env["RAY_API_SERVER_ADDRESS"] = state.endpoints["ray"]
+            env["RAY_ADDRESS"] = f"{state.host}:{self.cfg.ray_port}"
             if state.network:
                 env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": state.ray_token}
         return env

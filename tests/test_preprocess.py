@@ -194,7 +194,7 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
             pids_after_kill.append(result["pid"])
             return
         alive = list_actors(
-            address=stack.client_env()["RAY_ADDRESS"],
+            address=stack.client_env()["RAY_API_SERVER_ADDRESS"],
             filters=[("class_name", "=", "PreprocessWorker"), ("state", "=", "ALIVE")],
         )
         busy = [a.pid for a in alive if a.pid != result["pid"]]

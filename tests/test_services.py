@@ -59,7 +59,7 @@ def test_ray_job_submit_runs_and_its_logs_are_read(stack: Stack) -> None:
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(env["RAY_ADDRESS"])
+    client = JobSubmissionClient(env["RAY_API_SERVER_ADDRESS"])
     deadline = time.monotonic() + 180
     while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.monotonic() < deadline, "job did not finish"

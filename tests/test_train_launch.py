@@ -53,7 +53,7 @@ def test_ray_job_submit_trains_on_two_workers(stack: Stack, tmp_path: Path) -> N
     )
     assert submit.returncode == 0, submit.stderr
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
-    client = JobSubmissionClient(env["RAY_ADDRESS"])
+    client = JobSubmissionClient(env["RAY_API_SERVER_ADDRESS"])
     deadline = time.monotonic() + 400
     finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     while (status := client.get_job_status(job_id)) not in finished:
