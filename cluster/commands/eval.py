@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="run the benchmark suite on one checkpoint and print the table",
         description="Evaluates the frozen encoders of one checkpoint (AVC-Bin, AVSA-Bin, sound "
-        "classification, DOA; each with its baselines) and prints accuracies in %% and DOA errors in "
+        "classification, DOA; each with its baselines) and prints accuracies in % and DOA errors in "
         "degrees. With --log the results also go to the checkpoint's MLflow run, exactly as the "
         "evaluation service would log them (a checkpoint already evaluated is not redone).",
         epilog=EPILOG,
