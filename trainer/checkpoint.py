@@ -119,7 +119,6 @@ def download(tag_url: str, local_dir: str, storage: StorageConfig | None = None)
 class Resumed:
     """What a loaded checkpoint tells the training loop."""
 
-    url: str
     step: int
     run_id: str | None
 
@@ -198,7 +197,7 @@ class Checkpointer:
         with torch.no_grad():
             for name, buffer in engine.module.named_buffers():
                 buffer.copy_(own["buffers"][name])
-        return Resumed(url=tag_url, step=int(meta["step"]), run_id=meta.get("run_id"))
+        return Resumed(step=int(meta["step"]), run_id=meta.get("run_id"))
 
 
 def distributed() -> bool:
