@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
+    args.overrides = extra  # commands with their own config layers (the demo) resolve again
     try:
         cfg: Config = load_config(getattr(args, "config", None), extra)
     except ConfigError as exc:

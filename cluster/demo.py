@@ -6,20 +6,24 @@ prints where to look. Each stage is a function of (context) so later stages slot
 
 from __future__ import annotations
 
-import hashlib
-import os
+import json
+import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from cluster.stack import Stack
 from dataloading import storage
-from trainer.config import Config
-from trainer.typed_config import dump_yaml, flatten
+from trainer.config import Config, load_config
 
-SHARD_BYTES = 64 << 20  # a typical training shard is 64 clips of ~1 MiB
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+DEMO_VIDEOS = 8
+HELD_OUT_VIDEOS = 2  # other scenes (another seed), for AVC-Bin / AVSA-Bin on unseen clips
+DEMO_SECONDS = 12.0
 
 
 @dataclass
@@ -30,79 +34,138 @@ class DemoContext:
     stack: Stack
     console: Console
     env: dict[str, str] = field(default_factory=dict)
-    results: dict[str, object] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def bucket_url(self) -> str:
-        return f"s3://{self.cfg.stack.bucket}"
-
-
-def stage_storage(ctx: DemoContext) -> None:
-    """Write a shard-sized object to S3 atomically, read it back whole and by range."""
-    url = storage.join(ctx.bucket_url, "demo", "roundtrip", "shard-000000.tar")
-    payload = os.urandom(SHARD_BYTES)
-    start = time.perf_counter()
-    storage.write_bytes_atomic(url, payload, ctx.stack.storage())
-    fs, path = storage.filesystem(url, ctx.stack.storage())
-    back = fs.cat_file(path)
-    middle = fs.cat_file(path, start=SHARD_BYTES // 2, end=SHARD_BYTES // 2 + 4096)
-    seconds = time.perf_counter() - start
-    if hashlib.sha256(back).digest() != hashlib.sha256(payload).digest():
-        raise RuntimeError(f"{url}: bytes read back differ from bytes written")
-    if middle != payload[SHARD_BYTES // 2 : SHARD_BYTES // 2 + 4096]:
-        raise RuntimeError(f"{url}: range read returned the wrong bytes")
-    mib_s = 2 * SHARD_BYTES / (1 << 20) / seconds
-    ctx.console.print(f"  wrote and read back {url} ({SHARD_BYTES >> 20} MiB, {mib_s:.0f} MiB/s)")
-    ctx.results["storage_url"] = url
+    def url(self, *parts: str) -> str:
+        """A location under this demo's prefix in the stack's bucket."""
+        return storage.join(f"s3://{self.cfg.stack.bucket}", "demo", *parts)
 
 
-def stage_tracking(ctx: DemoContext) -> None:
-    """Log a run with params, a metric and the resolved config over HTTP to the MLflow server."""
-    import mlflow
+def stage_synth(ctx: DemoContext) -> None:
+    """Generate 360° videos with FOA audio and the labeled evaluation sets, straight into S3."""
+    from dataloading.synth.assets import build_catalog
+    from dataloading.synth.evalsets import classification_set, doa_set
+    from dataloading.synth.generate import SynthOptions, generate
 
-    mlflow.set_tracking_uri(ctx.env["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment(f"{ctx.cfg.tracking.experiment}-demo")
-    params = {k: v for k, v in flatten(ctx.cfg).items() if not k.startswith("storage.")}
-    with mlflow.start_run(run_name="demo") as run:
-        mlflow.log_params(params)
-        for step in range(5):
-            mlflow.log_metric("demo/heartbeat", float(step), step=step)
-        mlflow.log_text(dump_yaml(ctx.cfg), "config.yaml")
-    ctx.results["mlflow_run"] = run.info.run_id
-    ctx.console.print(f"  MLflow run {run.info.run_id} ({len(params)} params, 5 metrics, config.yaml)")
+    catalog = build_catalog()
+    opts = SynthOptions(
+        out=ctx.url("raw"),
+        videos=DEMO_VIDEOS,
+        seconds=DEMO_SECONDS,
+        size=(512, 256),
+        fps=16,
+        storage=ctx.stack.storage(),
+    )
+    summary = generate(opts, catalog)
+    held_out = replace(opts, out=ctx.url("raw-heldout"), videos=HELD_OUT_VIDEOS, seed=opts.seed + 1000)
+    generate(held_out, catalog)
+    cls = classification_set(ctx.url("eval", "classification"), catalog, 24, 0, storage=ctx.stack.storage())
+    doa = doa_set(ctx.url("eval", "doa"), catalog, 60, 0, storage=ctx.stack.storage())
+    made = DEMO_VIDEOS - len(summary["failed"])
+    ctx.console.print(
+        f"  {made} videos of {DEMO_SECONDS:.0f} s -> {opts.out}; eval sets: classification "
+        f"{len(cls['classes'])} classes, DOA {doa['splits']['test']['samples']} clips"
+    )
 
 
-def stage_ray_job(ctx: DemoContext) -> None:
-    """Submit a small job to the Ray head through its job API and wait for it."""
+def stage_preprocess(ctx: DemoContext) -> None:
+    """Shard the videos with `avsa preprocess`, submitted to the Ray head as users do."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(ctx.env["RAY_ADDRESS"])
-    entrypoint = (
-        'python -c "import ray; ray.init(); '
-        "print('ray-demo-sum', sum(ray.get([ray.remote(lambda i: i * i).remote(i) for i in range(10)])))\""
-    )
-    job_id = client.submit_job(entrypoint=entrypoint)
-    deadline = time.monotonic() + 300
+    from cluster.launch import config_overrides
+
+    args = [a for a in config_overrides(ctx.cfg) if a.startswith("--preprocess.")]
+    s3_env = {k: v for k, v in ctx.env.items() if k.startswith("AWS_")}
+    client = JobSubmissionClient(ctx.env["RAY_API_SERVER_ADDRESS"])
+    jobs = {}
+    for raw, shards in (("raw", "shards"), ("raw-heldout", "shards-heldout")):
+        command = [
+            "avsa",
+            "preprocess",
+            "--input",
+            ctx.url(raw),
+            "--output",
+            ctx.url(shards),
+            "--no-progress",
+        ]
+        entrypoint = shlex.join([*command, *args])
+        jobs[shards] = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": s3_env})
+        ctx.console.print(f"  ray job {jobs[shards]}: {shlex.join(command)}")
     finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    while (status := client.get_job_status(job_id)) not in finished:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Ray job {job_id} did not finish in 300 s")
-        time.sleep(1)
-    logs = client.get_job_logs(job_id)
-    if status != JobStatus.SUCCEEDED:
-        raise RuntimeError(f"Ray job {job_id} ended {status}; logs:\n{logs}")
-    ctx.console.print(f"  Ray job {job_id} succeeded: {logs.strip().splitlines()[-1]}")
-    ctx.results["ray_job"] = job_id
+    for shards, job_id in jobs.items():
+        while (status := client.get_job_status(job_id)) not in finished:
+            time.sleep(2)
+        if status != JobStatus.SUCCEEDED:
+            logs = client.get_job_logs(job_id)[-3000:]
+            raise RuntimeError(f"preprocessing job {job_id} ended {status}:\n{logs}")
+        fs, path = storage.filesystem(ctx.url(shards, "manifest.json"), ctx.stack.storage())
+        totals = json.loads(fs.cat_file(path))["totals"]
+        ctx.console.print(f"  {shards}/manifest.json: {json.dumps(totals)}")
+
+
+def stage_train(ctx: DemoContext) -> None:
+    """Pretrain (AVC then AVSA) with DeepSpeed on local ranks, checkpoints on S3, MLflow over HTTP."""
+    from cluster.launch import train_and_export
+
+    trained = train_and_export(ctx.cfg, out=ctx.url("export"))
+    ctx.results["run_id"], ctx.results["checkpoint"] = trained.run_id, trained.checkpoint
+    ctx.console.print(
+        f"  run {trained.run_id}; last checkpoint {trained.checkpoint}; export {ctx.url('export')}"
+    )
+
+
+def stage_eval(ctx: DemoContext) -> None:
+    """The evaluation service evaluates every checkpoint of the run once; print the comparison table."""
+    from evaluation.service import EvalService, run_reports
+    from evaluation.suite import format_table
+    from evaluation.tasks import Suite
+
+    suite = Suite(
+        clips_url=ctx.url("shards-heldout"),
+        classification_url=ctx.url("eval", "classification"),
+        doa_url=ctx.url("eval", "doa"),
+        probe_epochs=ctx.cfg.eval.probe_epochs,
+    )
+    uri = ctx.env["MLFLOW_TRACKING_URI"]
+    EvalService(uri, suite, storage=ctx.cfg.storage).run_once()
+    t = ctx.cfg.train
+    avc_step = t.avc_epochs * t.steps_per_epoch
+    labels = {avc_step: "AVC stage", avc_step + t.avsa_epochs * t.steps_per_epoch: "AVSA stage"}
+    table = format_table(run_reports(uri, ctx.results["run_id"], labels))
+    ctx.results["table"] = table
+    ctx.console.print(table, markup=False, highlight=False, soft_wrap=True)
 
 
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
-    ("object storage round trip (s3fs → SeaweedFS)", stage_storage),
-    ("experiment tracking (MLflow over HTTP)", stage_tracking),
-    ("distributed job (ray job submit)", stage_ray_job),
+    ("demo data: 360° videos with FOA audio (avsa synth)", stage_synth),
+    ("preprocessing on Ray (ray job submit -- avsa preprocess)", stage_preprocess),
+    ("pretraining AVC -> AVSA with DeepSpeed, 2 ranks (avsa train), then export", stage_train),
+    ("evaluation service: every checkpoint once, with baselines (avsa eval-service)", stage_eval),
 ]
 
 
-def run_demo(cfg: Config, keep_stack: bool = False, console: Console | None = None) -> dict[str, object]:
+def demo_config(config_file: str | None, overrides: list[str]) -> Config:
+    """Defaults < demo.yaml < the user's --config file < command-line overrides."""
+    return load_config([DEMO_CONFIG, *([config_file] if config_file else [])], overrides)
+
+
+def with_stack(cfg: Config, stack: Stack) -> Config:
+    """``cfg`` pointed at the running stack: S3 for data and checkpoints, its MLflow for tracking."""
+    env = stack.client_env()
+    bucket = f"s3://{cfg.stack.bucket}/demo"
+    run = time.strftime("%Y%m%d-%H%M%S")  # each demo trains from scratch into its own prefix
+    return replace(
+        cfg,
+        storage=stack.storage(),
+        data=replace(cfg.data, url=f"{bucket}/shards"),
+        train=replace(cfg.train, checkpoint_url=f"{bucket}/runs/{run}/checkpoints"),
+        tracking=replace(
+            cfg.tracking, uri=env["MLFLOW_TRACKING_URI"], experiment=f"{cfg.tracking.experiment}-demo"
+        ),
+    )
+
+
+def run_demo(cfg: Config, keep_stack: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Run every demo stage against a local stack; returns what the stages produced."""
     console = console or Console()
     stack = Stack(cfg.stack)
@@ -114,7 +177,7 @@ def run_demo(cfg: Config, keep_stack: bool = False, console: Console | None = No
         with console.status("starting the local stack (SeaweedFS S3, MLflow, Ray) …"):
             stack.up()
         console.print(f"[bold]stack[/bold]: up in {time.monotonic() - started:.0f} s")
-    ctx = DemoContext(cfg=cfg, stack=stack, console=console, env=stack.client_env())
+    ctx = DemoContext(cfg=with_stack(cfg, stack), stack=stack, console=console, env=stack.client_env())
     try:
         for number, (title, stage) in enumerate(STAGES, 1):
             t0 = time.monotonic()
@@ -124,8 +187,9 @@ def run_demo(cfg: Config, keep_stack: bool = False, console: Console | None = No
         mlflow_url = ctx.env["MLFLOW_TRACKING_URI"]
         console.print(
             f"\n[bold green]demo finished in {time.monotonic() - started:.0f} s[/bold green]\n"
-            f"MLflow dashboard: {mlflow_url}/#/experiments (run {ctx.results['mlflow_run']})\n"
-            f"Ray dashboard:    {ctx.env['RAY_ADDRESS']}"
+            f"MLflow dashboard: {mlflow_url}/#/experiments (experiment {ctx.cfg.tracking.experiment}, "
+            f"run {ctx.results['run_id']})\n"
+            f"Ray dashboard:    {ctx.env['RAY_API_SERVER_ADDRESS']}"
         )
     finally:
         if not (reuse or keep_stack):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
-from trainer.typed_config import ConfigError, apply_overrides, dump_yaml, from_dict, parse_overrides
+from trainer.typed_config import ConfigError, apply_overrides, dump_yaml, flatten, from_dict, parse_overrides
 
 
 @dataclass
@@ -101,25 +101,29 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then overrides.
+def load_config(
+    path: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> Config:
+    """Defaults, then the YAML file(s) at ``path`` in order (later files win), then overrides.
 
     ``overrides`` is either argv-style (``["--train.lr", "3e-4"]``) or a dotted-key mapping.
     Raises :class:`ConfigError` naming the offending key and file.
     """
     cfg = Config()
-    if path is not None:
-        text = Path(path).read_text()
+    paths = [path] if isinstance(path, str | Path) else list(path or [])
+    for file in paths:
+        text = Path(file).read_text()
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+            raise ConfigError(f"{file}: expected a mapping of sections at the top level")
         try:
-            cfg = from_dict(Config, data)
+            from_dict(Config, data)  # names the bad key without the layering's dotted noise
+            cfg = apply_overrides(cfg, flatten(data))
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{file}: {exc}") from exc
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(list(overrides))
     return apply_overrides(cfg, overrides) if overrides else cfg

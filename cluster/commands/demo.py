@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cluster.cli import add_config_arguments
-from cluster.demo import run_demo
+from cluster.demo import demo_config, run_demo
 from trainer.config import Config
 
 
@@ -13,8 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
         help="run the pipeline end to end on this machine (local stack, CPU)",
-        description="Starts the local stack (or reuses a healthy one from --stack.state_dir), runs every "
-        "stage against it, prints where the MLflow and Ray dashboards are, and stops what it started.",
+        description="Starts the local stack (or reuses a healthy one from --stack.state_dir), then runs "
+        "synth -> preprocess (a Ray job) -> train (DeepSpeed, 2 ranks) -> export -> evaluation against it, "
+        "prints where the MLflow and Ray dashboards are, and stops what it started. Sizes come from "
+        "cluster/demo.yaml, layered under --config and overrides.",
     )
     parser.add_argument(
         "--keep-stack", action="store_true", help="leave the stack running to browse the dashboards"
@@ -24,5 +26,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    run_demo(cfg, keep_stack=args.keep_stack)
+    run_demo(demo_config(args.config, args.overrides), keep_stack=args.keep_stack)
     return 0
