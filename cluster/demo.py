@@ -107,11 +107,10 @@ def stage_train(ctx: DemoContext) -> None:
     """Pretrain (AVC then AVSA) with DeepSpeed on local ranks, checkpoints on S3, MLflow over HTTP."""
     from cluster.launch import train_and_export
 
-    trained = train_and_export(ctx.cfg, out=ctx.url("export"))
+    export_url = ctx.cfg.train.checkpoint_url.rsplit("/", 1)[0] + "/export"  # beside this run's checkpoints
+    trained = train_and_export(ctx.cfg, out=export_url)
     ctx.results["run_id"], ctx.results["checkpoint"] = trained.run_id, trained.checkpoint
-    ctx.console.print(
-        f"  run {trained.run_id}; last checkpoint {trained.checkpoint}; export {ctx.url('export')}"
-    )
+    ctx.console.print(f"  run {trained.run_id}; last checkpoint {trained.checkpoint}; export {export_url}")
 
 
 def stage_eval(ctx: DemoContext) -> None:
