@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from cluster.jobs import wait_for_job
 from cluster.stack import Stack
 from dataloading import storage
 from trainer.config import Config, load_config
@@ -70,7 +71,7 @@ def stage_synth(ctx: DemoContext) -> None:
 
 def stage_preprocess(ctx: DemoContext) -> None:
     """Shard the videos with `avsa preprocess`, submitted to the Ray head as users do."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
     from cluster.launch import config_overrides
 
@@ -91,13 +92,10 @@ def stage_preprocess(ctx: DemoContext) -> None:
         entrypoint = shlex.join([*command, *args])
         jobs[shards] = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": s3_env})
         ctx.console.print(f"  ray job {jobs[shards]}: {shlex.join(command)}")
-    finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     for shards, job_id in jobs.items():
-        while (status := client.get_job_status(job_id)) not in finished:
-            time.sleep(2)
-        if status != JobStatus.SUCCEEDED:
-            logs = client.get_job_logs(job_id)[-3000:]
-            raise RuntimeError(f"preprocessing job {job_id} ended {status}:\n{logs}")
+        status, logs = wait_for_job(ctx.env["RAY_API_SERVER_ADDRESS"], job_id, timeout_s=1800, poll_s=2)
+        if status != "SUCCEEDED":
+            raise RuntimeError(f"preprocessing job {job_id} ended {status}:\n{logs[-3000:]}")
         fs, path = storage.filesystem(ctx.url(shards, "manifest.json"), ctx.stack.storage())
         totals = json.loads(fs.cat_file(path))["totals"]
         ctx.console.print(f"  {shards}/manifest.json: {json.dumps(totals)}")

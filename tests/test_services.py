@@ -6,11 +6,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from cluster.jobs import wait_for_job
 from cluster.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -56,15 +56,8 @@ def test_ray_job_submit_runs_and_its_logs_are_read(stack: Stack) -> None:
     )
     assert submit.returncode == 0, submit.stderr
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
-
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(env["RAY_API_SERVER_ADDRESS"])
-    deadline = time.monotonic() + 180
-    while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, "job did not finish"
-        time.sleep(1)
-    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
+    status, _ = wait_for_job(env["RAY_API_SERVER_ADDRESS"], job_id, timeout_s=180)
+    assert status == "SUCCEEDED"
     logs = subprocess.run(
         [ray, "job", "logs", job_id], env=env, capture_output=True, text=True, timeout=60
     ).stdout

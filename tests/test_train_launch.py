@@ -7,11 +7,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from cluster.jobs import wait_for_job
 from cluster.launch import config_overrides
 from cluster.stack import Stack
 from tests.test_train import tiny_config
@@ -38,8 +38,6 @@ def test_config_overrides_round_trip(tmp_path: Path) -> None:
 
 
 def test_ray_job_submit_trains_on_two_workers(stack: Stack, tmp_path: Path) -> None:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     cfg = tiny_config(tmp_path, **SCHEDULE)
     save_config(cfg, tmp_path / "train.yaml")
     env = {**os.environ, **stack.client_env()}
@@ -53,14 +51,8 @@ def test_ray_job_submit_trains_on_two_workers(stack: Stack, tmp_path: Path) -> N
     )
     assert submit.returncode == 0, submit.stderr
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
-    client = JobSubmissionClient(env["RAY_API_SERVER_ADDRESS"])
-    deadline = time.monotonic() + 400
-    finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    while (status := client.get_job_status(job_id)) not in finished:
-        assert time.monotonic() < deadline, "ray job did not finish"
-        time.sleep(2)
-    logs = client.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    status, logs = wait_for_job(env["RAY_API_SERVER_ADDRESS"], job_id, timeout_s=400)
+    assert status == "SUCCEEDED", logs[-3000:]
     assert read_text(f"{cfg.train.checkpoint_url}/latest") == "step_00000004"
     assert "training 4 steps on 2 ranks" in logs
 
