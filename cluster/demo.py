@@ -124,7 +124,8 @@ def stage_eval(ctx: DemoContext) -> None:
         probe_epochs=ctx.cfg.eval.probe_epochs,
     )
     uri = ctx.env["MLFLOW_TRACKING_URI"]
-    EvalService(uri, suite, storage=ctx.cfg.storage).run_once()
+    service = EvalService(uri, suite, ctx.cfg.storage, experiments=[ctx.cfg.tracking.experiment])
+    service.run_once()
     t = ctx.cfg.train
     avc_step = t.avc_epochs * t.steps_per_epoch
     labels = {avc_step: "AVC stage", avc_step + t.avsa_epochs * t.steps_per_epoch: "AVSA stage"}

@@ -9,7 +9,9 @@ shared by several runs yields each run only its own checkpoints.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlflow.entities import Run, ViewType
@@ -19,6 +21,8 @@ from dataloading.config import StorageConfig
 from dataloading.storage import filesystem, join
 from evaluation.markers import Marker, marker_key
 from trainer.checkpoint import read_meta
+
+log = logging.getLogger(__name__)
 
 LATEST_TAG = "checkpoint.latest"
 TAG_NAME = re.compile(r"step_\d+")
@@ -42,15 +46,23 @@ class Checkpoint:
         return "stale" if self.marker.stale() else self.marker.state
 
 
-def tracked_runs(client: MlflowClient) -> list[Run]:
-    """Every active run, in any experiment, that recorded a checkpoint."""
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+def tracked_runs(client: MlflowClient, experiments: Sequence[str] = ()) -> list[Run]:
+    """Every active run that recorded a checkpoint, in the named experiments (all when none)."""
+    if experiments:
+        found = {name: client.get_experiment_by_name(name) for name in experiments}
+        unknown = sorted(name for name, e in found.items() if e is None)
+        if unknown:
+            raise ValueError(f"no experiment named {', '.join(unknown)} on {client.tracking_uri}")
+        experiment_ids = [e.experiment_id for e in found.values() if e is not None]
+    else:
+        active = client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+        experiment_ids = [e.experiment_id for e in active]
     runs: list[Run] = []
-    for start in range(0, len(experiments), 100):  # search_runs takes a bounded list of experiments
+    for start in range(0, len(experiment_ids), 100):  # search_runs takes a bounded list of experiments
         token = None
         while True:
             page = client.search_runs(
-                experiments[start : start + 100],
+                experiment_ids[start : start + 100],
                 filter_string=f"tags.`{LATEST_TAG}` LIKE '%'",
                 max_results=1000,
                 page_token=token,
@@ -87,7 +99,33 @@ def checkpoints_of(run: Run, storage: StorageConfig | None = None) -> list[Check
     return sorted(found, key=lambda c: c.step)
 
 
-def discover(client: MlflowClient, storage: StorageConfig | None = None) -> list[Checkpoint]:
-    """Every checkpoint of every tracked run, oldest run first, then by step."""
-    runs = sorted(tracked_runs(client), key=lambda r: r.info.start_time)
-    return [c for run in runs for c in checkpoints_of(run, storage)]
+# (run id, reason) pairs already reported: a service sweeps every minute, and says it once.
+_reported_unreadable: set[tuple[str, str]] = set()
+
+
+def discover(
+    client: MlflowClient, storage: StorageConfig | None = None, experiments: Sequence[str] = ()
+) -> list[Checkpoint]:
+    """Every checkpoint of every tracked run (of ``experiments``; all when empty), oldest run first,
+    then by step.
+
+    A run whose checkpoint root cannot be listed (deleted, no credentials for its bucket, storage
+    down) is logged with the reason and left out of this sweep; the other runs are not held up.
+    """
+    runs = sorted(tracked_runs(client, experiments), key=lambda r: r.info.start_time)
+    found = []
+    for run in runs:
+        try:
+            found.extend(checkpoints_of(run, storage))
+        except Exception as exc:  # s3fs passes botocore's own errors through, not only OSError
+            reason = f"{type(exc).__name__}: {exc}"
+            if (run.info.run_id, reason) not in _reported_unreadable:
+                _reported_unreadable.add((run.info.run_id, reason))
+                log.warning(
+                    "run %s: cannot list its checkpoints at %s (%s); skipped until it can; check the "
+                    "storage settings (--storage.* or AWS_* variables) of this service",
+                    run.info.run_id,
+                    run.data.tags[LATEST_TAG],
+                    reason,
+                )
+    return found

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from mlflow.tracking import MlflowClient
@@ -54,15 +54,17 @@ class EvalService:
         device: str = "auto",
         lease_s: float = 120.0,
         settle_s: float = 1.0,
+        experiments: Sequence[str] = (),
     ) -> None:
         self.client = MlflowClient(tracking_uri)
         self.suite, self.storage, self.device = suite, storage, device
+        self.experiments = tuple(experiments)  # names to watch; empty: every experiment
         self.lease_s, self.settle_s = lease_s, settle_s
         self._lock = threading.Lock()  # orders heartbeat renewals before the final marker
 
     def queue(self) -> list[Checkpoint]:
         """Checkpoints that are not evaluated and not being evaluated, oldest first."""
-        return [c for c in discover(self.client, self.storage) if c.state in CLAIMABLE]
+        return [c for c in discover(self.client, self.storage, self.experiments) if c.state in CLAIMABLE]
 
     def run_once(self) -> list[Marker]:
         """Evaluate every claimable checkpoint once; returns the final markers of those it took."""
@@ -190,9 +192,11 @@ def run_reports(tracking_uri: str, run_id: str, labels: Mapping[int, str]) -> di
     return reports
 
 
-def status(tracking_uri: str, storage: StorageConfig | None = None) -> list[Checkpoint]:
-    """Every checkpoint of every tracked run with its evaluation state."""
-    return discover(MlflowClient(tracking_uri), storage)
+def status(
+    tracking_uri: str, storage: StorageConfig | None = None, experiments: Sequence[str] = ()
+) -> list[Checkpoint]:
+    """Every checkpoint of every tracked run (of ``experiments``; all when empty) with its state."""
+    return discover(MlflowClient(tracking_uri), storage, experiments)
 
 
 def format_status(checkpoints: list[Checkpoint]) -> str:

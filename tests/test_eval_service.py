@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -44,8 +46,13 @@ class Trained:
     uri: str
     run_id: str
     env: dict[str, str]
+    experiment: str
     suite_args: list[str]
     suite: Suite
+
+    def service(self, **kwargs: Any) -> EvalService:
+        """An in-process service watching only this module's experiment."""
+        return EvalService(self.uri, self.suite, experiments=[self.experiment], **kwargs)
 
 
 def _train(rank: int, world_size: int, cfg: Config) -> str | None:
@@ -60,6 +67,7 @@ def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     small labeled eval sets."""
     tmp = tmp_path_factory.mktemp("evalsvc")
     uri = stack.client_env()["MLFLOW_TRACKING_URI"]
+    experiment = f"eval-service-{uuid.uuid4().hex[:8]}"
     overrides = {
         **TINY,
         "train.checkpoint_url": str(tmp / "ckpt"),
@@ -68,16 +76,17 @@ def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
         "train.avsa_epochs": 1,
         "train.checkpoint_every": 2,
         "tracking.uri": uri,
-        "tracking.experiment": f"eval-service-{uuid.uuid4().hex[:8]}",
+        "tracking.experiment": experiment,
     }
     (run_id,) = run_distributed(_train, 1, load_config(None, overrides), timeout_s=300)
     write_classification_set(str(tmp / "cls"), per_class=6)
     write_doa_set(str(tmp / "doa"), clips=20)
-    data = ["--classification", str(tmp / "cls"), "--doa", str(tmp / "doa")]
+    data = ["--classification", str(tmp / "cls"), "--doa", str(tmp / "doa"), "--experiment", experiment]
     suite = Suite(
         clip_batches=4, classification_url=str(tmp / "cls"), doa_url=str(tmp / "doa"), probe_epochs=10
     )
-    return Trained(uri, run_id, {**os.environ, **stack.client_env()}, [*SERVICE_ARGS, *data], suite)
+    env = {**os.environ, **stack.client_env()}
+    return Trained(uri, run_id, env, experiment, [*SERVICE_ARGS, *data], suite)
 
 
 @pytest.fixture
@@ -174,7 +183,7 @@ def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
     assert [r.info.status for r in evals if r.info.run_id == interrupted[killed_step].eval_run] == ["KILLED"]
 
     # A further sweep finds nothing to do: done is final.
-    assert EvalService(trained.uri, trained.suite).queue() == []
+    assert trained.service().queue() == []
     cli = [sys.executable, "-m", "cluster.cli", "eval-service", "--status", "--tracking-uri", trained.uri]
     table = subprocess.run(cli, env=trained.env, capture_output=True, text=True, check=True).stdout
     assert "2 done" in table and trained.run_id in table
@@ -246,7 +255,7 @@ def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(
     client.set_tag(broken_run, "checkpoint.latest", str(root / "step_00000004"))
     client.set_terminated(broken_run)
 
-    service = EvalService(trained.uri, trained.suite, device="cpu")
+    service = trained.service(device="cpu")
     finals = [service.evaluate(c) for c in checkpoints_of(client.get_run(broken_run))]
     assert [m.state if m else None for m in finals] == ["failed", "done"]  # went on after the failure
     failed = Marker.from_tag(client.get_run(broken_run).data.tags[marker_key(2)])
@@ -255,7 +264,27 @@ def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(
     )  # e.g. "RuntimeError: ... failed finding central directory"
     eval_run = client.get_run(failed.eval_run)
     assert eval_run.info.status == "FAILED" and eval_run.data.tags["avsa.eval.error"] == failed.reason
-    assert "failed" in format_status(status(trained.uri))
+    assert "failed" in format_status(status(trained.uri, experiments=[trained.experiment]))
+
+
+def test_a_run_whose_checkpoints_cannot_be_listed_is_reported_and_does_not_hold_up_the_others(
+    trained: Trained, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = MlflowClient(trained.uri)
+    source = client.get_run(trained.run_id)
+    gone = client.create_run(source.info.experiment_id, run_name="deleted-checkpoints").info.run_id
+    client.set_tag(gone, "checkpoint.latest", str(tmp_path / "removed" / "step_00000002"))
+    client.set_terminated(gone)
+
+    with caplog.at_level(logging.WARNING, logger="evaluation.discovery"):
+        found = status(trained.uri, experiments=[trained.experiment])
+        status(trained.uri, experiments=[trained.experiment])  # a second sweep does not repeat it
+    assert {c.run_id for c in found} >= {trained.run_id} and gone not in {c.run_id for c in found}
+    warnings = [r.getMessage() for r in caplog.records if gone in r.getMessage()]
+    assert len(warnings) == 1 and "FileNotFoundError" in warnings[0] and "removed" in warnings[0]
+
+    with pytest.raises(ValueError, match="no experiment named no-such-experiment"):
+        status(trained.uri, experiments=["no-such-experiment"])
 
 
 def test_a_checkpoint_interrupted_too_often_is_given_up(trained: Trained, tmp_path: Path) -> None:
@@ -267,7 +296,7 @@ def test_a_checkpoint_interrupted_too_often_is_given_up(trained: Trained, tmp_pa
     dead.wait()
     crashed = Marker("running", MAX_ATTEMPTS, f"{socket.gethostname()}:{dead.pid}", time.time() + 600)
     client.set_tag(run_id, marker_key(2), crashed.to_tag())
-    final = EvalService(trained.uri, trained.suite).evaluate(ckpt)
+    final = trained.service().evaluate(ckpt)
     assert (
         final is not None and final.state == "failed" and f"interrupted {MAX_ATTEMPTS} times" in final.reason
     )

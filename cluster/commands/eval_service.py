@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--lease", type=float, default=120.0, metavar="SECONDS", help="claim lease, renewed while evaluating"
     )
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="watch only this MLflow experiment (repeatable; default: every experiment)",
+    )
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
     add_suite_arguments(parser)
     add_config_arguments(parser)
@@ -52,9 +59,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if not uri:
         raise SystemExit("no tracking server: pass --tracking-uri or set tracking.uri")
     if args.status:
-        print(format_status(status(uri, cfg.storage)))
+        print(format_status(status(uri, cfg.storage, args.experiment)))
         return 0
-    service = EvalService(uri, suite_from_args(args, cfg), cfg.storage, args.device, lease_s=args.lease)
+    suite = suite_from_args(args, cfg)
+    service = EvalService(
+        uri, suite, cfg.storage, args.device, lease_s=args.lease, experiments=args.experiment
+    )
     if args.once:
         finals = service.run_once()
         return 1 if any(m.state == "failed" for m in finals) else 0
