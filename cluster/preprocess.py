@@ -171,6 +171,7 @@ class PreprocessWorker:
             "written": written,
             "failed": failed,
             "pid": os.getpid(),
+            "node": ray.util.get_node_ip_address(),
             "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu,
         }
@@ -203,8 +204,14 @@ class PreprocessWorker:
 
 
 def worker_class() -> Any:
-    """:class:`PreprocessWorker` as a Ray actor: one CPU, restarted (its task retried) if it dies."""
-    options = {"num_cpus": 1, "max_restarts": ACTOR_MAX_RESTARTS, "max_task_retries": ACTOR_MAX_RESTARTS}
+    """:class:`PreprocessWorker` as a Ray actor: one CPU, restarted (its task retried) if it dies, and
+    spread over the cluster's nodes so that every node's network link and disk carry a share."""
+    options = {
+        "num_cpus": 1,
+        "max_restarts": ACTOR_MAX_RESTARTS,
+        "max_task_retries": ACTOR_MAX_RESTARTS,
+        "scheduling_strategy": "SPREAD",
+    }
     return ray.remote(**options)(PreprocessWorker)
 
 
@@ -304,11 +311,14 @@ def run(
 
     statuses: list[str] = []
     shard_cpu: list[float] = []
+    nodes: list[str] = []  # the node of each shard written in this run
 
     def finished(plan: ShardPlan, result: dict[str, Any]) -> None:
         nonlocal last_write
         statuses.append(result["status"])
         shard_cpu.append(result.get("cpu_seconds", 0.0))
+        if result["status"] == "written":
+            nodes.append(result["node"])
         _record(manifest, plan, result, recorded)
         if bar:
             bar.update(len(plan.clips), 1)
@@ -337,6 +347,7 @@ def run(
         "probe_seconds": round(probed, 3),
         "shard_cpu_seconds": round(sum(shard_cpu), 3),
         "shards": {s: sum(1 for r in statuses if r == s) for s in sorted(set(statuses))},
+        "shards_by_node": {n: nodes.count(n) for n in sorted(set(nodes))},
     }
     _write_manifest(manifest, output, storage)
     for actor in pool:
@@ -388,7 +399,8 @@ def _record(
     if result["status"] == "skipped":
         info = recorded[plan.name]
     elif result["status"] == "written":
-        info = result["info"] | {"inputs": {u: len(c) for u, c in sorted(result["written"].items())}}
+        inputs = {u: len(c) for u, c in sorted(result["written"].items())}
+        info = result["info"] | {"inputs": inputs, "node": result["node"]}
     else:
         info = None
     if info:

@@ -89,7 +89,8 @@ def sample_json(
 def new_manifest(settings: dict[str, Any]) -> dict[str, Any]:
     """An empty manifest for a run with these preprocessing ``settings``.
 
-    ``shards`` maps shard name -> ``{"samples", "bytes", "sha256", "idx_bytes", "keys", "inputs"}``;
+    ``shards`` maps shard name -> ``{"samples", "bytes", "sha256", "idx_bytes", "keys", "inputs", "node"}``
+    (``node``: address of the Ray node whose actor wrote it);
     ``inputs`` maps input URL -> ``{"status", "reason", "clips", "shards", "failed_clips"}``.
     """
     return {

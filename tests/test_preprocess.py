@@ -105,6 +105,7 @@ def check_dataset(output: str, manifest: dict, storage: StorageConfig | None) ->
     assert totals["accepted"] + totals["rejected"] == totals["inputs"]
     keys = [k for shard in manifest["shards"].values() for k in shard["keys"]]
     assert len(keys) == len(set(keys)) == totals["samples"]
+    assert all(shard["node"] for shard in manifest["shards"].values())  # who wrote it
     with tempfile.TemporaryDirectory() as folder:
         tars, indexes = [], []
         for name, shard in manifest["shards"].items():
@@ -187,6 +188,7 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
     cfg = PreprocessConfig(**{**CFG.__dict__, "shard_size": 1})
     output = str(tmp_path / "shards")
     killed: list[int] = []
+    before_kill: set[int] = set()
     pids_after_kill: list[int] = []
 
     def kill_the_busy_one(result: dict) -> None:
@@ -197,13 +199,17 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
             address=stack.client_env()["RAY_API_SERVER_ADDRESS"],
             filters=[("class_name", "=", "PreprocessWorker"), ("state", "=", "ALIVE")],
         )
+        before_kill.update(a.pid for a in alive)
         busy = [a.pid for a in alive if a.pid != result["pid"]]
         assert busy, alive
-        os.kill(busy[0], signal.SIGKILL)  # the other actor is mid-shard right now
+        os.kill(busy[0], signal.SIGKILL)  # the other actor, usually mid-shard
         killed.append(busy[0])
 
     manifest = run(str(raw), output, cfg, progress=False, on_shard=kill_the_busy_one)
-    assert killed and killed[0] not in pids_after_kill
+    # The killed process may have finished one shard just before the kill (its result still in
+    # flight), never more; the rest of its share went to the actor Ray restarted in a new process.
+    assert killed and pids_after_kill.count(killed[0]) <= 1
+    assert set(pids_after_kill) - before_kill, (before_kill, pids_after_kill)
     assert manifest["run"]["shards"] == {"written": VIDEOS * CLIPS_PER_VIDEO}
     assert all(e["clips"] == CLIPS_PER_VIDEO and e["failed_clips"] == 0 for e in manifest["inputs"].values())
     check_dataset(output, manifest, None)
