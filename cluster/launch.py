@@ -113,16 +113,32 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("LOCAL_RANK", str(ray.train.get_context().get_local_rank()))
+    context = ray.train.get_context()
+    os.environ.setdefault("LOCAL_RANK", str(context.get_local_rank()))
+    log.info(  # where each rank landed: after a node is lost, the restarted group shows its new place
+        "rank %d of %d on node %s",
+        context.get_world_rank(),
+        context.get_world_size(),
+        ray.util.get_node_ip_address(),
+    )
     from trainer.train import train
 
     train(from_dict(Config, loop_config["config"]), resume=loop_config["resume"])
 
 
 def run_ray(
-    cfg: Config, workers: int, gpus_per_worker: float = 0, max_failures: int = 0, resume: str | None = None
+    cfg: Config,
+    workers: int,
+    gpus_per_worker: float = 0,
+    max_failures: int = 0,
+    resume: str | None = None,
+    placement: str = "PACK",
 ) -> int:
-    """Train with ``workers`` Ray Train workers on the Ray cluster this process is connected to.
+    """Train with ``workers`` Ray Train workers on the Ray cluster this process is connected to,
+    placed by the Ray placement strategy ``placement``.
+
+    After a failure Ray restarts the whole worker group (up to ``max_failures`` times) wherever
+    ``placement`` allows: with SPREAD, on the nodes still alive when a node is gone.
 
     A restarted worker group cannot know which checkpoint its predecessor reached, so without an
     explicit ``resume`` every attempt uses ``auto``: the newest checkpoint under
@@ -137,7 +153,10 @@ def run_ray(
         train_loop_config={"config": to_dict(cfg), "resume": resume or "auto"},
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+            num_workers=workers,
+            use_gpu=gpus_per_worker > 0,
+            resources_per_worker=resources,
+            placement_strategy=placement,
         ),
         run_config=RunConfig(
             name=f"avsa-train-{time.strftime('%Y%m%d-%H%M%S')}",

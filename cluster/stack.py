@@ -7,6 +7,7 @@ State (endpoints, PIDs, generated S3 credentials) lives in ``<state_dir>/state.j
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 
 from cluster import hosts as virtual_hosts
@@ -186,6 +188,36 @@ class Stack:
         self.state_path.unlink(missing_ok=True)
         return list(running)
 
+    # ----- node failure drills (multi-host stacks) ---------------------------------------------
+    def kill_node(self, host: str) -> list[int]:
+        """SIGKILL every process of the Ray worker node on virtual host ``host`` at once, as when a
+        machine loses power (no process gets to say goodbye); returns the PIDs killed."""
+        state = self._require_state()
+        proc = state.services.get(f"ray@{host}")
+        root = proc.handle() if proc else None
+        if root is None:
+            raise StackError(f"no running Ray worker node on host {host!r}; see `avsa stack status`")
+        tree = processes.process_tree(root)
+        for member in tree:
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        psutil.wait_procs(tree, timeout=10)
+        return [member.pid for member in tree]
+
+    def restart_node(self, host: str) -> None:
+        """Start the Ray worker node on virtual host ``host`` again (after :meth:`kill_node`, or a
+        crash) and wait until the head counts it alive; like a replacement machine joining."""
+        state = self._require_state()
+        name = f"ray@{host}"
+        if name not in state.services:
+            raise StackError(f"the stack has no host {host!r}; its Ray nodes: {sorted(state.services)}")
+        if state.services[name].alive():
+            raise StackError(f"the Ray node on host {host!r} is still running")
+        (worker,) = [h for h in self._worker_hosts(state) if h.name == host]
+        state.services[name], state.endpoints[name] = self._start_ray_worker(state, worker)
+        state.write(self.state_path)
+        self._wait_healthy(state)
+
     # ----- services ------------------------------------------------------------------------
     def _ports(self, name: str) -> list[int]:
         c = self.cfg
@@ -350,6 +382,11 @@ class Stack:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": state.ray_token,
             "GLOO_SOCKET_IFNAME": virtual_hosts.INTERFACE,
+            # Declare a silent node dead after ~5 s instead of Ray's ~15-30 s, so that work of a
+            # lost host is rescheduled while a test (or a drill with `kill_node`) waits.
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_timeout_ms": "1000",
+            "RAY_health_check_failure_threshold": "5",
         }
 
     # ----- health --------------------------------------------------------------------------

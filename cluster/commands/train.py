@@ -17,6 +17,9 @@ examples:
 """
 
 
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
@@ -51,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per Ray worker (default 0)"
     )
     parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="PACK",
+        help="where Ray puts the workers: PACK fills a node first (least network traffic), SPREAD "
+        "puts them on different nodes where it can, STRICT_SPREAD insists (default PACK)",
+    )
+    parser.add_argument(
         "--max-failures",
         type=int,
         default=0,
@@ -65,7 +75,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from cluster import launch
 
     if args.ray:
-        return launch.run_ray(cfg, args.workers, args.gpus_per_worker, args.max_failures, args.resume)
+        return launch.run_ray(
+            cfg, args.workers, args.gpus_per_worker, args.max_failures, args.resume, args.placement
+        )
     if args.hostfile:
         return launch.run_hostfile(cfg, args.hostfile, args.resume, shlex.split(args.launcher_args))
     return launch.run_local(cfg, args.resume)

@@ -1,0 +1,277 @@
+"""Runs across two hosts: network namespaces on this machine (see :mod:`cluster.hosts`), with the
+Ray head, S3 and MLflow on host a and a Ray worker node on host b, each with 2 CPUs.
+
+Everything Ray runs is submitted with `ray job submit` to the head: preprocessing with actors on
+both hosts, Ray Train with one rank per host (gloo over the veth link, checkpoints on S3), and the
+same two jobs again with host b killed in the middle. The DeepSpeed launcher path starts one
+launcher per host from a hostfile naming both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster.hosts import INTERFACE, VirtualHost
+from cluster.processes import free_port, wait_for
+from cluster.stack import Stack
+from dataloading.schema import MANIFEST_NAME
+from dataloading.storage import filesystem, join
+from tests.conftest import free_stack_config
+from tests.test_preprocess import CLIPS_PER_VIDEO, VIDEOS, check_dataset
+from tests.test_train import tiny_config
+from tests.test_transcode import synth_videos
+from trainer.checkpoint import read_text
+from trainer.config import Config, save_config
+from trainer.export import consolidated_state_dict
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+BIN = Path(sys.executable).parent
+PREPROCESS = ["--clip-seconds", "1", "--shard-size", "1", "--size", "256x128", "--fps", "16", "--no-progress"]
+# 9 steps, a checkpoint every 3: host b dies after the first one, mid-AVC stage.
+SCHEDULE = {
+    "train.steps_per_epoch": 3,
+    "train.avc_epochs": 2,
+    "train.avsa_epochs": 1,
+    "train.checkpoint_every": 3,
+    "train.lr": 1e-3,
+}
+JOB_TIMEOUT_S = 480
+
+
+@dataclass
+class Cluster:
+    stack: Stack
+    a: VirtualHost
+    b: VirtualHost
+    env: dict[str, str]  # this process's environment pointed at the cluster
+
+    @property
+    def bucket(self) -> str:
+        return f"s3://{self.stack.cfg.bucket}"
+
+    def exists(self, url: str) -> bool:
+        fs, path = filesystem(url, self.stack.storage())
+        fs.invalidate_cache()
+        return fs.exists(path)
+
+    def submit(self, *entrypoint: str) -> subprocess.Popen:
+        """`ray job submit` (blocking: it follows the logs and exits with the job's status) in the
+        background; S3 credentials reach the job's processes on both hosts via the runtime env."""
+        s3_env = {k: v for k, v in self.env.items() if k.startswith("AWS_")}
+        cmd = [BIN / "ray", "job", "submit", "--runtime-env-json", json.dumps({"env_vars": s3_env})]
+        return subprocess.Popen(
+            [*cmd, "--", *entrypoint],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def finish(job: subprocess.Popen) -> str:
+    """Wait for a submitted job; its logs, after asserting it succeeded."""
+    logs, _ = job.communicate(timeout=JOB_TIMEOUT_S)
+    assert job.returncode == 0, logs[-4000:]
+    return logs
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cfg = free_stack_config(tmp_path_factory.mktemp("two-hosts"))
+    cfg.hosts, cfg.ray_num_cpus = 2, 2
+    stack = Stack(cfg)
+    state = stack.up()
+    try:
+        a, b = state.host_network().hosts
+        yield Cluster(stack, a, b, {**os.environ, **stack.client_env()})
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="module")
+def raw(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Synthetic 360° videos on the cluster's S3."""
+    folder = tmp_path_factory.mktemp("raw")
+    synth_videos(folder, videos=VIDEOS, seconds=2.5, size="256x128", fps=16)
+    url = f"{cluster.bucket}/raw-{uuid.uuid4().hex[:8]}"
+    fs, path = filesystem(url, cluster.stack.storage())
+    for video in sorted(folder.glob("video_*.mp4")):
+        fs.put_file(str(video), f"{path}/{video.name}")
+    return url
+
+
+def manifest_of(cluster: Cluster, output: str) -> dict:
+    fs, path = filesystem(join(output, MANIFEST_NAME), cluster.stack.storage())
+    return json.loads(fs.cat_file(path))
+
+
+def check_complete(cluster: Cluster, output: str, manifest: dict) -> None:
+    """Every clip in exactly one shard, every input accounted for, every shard readable."""
+    assert manifest["totals"]["accepted"] == manifest["totals"]["inputs"] == VIDEOS
+    assert len(manifest["shards"]) == VIDEOS * CLIPS_PER_VIDEO  # one clip per shard
+    check_dataset(output, manifest, cluster.stack.storage())
+
+
+def test_preprocessing_actors_run_on_both_hosts_and_the_manifest_says_which(
+    cluster: Cluster, raw: str
+) -> None:
+    output = raw.replace("/raw-", "/shards-")
+    command = ["avsa", "preprocess", "--input", raw, "--output", output, *PREPROCESS]
+    logs = finish(cluster.submit(*command))
+    assert f"{VIDEOS} of {VIDEOS} inputs accepted" in logs
+    manifest = manifest_of(cluster, output)
+    check_complete(cluster, output, manifest)
+    nodes = {shard["node"] for shard in manifest["shards"].values()}
+    assert nodes == {cluster.a.address, cluster.b.address}
+    assert sum(manifest["run"]["shards_by_node"].values()) == len(manifest["shards"])
+
+
+def train_config(cluster: Cluster, tmp: Path, name: str) -> tuple[Config, Path]:
+    """A tiny synthetic-data run checkpointing to the cluster's S3, tracked on its MLflow; saved as
+    a YAML file the job reads (credentials stay out of it: the jobs get them from the env)."""
+    cfg = tiny_config(
+        tmp,
+        **SCHEDULE,
+        **{
+            "train.checkpoint_url": f"{cluster.bucket}/{name}/checkpoints",
+            "tracking.uri": cluster.env["MLFLOW_TRACKING_URI"],
+            "tracking.experiment": name,
+            "storage.endpoint_url": cluster.env["AWS_ENDPOINT_URL"],
+        },
+    )
+    path = tmp / f"{name}.yaml"
+    save_config(cfg, path)
+    return cfg, path
+
+
+def ray_train(cluster: Cluster, config: Path) -> subprocess.Popen:
+    entry = ["avsa", "train", "--ray", "--workers", "2", "--placement", "SPREAD", "--max-failures", "2"]
+    return cluster.submit(*entry, "--config", str(config))
+
+
+def final_state(cluster: Cluster, cfg: Config) -> dict[str, torch.Tensor]:
+    root = cfg.train.checkpoint_url
+    assert read_text(f"{root}/latest", cluster.stack.storage()) == "step_00000009"
+    return consolidated_state_dict(f"{root}/step_00000009", cluster.stack.storage())[0]
+
+
+def ranks_on(logs: str) -> list[tuple[int, str]]:
+    """(rank, node address) of every rank start, in order."""
+    return [(int(r), node) for r, node in re.findall(r"rank (\d) of 2 on node ([\d.]+)", logs)]
+
+
+@dataclass
+class Finished:
+    state: dict[str, torch.Tensor]  # final parameters and buffers
+    logs: str
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Finished:
+    """The Ray Train run with no failure (the reference for the others)."""
+    cfg, path = train_config(cluster, tmp_path_factory.mktemp("straight"), f"straight-{uuid.uuid4().hex[:6]}")
+    logs = finish(ray_train(cluster, path))
+    return Finished(final_state(cluster, cfg), logs)
+
+
+def test_ray_train_puts_one_rank_on_each_host(cluster: Cluster, uninterrupted: Finished) -> None:
+    assert "training 9 steps on 2 ranks" in uninterrupted.logs
+    placements = ranks_on(uninterrupted.logs)
+    assert sorted(rank for rank, _ in placements) == [0, 1]
+    assert sorted(node for _, node in placements) == sorted([cluster.a.address, cluster.b.address])
+
+
+def test_deepspeed_launcher_with_a_hostfile_naming_both_hosts(
+    cluster: Cluster, uninterrupted: Finished, tmp_path: Path
+) -> None:
+    """One `avsa train --hostfile` per host (the launcher's no-ssh mode, as on clusters without
+    passwordless ssh); the result equals the Ray Train run's: same ranks, same data, same steps."""
+    cfg, path = train_config(cluster, tmp_path, f"hostfile-{uuid.uuid4().hex[:6]}")
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text(f"{cluster.a.address} slots=1\n{cluster.b.address} slots=1\n")
+    port = free_port()
+    # Ray gives each 1-CPU worker one OpenMP thread; so do we, for bit-equal float results.
+    env = {**cluster.env, "GLOO_SOCKET_IFNAME": INTERFACE, "OMP_NUM_THREADS": "1"}
+    launchers = []
+    for node_rank, host in enumerate((cluster.a, cluster.b)):
+        launcher = f"--no_ssh --node_rank {node_rank} --master_addr {cluster.a.address} --master_port {port}"
+        cmd = [
+            "avsa",
+            "train",
+            "--hostfile",
+            str(hostfile),
+            "--launcher-args",
+            launcher,
+            "--config",
+            str(path),
+        ]
+        launchers.append(
+            subprocess.Popen(
+                host.command([str(BIN / cmd[0]), *cmd[1:]]),
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=JOB_TIMEOUT_S)[0] for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "training 9 steps on 2 ranks" in outputs[0]
+    straight = final_state(cluster, cfg)
+    assert straight.keys() == uninterrupted.state.keys()
+    assert all(torch.equal(straight[k], uninterrupted.state[k]) for k in straight)
+
+
+def test_host_b_dies_mid_training_and_the_restarted_run_ends_where_an_uninterrupted_one_does(
+    cluster: Cluster, uninterrupted: Finished, tmp_path: Path
+) -> None:
+    cfg, path = train_config(cluster, tmp_path, f"node-loss-{uuid.uuid4().hex[:6]}")
+    job = ray_train(cluster, path)
+    try:
+        first = f"{cfg.train.checkpoint_url}/latest"
+        assert wait_for(lambda: cluster.exists(first), timeout_s=JOB_TIMEOUT_S, interval_s=0.5), first
+        cluster.stack.kill_node("b")  # mid-run: the first checkpoint is out, 6 steps to go
+        logs = finish(job)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        cluster.stack.restart_node("b")  # the next test starts with both hosts again
+    placements = ranks_on(logs)
+    assert {node for _, node in placements[:2]} == {cluster.a.address, cluster.b.address}
+    assert {node for _, node in placements[2:]} == {cluster.a.address}  # restarted where it could
+    resumed = final_state(cluster, cfg)
+    assert all(torch.equal(resumed[k], uninterrupted.state[k]) for k in uninterrupted.state)
+
+
+def test_host_b_dies_mid_preprocessing_and_its_shards_are_redone(cluster: Cluster, raw: str) -> None:
+    output = raw.replace("/raw-", "/node-loss-")
+    # One actor per host, so host a has a free CPU for the actor Ray restarts after losing b.
+    command = ["avsa", "preprocess", "--input", raw, "--output", output, "--workers", "2", *PREPROCESS]
+    job = cluster.submit(*command)
+    try:
+        first = f"{output}/shard-000000.tar"
+        assert wait_for(lambda: cluster.exists(first), timeout_s=JOB_TIMEOUT_S, interval_s=0.2), first
+        cluster.stack.kill_node("b")
+        finish(job)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    manifest = manifest_of(cluster, output)
+    check_complete(cluster, output, manifest)
+    assert manifest["run"]["shards"] == {"written": VIDEOS * CLIPS_PER_VIDEO}
