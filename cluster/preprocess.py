@@ -6,7 +6,8 @@
    The plan is a function of the inputs and settings only, so re-runs are idempotent.
 3. Each actor owns whole shards: transcode, find viewpoint candidates, write the tar and its index,
    upload both atomically. A shard already in the manifest whose tar still has the recorded checksum
-   is skipped; anything else is (re)made. An actor that dies is restarted by Ray and its shard redone.
+   is skipped; anything else is (re)made. An actor that dies is restarted by Ray and its shard redone;
+   one Ray cannot reach (its node is gone) is replaced by the driver, which gives the shard out again.
 4. The driver records each finished shard in ``manifest.json`` (rewritten atomically) as it goes.
 """
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 MANIFEST_LIST_SUFFIXES = (".txt", ".json")
 DETECT_FRAMES = 2  # frames per clip given to the detectors (the second also gives motion)
 ACTOR_MAX_RESTARTS = 4
+SHARD_ATTEMPTS = 3  # times the driver gives a shard out when Ray's own retries could not save it
 MANIFEST_EVERY_S = 2.0  # seconds between manifest rewrites while shards finish
 
 
@@ -328,7 +330,9 @@ def run(
         if on_shard:
             on_shard(result)
 
-    _run_shards(pool, plans, probes, output, recorded, finished)
+    redone = _run_shards(
+        pool, plans, probes, output, recorded, finished, lambda: actor_class.remote(cfg, storage)
+    )
     if bar:
         bar.close()
     for entry in manifest["inputs"].values():
@@ -348,6 +352,7 @@ def run(
         "shard_cpu_seconds": round(sum(shard_cpu), 3),
         "shards": {s: sum(1 for r in statuses if r == s) for s in sorted(set(statuses))},
         "shards_by_node": {n: nodes.count(n) for n in sorted(set(nodes))},
+        "shards_given_out_again": redone,
     }
     _write_manifest(manifest, output, storage)
     for actor in pool:
@@ -368,9 +373,19 @@ def _run_shards(
     output: str,
     recorded: dict[str, Any],
     finished: Callable[[ShardPlan, dict[str, Any]], None],
-) -> None:
-    """Give each idle actor the next shard until all are done; ``finished`` gets each result."""
+    new_actor: Callable[[], Any],
+) -> int:
+    """Give each idle actor the next shard until all are done; ``finished`` gets each result.
+    Returns how many times a shard was given out again.
+
+    A shard whose task failed past Ray's own retries goes back to the front of the queue, up to
+    :data:`SHARD_ATTEMPTS` times in all: making a shard is idempotent. When the failure was the
+    actor (dead, or unreachable because its node is gone and Ray cannot tell whether the task ran),
+    that actor is killed, so no shard ever has two writers, and ``new_actor()`` takes its place in
+    ``pool`` wherever the cluster has room.
+    """
     queue = list(range(len(plans)))
+    attempts = [0] * len(plans)
     running: dict[Any, tuple[int, Any]] = {}
     idle = list(pool)
     while queue or running:
@@ -381,15 +396,28 @@ def _run_shards(
             sha = known.get("sha256") if known.get("keys") == plan.keys() else None
             ref = actor.make_shard.remote(plan, {u: probes[u] for u, _ in plan.clips}, output, sha)
             running[ref] = (k, actor)
+            attempts[k] += 1
         ready, _ = ray.wait(list(running), num_returns=1)
         k, actor = running.pop(ready[0])
         try:
             result = ray.get(ready[0])
-        except ray.exceptions.RayError as exc:  # Ray's retries are exhausted: record it, the run goes on
-            result = {"name": plans[k].name, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
-            log.error("shard %s failed: %s", plans[k].name, result["error"])
+        except ray.exceptions.RayError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ray.exceptions.RayActorError):
+                ray.kill(actor, no_restart=True)
+                pool[pool.index(actor)] = actor = new_actor()
+            if attempts[k] < SHARD_ATTEMPTS:
+                log.warning(
+                    "shard %s: attempt %d failed (%s); giving it out again", plans[k].name, attempts[k], error
+                )
+                queue.insert(0, k)
+                idle.append(actor)
+                continue
+            result = {"name": plans[k].name, "status": "error", "error": error}  # recorded; the run goes on
+            log.error("shard %s failed %d times, last: %s", plans[k].name, attempts[k], error)
         idle.append(actor)
         finished(plans[k], result)
+    return sum(attempts) - len(plans)
 
 
 def _record(

@@ -139,6 +139,7 @@ def test_preprocessing_actors_run_on_both_hosts_and_the_manifest_says_which(
     nodes = {shard["node"] for shard in manifest["shards"].values()}
     assert nodes == {cluster.a.address, cluster.b.address}
     assert sum(manifest["run"]["shards_by_node"].values()) == len(manifest["shards"])
+    assert f"(by node: {cluster.a.address} " in logs  # the user sees the spread too
 
 
 def train_config(cluster: Cluster, tmp: Path, name: str) -> tuple[Config, Path]:

@@ -171,7 +171,12 @@ def summarize(manifest: dict, output: str) -> None:
         f"{totals['rejected']} rejected; {totals['samples']} clips in {totals['shards']} shards "
         f"({totals['bytes'] / 1e6:.1f} MB) in {run['seconds']:.1f} s ({rate:.2f} clips/s) -> {output}"
     )
-    console.print("shards this run: " + ", ".join(f"{n} {s}" for s, n in run["shards"].items()))
+    line = "shards this run: " + ", ".join(f"{n} {s}" for s, n in run["shards"].items())
+    if len(run["shards_by_node"]) > 1:
+        line += " (by node: " + ", ".join(f"{node} {n}" for node, n in run["shards_by_node"].items()) + ")"
+    if run["shards_given_out_again"]:
+        line += f"; {run['shards_given_out_again']} given out again after a lost worker"
+    console.print(line)
     rejected = {u: e for u, e in manifest["inputs"].items() if e["status"] == "rejected"}
     if rejected:
         table = Table("rejected input", "reason")
