@@ -34,6 +34,39 @@ SERVICES = ("s3", "mlflow", "ray")
 WEED_GRPC_OFFSET = 10000
 
 
+def _weed_safe(port: int) -> bool:
+    """True if ``port`` can serve SeaweedFS, which also needs ``port + 10000`` for gRPC."""
+    return port + WEED_GRPC_OFFSET < 65536 and not processes.port_in_use("127.0.0.1", port + WEED_GRPC_OFFSET)
+
+
+def free_stack_config(state_dir: Path) -> StackConfig:
+    """A StackConfig on free loopback ports, so tests and benchmarks never collide with a user's
+    stack (2 Ray CPUs per host); its state lives in ``state_dir``."""
+    taken: set[int] = set()
+
+    def pick(needs_grpc: bool = False) -> int:
+        def avoid(port: int) -> bool:
+            clash = port in taken or port + WEED_GRPC_OFFSET in taken or port - WEED_GRPC_OFFSET in taken
+            return clash or (needs_grpc and not _weed_safe(port))
+
+        port = processes.free_port(avoid=avoid)
+        taken.add(port)
+        return port
+
+    return StackConfig(
+        state_dir=str(state_dir),
+        s3_port=pick(True),
+        weed_master_port=pick(True),
+        weed_volume_port=pick(True),
+        weed_filer_port=pick(True),
+        mlflow_port=pick(),
+        ray_port=pick(),
+        ray_dashboard_port=pick(),
+        ray_agent_port=pick(),
+        ray_num_cpus=2,
+    )
+
+
 class StackError(RuntimeError):
     """The stack could not start or is not in the expected state; the message says what to do."""
 

@@ -14,8 +14,7 @@ import pytest
 
 from cluster import hosts
 from cluster.processes import process_tree
-from cluster.stack import Stack
-from tests.conftest import free_stack_config
+from cluster.stack import Stack, free_stack_config
 
 pytestmark = [
     pytest.mark.integration,

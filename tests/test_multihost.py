@@ -24,10 +24,9 @@ import torch
 
 from cluster.hosts import INTERFACE, VirtualHost
 from cluster.processes import free_port, wait_for
-from cluster.stack import Stack
+from cluster.stack import Stack, free_stack_config
 from dataloading.schema import MANIFEST_NAME
 from dataloading.storage import filesystem, join
-from tests.conftest import free_stack_config
 from tests.test_preprocess import CLIPS_PER_VIDEO, VIDEOS, check_dataset
 from tests.test_train import tiny_config
 from tests.test_transcode import synth_videos

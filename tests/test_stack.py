@@ -13,8 +13,7 @@ import psutil
 import pytest
 
 from cluster.processes import process_tree
-from cluster.stack import Stack, StackError
-from tests.conftest import free_stack_config
+from cluster.stack import Stack, StackError, free_stack_config
 from trainer.config import StackConfig
 from trainer.typed_config import flatten
 
