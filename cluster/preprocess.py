@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 MANIFEST_LIST_SUFFIXES = (".txt", ".json")
 DETECT_FRAMES = 2  # frames per clip given to the detectors (the second also gives motion)
 ACTOR_MAX_RESTARTS = 4
-SHARD_ATTEMPTS = 3  # times the driver gives a shard out when Ray's own retries could not save it
+TASK_ATTEMPTS = 3  # times the driver gives a probe or shard out when Ray's own retries could not save it
 MANIFEST_EVERY_S = 2.0  # seconds between manifest rewrites while shards finish
 
 
@@ -291,11 +291,22 @@ def run(
     cpus = int(ray.cluster_resources().get("CPU", 1))
     size = max(1, min(cfg.workers or cpus, len(urls)))
     actor_class = worker_class()
-    pool = [actor_class.remote(cfg, storage) for _ in range(size)]
+
+    def new_actor() -> Any:
+        return actor_class.remote(cfg, storage)
+
+    pool = [new_actor() for _ in range(size)]
     log.info("%d inputs, %d actors on %d cluster CPUs", len(urls), size, cpus)
 
     manifest = new_manifest(settings)
-    found = ray.get([pool[k % size].probe.remote(u) for k, u in enumerate(urls)])
+    found: list[Probe | str] = [""] * len(urls)
+
+    def probed_one(k: int, result: Probe | str | None, error: str | None) -> None:
+        found[k] = f"probe failed: {error}" if result is None else result
+
+    run_on_pool(
+        pool, len(urls), lambda actor, k: actor.probe.remote(urls[k]), probed_one, new_actor, urls.__getitem__
+    )
     probed = time.time() - started  # includes the actors' start-up
     probes = {u: p for u, p in zip(urls, found, strict=True) if isinstance(p, Probe)}
     for url, result in zip(urls, found, strict=True):
@@ -375,49 +386,66 @@ def _run_shards(
     finished: Callable[[ShardPlan, dict[str, Any]], None],
     new_actor: Callable[[], Any],
 ) -> int:
-    """Give each idle actor the next shard until all are done; ``finished`` gets each result.
-    Returns how many times a shard was given out again.
+    """Make every planned shard on ``pool``; ``finished`` gets each result (status ``error`` when
+    every attempt failed). Returns how many times a shard was given out again."""
 
-    A shard whose task failed past Ray's own retries goes back to the front of the queue, up to
-    :data:`SHARD_ATTEMPTS` times in all: making a shard is idempotent. When the failure was the
-    actor (dead, or unreachable because its node is gone and Ray cannot tell whether the task ran),
-    that actor is killed, so no shard ever has two writers, and ``new_actor()`` takes its place in
-    ``pool`` wherever the cluster has room.
+    def submit(actor: Any, k: int) -> Any:
+        plan = plans[k]
+        known = recorded.get(plan.name, {})
+        sha = known.get("sha256") if known.get("keys") == plan.keys() else None
+        return actor.make_shard.remote(plan, {u: probes[u] for u, _ in plan.clips}, output, sha)
+
+    def done(k: int, result: dict[str, Any] | None, error: str | None) -> None:
+        finished(plans[k], result or {"name": plans[k].name, "status": "error", "error": error})
+
+    return run_on_pool(pool, len(plans), submit, done, new_actor, lambda k: f"shard {plans[k].name}")
+
+
+def run_on_pool(
+    pool: list[Any],
+    count: int,
+    submit: Callable[[Any, int], Any],
+    finished: Callable[[int, Any, str | None], None],
+    new_actor: Callable[[], Any],
+    label: Callable[[int], str] = str,
+) -> int:
+    """Run tasks ``0 .. count-1`` on the actors of ``pool``, one at a time per actor, in order.
+
+    ``submit(actor, k)`` starts task k and returns its object ref; ``finished(k, result, None)``
+    gets each result, or ``finished(k, None, reason)`` once a task failed :data:`TASK_ATTEMPTS` times.
+    A task whose failure outlived Ray's own retries goes back to the front of the queue: probing and
+    making a shard are idempotent. When the failure was the actor (dead, or unreachable because its
+    node is gone and Ray cannot tell whether the task ran), that actor is killed, so no shard ever
+    has two writers, and ``new_actor()`` takes its place in ``pool`` wherever the cluster has room.
+    ``label(k)`` names task k in the log. Returns how many times a task was given out again.
     """
-    queue = list(range(len(plans)))
-    attempts = [0] * len(plans)
+    queue = list(range(count))
+    attempts = [0] * count
     running: dict[Any, tuple[int, Any]] = {}
     idle = list(pool)
     while queue or running:
         while queue and idle:
             k, actor = queue.pop(0), idle.pop(0)
-            plan = plans[k]
-            known = recorded.get(plan.name, {})
-            sha = known.get("sha256") if known.get("keys") == plan.keys() else None
-            ref = actor.make_shard.remote(plan, {u: probes[u] for u, _ in plan.clips}, output, sha)
-            running[ref] = (k, actor)
+            running[submit(actor, k)] = (k, actor)
             attempts[k] += 1
         ready, _ = ray.wait(list(running), num_returns=1)
         k, actor = running.pop(ready[0])
         try:
-            result = ray.get(ready[0])
+            result, error = ray.get(ready[0]), None
         except ray.exceptions.RayError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            result, error = None, f"{type(exc).__name__}: {exc}"
             if isinstance(exc, ray.exceptions.RayActorError):
                 ray.kill(actor, no_restart=True)
                 pool[pool.index(actor)] = actor = new_actor()
-            if attempts[k] < SHARD_ATTEMPTS:
-                log.warning(
-                    "shard %s: attempt %d failed (%s); giving it out again", plans[k].name, attempts[k], error
-                )
+            if attempts[k] < TASK_ATTEMPTS:
+                log.warning("%s: attempt %d failed (%s); giving it out again", label(k), attempts[k], error)
                 queue.insert(0, k)
                 idle.append(actor)
                 continue
-            result = {"name": plans[k].name, "status": "error", "error": error}  # recorded; the run goes on
-            log.error("shard %s failed %d times, last: %s", plans[k].name, attempts[k], error)
+            log.error("%s failed %d times, last: %s", label(k), attempts[k], error)
         idle.append(actor)
-        finished(plans[k], result)
-    return sum(attempts) - len(plans)
+        finished(k, result, error)
+    return sum(attempts) - count
 
 
 def _record(

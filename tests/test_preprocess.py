@@ -25,7 +25,7 @@ import pytest
 # rewrites 127.0.0.1 to the machine's network address and the driver cannot reach the head.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from cluster.preprocess import run  # after the environment above
+from cluster.preprocess import TASK_ATTEMPTS, run, run_on_pool  # after the environment above
 from cluster.stack import Stack
 from dataloading.config import PreprocessConfig, StorageConfig
 from dataloading.schema import EXTENSIONS, MANIFEST_NAME
@@ -219,6 +219,40 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
     assert again["run"]["shards"] == {"skipped": VIDEOS * CLIPS_PER_VIDEO}
     assert without_run(again) == without_run(manifest)
     assert not [p.name for p in Path(output).iterdir() if TEMP_MARK in p.name]
+
+
+class Poisoned:
+    """An actor whose task ``k == poison`` ends its process every time, as a decoder crash would."""
+
+    def work(self, k: int, poison: int) -> tuple[int, int]:
+        if k == poison:
+            os._exit(1)
+        return k, os.getpid()
+
+
+def test_a_task_that_kills_every_actor_fails_alone_and_the_pool_stays_whole(ray_head: str) -> None:
+    import ray
+
+    actor_class = ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)(Poisoned)
+    pool = [actor_class.remote() for _ in range(2)]
+    first = list(pool)
+    results: dict[int, tuple] = {}
+
+    def finished(k: int, result: tuple[int, int] | None, error: str | None) -> None:
+        assert k not in results  # each task reported once
+        results[k] = (result, error)
+
+    poison = 2
+    again = run_on_pool(pool, 6, lambda actor, k: actor.work.remote(k, poison), finished, actor_class.remote)
+    assert sorted(results) == list(range(6))
+    result, error = results[poison]
+    assert result is None and error and "ActorDiedError" in error
+    assert all(results[k][0][0] == k and results[k][1] is None for k in results if k != poison)
+    assert again == TASK_ATTEMPTS - 1  # only the poisoned task was given out again
+    assert len(pool) == 2 and pool != first  # its dead actors were replaced …
+    assert len(set(ray.get([a.work.remote(-1, poison) for a in pool]))) == 2  # … by live ones
+    for actor in pool:
+        ray.kill(actor)
 
 
 def test_a_damaged_shard_is_redone_on_resume(ray_head: str, local_dataset, tmp_path: Path) -> None:
