@@ -341,9 +341,7 @@ def run(
         if on_shard:
             on_shard(result)
 
-    redone = _run_shards(
-        pool, plans, probes, output, recorded, finished, lambda: actor_class.remote(cfg, storage)
-    )
+    redone = _run_shards(pool, plans, probes, output, recorded, finished, new_actor)
     if bar:
         bar.close()
     for entry in manifest["inputs"].values():
