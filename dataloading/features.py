@@ -2,18 +2,28 @@
 
 Feature sets (channel count C, each ``[F = n_mels, T = frames]``):
 
-- ``logmel`` (4): log-mel magnitude of W, Y, Z, X.
-- ``logmel_iv`` (7): those plus the mel-pooled normalised intensity vector (Y, Z, X), as in the DCASE
-  SELD baseline: I = Re{conj(W)·(Y, Z, X)}, E = |W|² + (|Y|² + |Z|² + |X|²)/3, feature = mel(I/E).
+- ``logmel_iv`` (7, the default): log-mel power of W, Y, Z, X plus the mel-pooled normalised intensity
+  vector (Y, Z, X), as in the DCASE SELD baseline and Wang et al. (JSTSP 2022):
+  I = Re{conj(W)·(Y, Z, X)}, E = |W|² + (|Y|² + |Z|² + |X|²)/3, feature = band mean of I/E.
+- ``logmel`` (4): the log-mels alone. Magnitudes cannot tell a direction from its antipodal twin: the
+  views (φ, ν) and (φ + π, −ν) give the same features (shared/DESIGN.md), so this set cannot localise.
+- ``cardioids`` (6): log-mel power of the axis-aligned virtual cardioids W + X, W − X, W + Y, W − Y,
+  W + Z, W − Z of the (steered) field: magnitude only, but the sign of every axis survives.
 - ``stereo`` (3): log-mel of back-to-back cardioids L = W + Y, R = W − Y, plus frame-wise GCC-PHAT of
-  (L, R) over the central ``n_mels`` lags, so it stacks with the mel channels (the DCASE baseline's
-  choice; REFERENCE.md's 64 lags is that at 64 mels).
+  (L, R) over the central ``n_mels`` lags, so it stacks with the mel channels.
 - ``mono`` (1): log-mel of the front cardioid W + X (the viewpoint, once steered).
 
-Steering and the decoders are linear channel mixes, so they commute with the STFT: the extractor takes
-one STFT per clip and steers its spectrum toward each of the K viewpoints, instead of K STFTs. Steering
-leaves W and the energy E unchanged and rotates the intensity vector, so the W log-mel and mel(I/E)
-are computed once per clip too, the latter then rotated per viewpoint.
+Every channel is O(1) before the dataset statistics standardise it: log-mels are in units of 20 dB
+(:data:`DB_PER_UNIT`; about −5 … +0.5), the intensity vector's band means lie in [−√3/2, √3/2] and
+GCC-PHAT in [−1, 1].
+
+Log-mels are of power, the DCASE baseline's choice, because that makes steering free per FFT bin: mel
+pooling is linear in power, and the power of any real mix a·S of the four channels is the quadratic form
+aᵀ·Re(C)·a of the per-bin channel covariance C = S·Sᴴ. The extractor therefore takes one STFT per clip,
+forms the 10 unique products of Re(C), mel-pools them once, and gets every viewpoint's channels as 4×4
+quadratic forms per mel band and frame. The intensity vector and the energy are entries of the same C;
+steering leaves E unchanged and rotates I, so its band means are computed once per clip and rotated per
+viewpoint. Only ``stereo`` (GCC-PHAT needs the per-bin phase) mixes the spectrum per viewpoint.
 """
 
 from __future__ import annotations
@@ -28,16 +38,46 @@ from dataloading.feature_stats import FeatureStats
 from dataloading.foa import steering_matrix
 from dataloading.mel import MelScale, mel_filterbank
 
-Feature = Literal["logmel", "logmel_iv", "stereo", "mono"]
-CHANNELS: dict[str, int] = {"logmel": 4, "logmel_iv": 7, "stereo": 3, "mono": 1}
+Feature = Literal["logmel", "logmel_iv", "cardioids", "stereo", "mono"]
+CHANNELS: dict[str, int] = {"logmel": 4, "logmel_iv": 7, "cardioids": 6, "stereo": 3, "mono": 1}
+#: The definition of the features, recorded with their statistics: bump it when a feature's values change,
+#: so statistics computed by older code are refused instead of silently mis-normalising.
+FEATURE_VERSION = 2
 _SETTINGS = ("sample_rate", "n_fft", "hop", "n_mels", "mel_scale", "top_db", "feature")
 
-# Magnitude floor for the dB conversion: 1e-5 is −100 dB, the same as the default top_db range.
-_AMIN = 1e-5
+#: Decibels per feature unit of the log-mel channels.
+DB_PER_UNIT = 20.0
+# Power floor for the dB conversion: 1e-10 is −100 dB, the same as the default top_db range.
+_AMIN = 1e-10
 # Keeps I/E finite in silent bins.
 _EPS = 1e-8
 # Mel bands per block of the banded mel product (see FeatureExtractor._mel); 16 measured fastest on CPU.
 _MEL_BLOCK = 16
+
+# Rows: output channels as mixes of the (steered) ACN channels W, Y, Z, X.
+_DECODERS = {
+    "logmel": torch.eye(4),
+    "cardioids": torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 1.0],  # W + X: front
+            [1.0, 0.0, 0.0, -1.0],  # W − X: back
+            [1.0, 1.0, 0.0, 0.0],  # W + Y: left
+            [1.0, -1.0, 0.0, 0.0],  # W − Y: right
+            [1.0, 0.0, 1.0, 0.0],  # W + Z: up
+            [1.0, 0.0, -1.0, 0.0],  # W − Z: down
+        ]
+    ),
+    "stereo": torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]]),
+    "mono": torch.tensor([[1.0, 0.0, 0.0, 1.0]]),
+}
+_DECODERS["logmel_iv"] = _DECODERS["logmel"]
+# The 10 unique entries (i ≤ j) of the symmetric 4×4 covariance, and their weight in a quadratic form.
+_PAIRS = [(i, j) for i in range(4) for j in range(i, 4)]
+_ROWS, _COLS = (torch.tensor(index) for index in zip(*_PAIRS, strict=True))
+_OFF_DIAGONAL = torch.tensor([1.0 if i == j else 2.0 for i, j in _PAIRS])
+# Entries of C that hold Re{conj(W)·(Y, Z, X)} and the four powers.
+_INTENSITY = [_PAIRS.index((0, c)) for c in (1, 2, 3)]
+_POWERS = [_PAIRS.index((c, c)) for c in range(4)]
 
 
 def stft(x: Tensor, n_fft: int = 512, hop: int = 240) -> Tensor:
@@ -64,22 +104,22 @@ def intensity_doa(foa: Tensor, n_fft: int = 512, hop: int = 240) -> tuple[Tensor
     return torch.atan2(i_y, i_x), torch.atan2(i_z, torch.hypot(i_x, i_y))
 
 
-def amplitude_to_db(magnitude: Tensor, top_db: float | None = 100.0, reduce_dims: int = 3) -> Tensor:
-    """20·log10 of a magnitude (floored at −100 dB), clipped to ``top_db`` below the maximum.
+def power_to_db(power: Tensor, top_db: float | None = 100.0, reduce_dims: int = 3) -> Tensor:
+    """10·log10 of a power (floored at −100 dB), clipped to ``top_db`` below the maximum, in dB.
 
     The maximum is taken jointly over the last ``reduce_dims`` dims (by default channels × mels × frames),
     so level differences between the channels of one viewpoint, a spatial cue, survive the clipping.
     """
-    return _to_db_(magnitude.clone(), top_db, reduce_dims)
+    return _to_db_(power.clone(), top_db, reduce_dims).mul_(DB_PER_UNIT)
 
 
-def _to_db_(magnitude: Tensor, top_db: float | None, reduce_dims: int) -> Tensor:
-    """In-place :func:`amplitude_to_db`; clips in the linear domain (log is monotonic) to save passes."""
+def _to_db_(power: Tensor, top_db: float | None, reduce_dims: int) -> Tensor:
+    """In place: power -> dB / :data:`DB_PER_UNIT`; clips in the linear domain (log is monotonic)."""
     floor: Tensor | float = _AMIN
     if top_db is not None:
-        peak = magnitude.amax(dim=tuple(range(-reduce_dims, 0)), keepdim=True)
-        floor = (peak * 10.0 ** (-top_db / 20.0)).clamp_min_(_AMIN)
-    return magnitude.clamp_(min=floor).log10_().mul_(20.0)
+        peak = power.amax(dim=tuple(range(-reduce_dims, 0)), keepdim=True)
+        floor = (peak * 10.0 ** (-top_db / 10.0)).clamp_min_(_AMIN)
+    return power.clamp_(min=floor).log10_().mul_(10.0 / DB_PER_UNIT)
 
 
 def gcc_phat(cross: Tensor, n_lags: int) -> Tensor:
@@ -94,13 +134,30 @@ def gcc_phat(cross: Tensor, n_lags: int) -> Tensor:
     return torch.cat((cc[..., n_fft - half :, :], cc[..., : n_lags - half, :]), dim=-2)
 
 
+def covariance(spec: Tensor) -> Tensor:
+    """The 10 unique entries of Re(S·Sᴴ) per bin, ``[..., 10, freq, T]``, of a real-viewed 4-channel
+    spectrum ``[..., 4, freq, T, 2]``; entry p is channels :data:`_PAIRS` [p]."""
+    real, imag = spec.unbind(-1)
+    rows, cols = _ROWS.to(spec.device), _COLS.to(spec.device)
+    return (real[..., rows, :, :] * real[..., cols, :, :]).addcmul_(
+        imag[..., rows, :, :], imag[..., cols, :, :]
+    )
+
+
+def quadratic_weights(mix: Tensor) -> Tensor:
+    """Weights ``[..., c, 10]`` over the covariance entries such that weights · C = aᵀ·C·a for each row a
+    of ``mix`` ``[..., c, 4]``: the power of that channel mix."""
+    rows, cols = _ROWS.to(mix.device), _COLS.to(mix.device)
+    return mix[..., rows] * mix[..., cols] * _OFF_DIAGONAL.to(mix)
+
+
 class FeatureExtractor:
     """Steered-FOA features ``[..., C, n_mels, frames]`` on the input's device.
 
     Built from the loader's settings (sample rate in Hz, FFT size and hop in samples, mel count and scale,
-    dB range, feature set). The mel filterbank (and the statistics) are moved to a device once and
-    cached there. With ``stats`` (per channel × mel mean and std, see :mod:`dataloading.feature_stats`)
-    the output is standardised.
+    dB range, feature set). The filterbanks (and the statistics) are moved to a device once and cached
+    there. With ``stats`` (per channel × mel mean and std, see :mod:`dataloading.feature_stats`) the
+    output is standardised.
     """
 
     def __init__(
@@ -111,19 +168,23 @@ class FeatureExtractor:
         n_mels: int = 128,
         mel_scale: MelScale = "slaney",
         top_db: float | None = 100.0,
-        feature: Feature = "logmel",
+        feature: Feature = "logmel_iv",
         stats: FeatureStats | None = None,
     ) -> None:
         if feature not in CHANNELS:
             raise ValueError(f"unknown feature {feature!r}; expected one of {sorted(CHANNELS)}")
         self.sample_rate, self.n_fft, self.hop, self.n_mels = sample_rate, n_fft, hop, n_mels
         self.mel_scale, self.top_db, self.feature = mel_scale, top_db, feature
+        if stats is not None:
+            stats.check(self.settings)
         self.stats = stats
         self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
         # Each triangle covers few FFT bins, so the product is done per block of bands over just the
         # bins those bands touch: (first band, end band, first bin, end bin), fixed once per extractor.
         fb = mel_filterbank(sample_rate, n_fft, n_mels, scale=mel_scale, dtype=torch.float64)
         self._filterbank = fb.T.contiguous()
+        # Band means (rows summing to 1) for the intensity vector: a mean of I/E stays in its range.
+        self._band_mean = self._filterbank / self._filterbank.sum(1, keepdim=True).clamp_min(1e-12)
         support = self._filterbank > 0
         self._blocks = []
         for start in range(0, n_mels, _MEL_BLOCK):
@@ -147,8 +208,8 @@ class FeatureExtractor:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The settings that normalisation statistics depend on (recorded with them)."""
-        return {name: getattr(self, name) for name in _SETTINGS}
+        """What the features' values depend on (recorded with their statistics)."""
+        return {**{name: getattr(self, name) for name in _SETTINGS}, "version": FEATURE_VERSION}
 
     def _cached(
         self, name: str, device: torch.device, dtype: torch.dtype, build: Callable[[], Tensor]
@@ -162,9 +223,20 @@ class FeatureExtractor:
         """The ``[n_mels, n_fft // 2 + 1]`` mel matrix on ``device``, copied there on first use."""
         return self._cached("filterbank", device, dtype, lambda: self._filterbank)
 
-    def unnormalised(self) -> FeatureExtractor:
-        """A copy without statistics, for computing them (:func:`dataloading.feature_stats.compute_stats`)."""
-        return FeatureExtractor(**self.settings)
+    def unnormalised(self, feature: Feature | None = None) -> FeatureExtractor:
+        """A copy without statistics, optionally of another feature set: to compute statistics with
+        (:func:`dataloading.feature_stats.compute_stats`), or a classical baseline's raw features."""
+        settings = {name: getattr(self, name) for name in _SETTINGS}
+        return FeatureExtractor(**{**settings, "feature": feature or self.feature})
+
+    def normalise(self, features: Tensor) -> Tensor:
+        """Standardise features ``[..., C, n_mels, T]`` with the statistics (unchanged without them)."""
+        if self.stats is None:
+            return features
+        stats = self.stats
+        mean = self._cached("mean", features.device, features.dtype, lambda: stats.tensors()[0][..., None])
+        std = self._cached("std", features.device, features.dtype, lambda: stats.tensors()[1][..., None])
+        return (features - mean) / std
 
     def __call__(
         self, foa: Tensor, azimuth: Tensor | float | None = None, elevation: Tensor | float | None = None
@@ -181,62 +253,48 @@ class FeatureExtractor:
             matrix = steering_matrix(az, el)
         # A real view ([..., 4, freq, T, 2]) of the spectrum keeps every later step a real matmul or
         # elementwise op, with no copy into separate real and imaginary tensors (measured slower).
-        out = self._features(torch.view_as_real(stft(foa, self.n_fft, self.hop)), matrix)
-        if self.stats is not None:
-            stats = self.stats
-            mean = self._cached("mean", out.device, out.dtype, lambda: stats.tensors()[0][..., None])
-            std = self._cached("std", out.device, out.dtype, lambda: stats.tensors()[1][..., None])
-            out = (out - mean) / std
-        return out
+        spec = torch.view_as_real(stft(foa, self.n_fft, self.hop))
+        out = self._stereo(spec, matrix) if self.feature == "stereo" else self._quadratic(spec, matrix)
+        return self.normalise(out)
 
-    def _mel_magnitude(self, spec: Tensor, out: Tensor | None = None) -> Tensor:
-        """Mel-pooled magnitude ``[..., c, n_mels, T]`` of a real-viewed spectrum ``[..., c, freq, T, 2]``."""
-        real, imag = spec.unbind(-1)
-        return self._mel(real.square().addcmul_(imag, imag).sqrt_(), out)
+    def _mel(self, spectrum: Tensor, which: str = "filterbank") -> Tensor:
+        """Mel pooling ``[..., freq, T]`` -> ``[..., n_mels, T]``: exactly fb @ x, per block of bands.
 
-    def _mel(self, spectrum: Tensor, out: Tensor | None = None) -> Tensor:
-        """Mel pooling ``[..., freq, T]`` -> ``[..., n_mels, T]`` (into ``out`` if given), exactly fb @ x."""
-        fb = self.filterbank(spectrum.device, spectrum.dtype)
-        if out is None:
-            out = spectrum.new_empty((*spectrum.shape[:-2], self.n_mels, spectrum.shape[-1]))
+        ``which`` is ``filterbank`` (sums, for power) or ``band_mean`` (rows normalised to sum to 1).
+        """
+        source = self._filterbank if which == "filterbank" else self._band_mean
+        fb = self._cached(which, spectrum.device, spectrum.dtype, lambda: source)
+        out = spectrum.new_empty((*spectrum.shape[:-2], self.n_mels, spectrum.shape[-1]))
         for m0, m1, lo, hi in self._blocks:
             out[..., m0:m1, :] = fb[m0:m1, lo:hi] @ spectrum[..., lo:hi, :]
         return out
 
-    def _features(self, spec: Tensor, matrix: Tensor | None) -> Tensor:
-        """Features ``[..., C, n_mels, T]`` from a real-viewed STFT ``[..., 4, freq, T, 2]`` and steering.
-
-        Output channels are written straight into one preallocated tensor: with K viewpoints sharing a
-        clip, concatenating would copy the largest tensors once more.
-        """
-        if self.feature in ("logmel", "logmel_iv"):
-            # Steering never changes W, so only the (Y, Z, X) rows are mixed per viewpoint. They take all
-            # four input channels (W's column is zero) so the clip spectrum is read in place, not copied.
-            mixed = spec[..., 1:, :, :, :] if matrix is None else _mix(matrix[..., 1:, :], spec)
-            out = spec.new_empty((*mixed.shape[:-4], self.channels, self.n_mels, mixed.shape[-2]))
-            self._mel_magnitude(mixed, out[..., 1:4, :, :])
-            out[..., :1, :, :] = self._mel_magnitude(spec[..., :1, :, :, :])
-            _to_db_(out[..., :4, :, :], self.top_db, 3)
-            if self.feature == "logmel_iv":
-                # The intensity vector rotates with the field, E is rotation invariant and mel pooling is
-                # linear, so mel(I/E) is computed once per clip and rotated per viewpoint.
-                (w_re, w_im), (v_re, v_im) = (
-                    spec[..., :1, :, :, :].unbind(-1),
-                    spec[..., 1:, :, :, :].unbind(-1),
-                )
-                intensity = (w_re * v_re).addcmul_(w_im, v_im)  # Re{conj(W)·V}: [..., 3, freq, T]
-                real, imag = spec.unbind(-1)
-                power = real.square().addcmul_(imag, imag)
-                energy = power[..., 0, :, :] + power[..., 1:, :, :].sum(-3) / 3.0 + _EPS
-                iv = self._mel(intensity / energy.unsqueeze(-3))
-                rotation = None if matrix is None else matrix[..., 1:, 1:]
-                out[..., 4:, :, :] = _mix(rotation, iv.unsqueeze(-3)).squeeze(-3)
-            return out
+    def _quadratic(self, spec: Tensor, matrix: Tensor | None) -> Tensor:
+        """Features from the mel-pooled covariance (see the module docstring), ``[..., C, n_mels, T]``."""
+        cov = covariance(spec)  # [..., 10, freq, T]
+        cov_mel = self._mel(cov)  # [..., 10, n_mels, T]
         decoder = self._cached("decoder", spec.device, spec.dtype, lambda: _DECODERS[self.feature])
-        mixed = _mix(decoder if matrix is None else decoder @ matrix, spec)  # decode after steering
-        logmel = _to_db_(self._mel_magnitude(mixed), self.top_db, 3)
-        if self.feature == "mono":
+        mix = decoder if matrix is None else decoder @ matrix  # [..., c, 4]: rows of the steered decoder
+        # Quadratic forms in float64: a cardioid's null is a difference of nearly equal products.
+        weights = quadratic_weights(mix.double())  # [..., c, 10]
+        power = (weights @ cov_mel.double().flatten(-2)).unflatten(-1, cov_mel.shape[-2:])
+        logmel = _to_db_(power, self.top_db, 3).to(spec.dtype)  # [..., c, n_mels, T]
+        if self.feature != "logmel_iv":
             return logmel
+        powers = cov[..., _POWERS, :, :]
+        energy = powers[..., 0, :, :] + powers[..., 1:, :, :].sum(-3) / 3.0 + _EPS
+        iv = self._mel(cov[..., _INTENSITY, :, :] / energy.unsqueeze(-3), "band_mean")  # [..., 3, M, T]
+        if matrix is not None:
+            # The intensity vector rotates with the field (E does not), so band means rotate too.
+            iv = (matrix[..., 1:, 1:] @ iv.flatten(-2)).unflatten(-1, iv.shape[-2:])
+        return torch.cat((logmel, iv), -3)
+
+    def _stereo(self, spec: Tensor, matrix: Tensor | None) -> Tensor:
+        """Log-mels of L = W + Y, R = W − Y of the steered field and their GCC-PHAT: ``[..., 3, M, T]``."""
+        decoder = self._cached("decoder", spec.device, spec.dtype, lambda: _DECODERS["stereo"])
+        mixed = _mix(decoder if matrix is None else decoder @ matrix, spec)  # decode after steering
+        real, imag = mixed.unbind(-1)
+        logmel = _to_db_(self._mel(real.square().addcmul_(imag, imag)), self.top_db, 3)
         (left_re, left_im), (right_re, right_im) = (mixed[..., c, :, :, :].unbind(-1) for c in (0, 1))
         cross = torch.complex(
             left_re * right_re + left_im * right_im, left_im * right_re - left_re * right_im
@@ -244,22 +302,13 @@ class FeatureExtractor:
         return torch.cat((logmel, gcc_phat(cross, self.n_mels).unsqueeze(-3)), -3)
 
 
-# Decoders applied to the steered field: back-to-back cardioids (W ± Y) and the front cardioid (W + X).
-_DECODERS = {
-    "stereo": torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]]),
-    "mono": torch.tensor([[1.0, 0.0, 0.0, 1.0]]),
-}
-
-
-def _mix(matrix: Tensor | None, x: Tensor) -> Tensor:
+def _mix(matrix: Tensor, x: Tensor) -> Tensor:
     """Mix channels: ``matrix [..., c, d]`` times ``x [..., d, a, b, e]`` -> ``[..., c, a, b, e]``.
 
-    ``None`` is the identity. When ``x`` is one clip shared by K viewpoints (``[..., 1, d, ...]``
-    against matrices ``[..., K, c, d]``) the K matrices are stacked into one, because a broadcast
-    matmul would first copy the clip's spectrum K times.
+    When ``x`` is one clip shared by K viewpoints (``[..., 1, d, ...]`` against matrices
+    ``[..., K, c, d]``) the K matrices are stacked into one, because a broadcast matmul would first copy
+    the clip's spectrum K times.
     """
-    if matrix is None:
-        return x
     flat = x.flatten(-3)  # [..., d, a·b·e]
     lead = flat.shape[:-3]
     if flat.dim() >= 3 and flat.shape[-3] == 1 and matrix.dim() == flat.dim() and matrix.shape[:-3] == lead:

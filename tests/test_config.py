@@ -27,10 +27,10 @@ def test_defaults_follow_the_papers() -> None:
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("train:\n  lr: 0.001\n  zero_stage: 2\ndata:\n  feature: logmel_iv\n")
+    path.write_text("train:\n  lr: 0.001\n  zero_stage: 2\ndata:\n  feature: cardioids\n")
     cfg = load_config(path, ["--train.lr", "3e-4", "--data.fov_deg=[30, 60]", "--model.preset", "tiny"])
     assert cfg.train.lr == pytest.approx(3e-4)  # the command line wins over the file
-    assert cfg.train.zero_stage == 2 and cfg.data.feature == "logmel_iv"
+    assert cfg.train.zero_stage == 2 and cfg.data.feature == "cardioids"
     assert cfg.data.fov_deg == (30.0, 60.0) and cfg.model.preset == "tiny"
 
 

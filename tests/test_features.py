@@ -13,8 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataloading.config import DataConfig
-from dataloading.feature_stats import FeatureStats, compute_stats
-from dataloading.features import CHANNELS, FeatureExtractor, amplitude_to_db, gcc_phat, intensity_doa, stft
+from dataloading.feature_stats import FeatureStats, StatsMismatch, compute_stats
+from dataloading.features import (
+    CHANNELS,
+    DB_PER_UNIT,
+    FeatureExtractor,
+    gcc_phat,
+    intensity_doa,
+    power_to_db,
+    stft,
+)
 from dataloading.foa import encode_plane_wave, steer
 from dataloading.mel import hz_to_mel, mel_filterbank, mel_to_hz
 
@@ -95,13 +103,13 @@ def test_stft_matches_scipy() -> None:
     np.testing.assert_allclose(ours, ref * window.sum(), atol=1e-9)
 
 
-def test_amplitude_to_db_floor_and_top_db() -> None:
-    mag = torch.tensor([[[[10.0, 1.0, 1e-3, 0.0]]]])
-    torch.testing.assert_close(amplitude_to_db(mag, None), torch.tensor([[[[20.0, 0.0, -60.0, -100.0]]]]))
-    torch.testing.assert_close(amplitude_to_db(mag, 40.0), torch.tensor([[[[20.0, 0.0, -20.0, -20.0]]]]))
+def test_power_to_db_floor_and_top_db() -> None:
+    power = torch.tensor([[[[100.0, 1.0, 1e-6, 0.0]]]])
+    torch.testing.assert_close(power_to_db(power, None), torch.tensor([[[[20.0, 0.0, -60.0, -100.0]]]]))
+    torch.testing.assert_close(power_to_db(power, 40.0), torch.tensor([[[[20.0, 0.0, -20.0, -20.0]]]]))
     # The clip level is per item over the last 3 dims: a quiet item keeps its own range.
-    two = torch.stack((mag, mag * 1e-3))
-    assert amplitude_to_db(two, 40.0)[1].max() == pytest.approx(-40.0)
+    two = torch.stack((power, power * 1e-6))
+    assert power_to_db(two, 40.0)[1].max() == pytest.approx(-40.0)
 
 
 @settings(max_examples=25, deadline=None)
@@ -131,16 +139,21 @@ def test_gcc_phat_peaks_at_known_delay(delay: int) -> None:
 
 @pytest.mark.parametrize("feature", sorted(CHANNELS))
 def test_spectral_steering_equals_time_domain_steering(feature: str) -> None:
+    """Steering the covariance (one STFT per clip) is exact: in float64 it matches steering the waveforms
+    first to rounding, and in float32 to a hundredth of a feature unit (0.2 dB) near a cardioid's null."""
     gen = torch.Generator().manual_seed(3)
-    foa = encode_plane_wave(torch.randn(2, 1, 4800, generator=gen), torch.tensor([[0.5], [-2.0]]), 0.3)
-    foa = foa + 0.3 * torch.randn(2, 1, 4, 4800, generator=gen)
-    az = torch.tensor([[0.5, 2.0, -1.0], [-2.0, 0.0, 3.0]])
-    el = torch.tensor([[0.3, -0.4, 0.0], [0.3, 0.5, -0.2]])
+    source = torch.randn(2, 1, 4800, generator=gen, dtype=torch.float64)
+    foa = encode_plane_wave(source, torch.tensor([[0.5], [-2.0]], dtype=torch.float64), 0.3)
+    foa = foa + 0.3 * torch.randn(2, 1, 4, 4800, generator=gen, dtype=torch.float64)
+    az = torch.tensor([[0.5, 2.0, -1.0], [-2.0, 0.0, 3.0]], dtype=torch.float64)
+    el = torch.tensor([[0.3, -0.4, 0.0], [0.3, 0.5, -0.2]], dtype=torch.float64)
     extractor = FeatureExtractor(feature=feature)
     shared = extractor(foa, az, el)
     direct = extractor(steer(foa, az, el))  # [2, 3, 4, N] steered in the time domain first
     assert shared.shape == (2, 3, CHANNELS[feature], 128, 4800 // 240 + 1)
-    torch.testing.assert_close(shared, direct, atol=2e-2, rtol=1e-3)
+    torch.testing.assert_close(shared, direct, atol=1e-9, rtol=1e-9)
+    single = extractor(foa.float(), az.float(), el.float())
+    torch.testing.assert_close(single, direct.float(), atol=1e-2, rtol=0)
 
 
 def test_logmel_iv_channels_against_direct_formula() -> None:
@@ -151,22 +164,57 @@ def test_logmel_iv_channels_against_direct_formula() -> None:
     out = FeatureExtractor(feature="logmel_iv", top_db=80.0)(foa)
     spec = stft(foa)
     fb = mel_filterbank(SR, 512, 128, dtype=torch.float64).T
-    db = 20 * torch.log10((fb @ spec.abs()).clamp_min(1e-5))
+    db = 10 * torch.log10((fb @ spec.abs().square()).clamp_min(1e-10))
     db = torch.maximum(db, db.max() - 80.0)
     energy = spec[0].abs() ** 2 + (spec[1:].abs() ** 2).sum(0) / 3 + 1e-8
-    iv = fb @ ((spec[:1].conj() * spec[1:]).real / energy)
-    torch.testing.assert_close(out, torch.cat((db, iv)), atol=1e-6, rtol=1e-6)
+    band_mean = fb / fb.sum(1, keepdim=True)  # a weighted mean over each band: I/E keeps its range
+    iv = band_mean @ ((spec[:1].conj() * spec[1:]).real / energy)
+    torch.testing.assert_close(out, torch.cat((db / DB_PER_UNIT, iv)), atol=1e-6, rtol=1e-6)
+    # Every channel is O(1) before any statistics: log-mels in units of 20 dB, |I/E| ≤ √3/2.
+    assert out[:4].abs().max() < 6 and out[4:].abs().max() <= math.sqrt(3) / 2
 
 
 def test_mono_and_stereo_directional_cues() -> None:
     x = torch.randn(4800, generator=torch.Generator().manual_seed(5))
     left_source = encode_plane_wave(x, math.pi / 2, 0.0)
     stereo = FeatureExtractor(feature="stereo")(left_source)
-    assert stereo[0].mean() > stereo[1].mean() + 40  # the right cardioid nulls a source hard left
+    forty_db = 40 / DB_PER_UNIT
+    assert stereo[0].mean() > stereo[1].mean() + forty_db  # the right cardioid nulls a source hard left
     mono = FeatureExtractor(feature="mono")
     front = mono(encode_plane_wave(x, 0.0, 0.0))
     behind = mono(encode_plane_wave(x, math.pi, 0.0))
-    assert front.mean() > behind.mean() + 40
+    assert front.mean() > behind.mean() + forty_db
+
+
+@pytest.mark.parametrize(
+    ("az", "el", "loud", "quiet"),
+    [(0.0, 0.0, 0, 1), (math.pi, 0.0, 1, 0), (math.pi / 2, 0.0, 2, 3), (0.0, -math.pi / 2, 5, 4)],
+)
+def test_cardioids_face_their_axes(az: float, el: float, loud: int, quiet: int) -> None:
+    """W ± X, W ± Y, W ± Z: the cardioid facing a plane wave hears it, the one facing away nulls it."""
+    x = torch.randn(4800, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    cardioids = FeatureExtractor(feature="cardioids", top_db=None)(encode_plane_wave(x, az, el))
+    assert cardioids[loud].mean() > cardioids[quiet].mean() + 60 / DB_PER_UNIT
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(-math.pi, math.pi), st.floats(-1.2, 1.2), st.floats(-math.pi, math.pi), st.floats(-0.5, 0.5))
+def test_antipodal_twin_views_equal_for_logmel_only(
+    az: float, el: float, src_az: float, src_el: float
+) -> None:
+    """Views (φ, ν) and (φ + π, −ν) steer X and Y to their negatives and leave W and Z: magnitudes cannot
+    tell them apart, the intensity vector and the cardioids can."""
+    gen = torch.Generator().manual_seed(8)
+    foa = encode_plane_wave(torch.randn(4800, generator=gen, dtype=torch.float64), src_az, src_el)
+    foa = foa + 0.1 * torch.randn(4, 4800, generator=gen, dtype=torch.float64)
+    twin = (az + math.pi, -el)
+    for feature in ("logmel", "logmel_iv", "cardioids"):
+        extractor = FeatureExtractor(feature=feature, n_mels=32)
+        gap = (extractor(foa, az, el) - extractor(foa, *twin)).abs().max()
+        if feature == "logmel":
+            assert gap < 1e-9
+        else:
+            assert gap > 0.1, feature
 
 
 def test_from_config_filterbank_cached_and_stats_roundtrip(tmp_path) -> None:
@@ -191,8 +239,11 @@ def test_from_config_filterbank_cached_and_stats_roundtrip(tmp_path) -> None:
     normalised = FeatureExtractor.from_config(cfg, stats=loaded)(*batches[0])
     torch.testing.assert_close(normalised.mean((0, 1, 4)), torch.zeros(7, 32), atol=1e-3, rtol=0)
     torch.testing.assert_close(normalised.std((0, 1, 4), correction=0), torch.ones(7, 32), atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match="n_mels"):
+    # Other settings are refused, naming both values of what differs.
+    with pytest.raises(StatsMismatch, match=r"n_mels=32.*n_mels=64"):
         FeatureStats.load(url, expect_settings={**extractor.settings, "n_mels": 64})
+    with pytest.raises(StatsMismatch, match=r"feature='logmel_iv'.*feature='cardioids'"):
+        FeatureExtractor.from_config(DataConfig(feature="cardioids", n_mels=32), stats=loaded)
 
 
 def test_unknown_feature_rejected() -> None:

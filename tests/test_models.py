@@ -11,7 +11,7 @@ from trainer.losses import pretext_loss
 from trainer.models import AudioEncoder, AVSAModel, AVSAOutput, VideoEncoder
 from trainer.models.video import r2plus1d_mid_channels
 
-CHANNELS = {"logmel": 4, "logmel_iv": 7, "stereo": 3, "mono": 1}
+CHANNELS = {"logmel": 4, "logmel_iv": 7, "cardioids": 6, "stereo": 3, "mono": 1}
 
 
 def n_params(module: nn.Module) -> int:
