@@ -17,7 +17,18 @@ from trainer.typed_config import ConfigError
 
 # Subcommand modules, in the order `avsa --help` lists them. Each has `register(subparsers)`
 # that adds its parser and sets `func=run(args, cfg) -> int`.
-COMMANDS = ("demo", "synth", "preprocess", "train", "export", "eval", "eval_service", "stack", "config")
+COMMANDS = (
+    "demo",
+    "synth",
+    "preprocess",
+    "stats",
+    "train",
+    "export",
+    "eval",
+    "eval_service",
+    "stack",
+    "config",
+)
 
 EPILOG = (
     "Every command also accepts --config FILE.yaml and dotted overrides such as "

@@ -47,6 +47,7 @@ class Batch:
 class Clip:
     """One sample prepared by a loader worker: decoded FOA window, viewpoints and the video part.
 
+    ``source`` names the input video (the scene: clips of one source are not independent).
     ``foa`` is ``[4, N]`` float32 (ACN/SN3D) at the training rate; angles are ``[K]`` float32 radians.
     The video part is either ``crops`` (CPU path: uint8 ``[K, 3, T, h, w]``, already augmented together
     with ``foa`` and ``azimuth``, see ``flipped``) or, for GPU decoding, the encoded ``mp4`` with its
@@ -56,6 +57,7 @@ class Clip:
     key: str
     shard: str
     position: int
+    source: str  # the input video the clip was cut from: its scene
     foa: Tensor
     azimuth: Tensor
     elevation: Tensor

@@ -61,7 +61,10 @@ class DataConfig:
     n_mels: int = 128
     mel_scale: Literal["slaney", "htk"] = "slaney"
     top_db: float = 100.0
-    feature: Literal["logmel", "logmel_iv", "stereo", "mono"] = "logmel"
+    # logmel_iv keeps the sign of direction; logmel (magnitudes) cannot tell a view from its antipode.
+    feature: Literal["logmel", "logmel_iv", "cardioids", "stereo", "mono"] = "logmel_iv"
+    stats_url: str = ""  # normalisation statistics; "" = the dataset's own (computed on first use)
+    stats_clips: int = 512  # clips (spread over the dataset) the statistics are computed from
     flip_prob: float = 0.5
     workers: int = 2  # loader worker processes per rank
     seed: int = 0

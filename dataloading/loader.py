@@ -34,6 +34,7 @@ import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from dataloading.batch import (
     Batch,
@@ -48,7 +49,7 @@ from dataloading.batch import (
 from dataloading.config import DataConfig, StorageConfig
 from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder, trim_window
 from dataloading.feature_stats import FeatureStats
-from dataloading.shards import BadSample, EpochPlan, ShardReader, list_shards
+from dataloading.shards import BadSample, CompletePlan, EpochPlan, ShardReader, list_shards
 from dataloading.viewpoints import sample_viewpoints
 
 log = logging.getLogger(__name__)
@@ -127,23 +128,26 @@ def _objects(meta: dict[str, Any]) -> np.ndarray:
 
 
 class ClipStream(IterableDataset):
-    """Positions ``start + w + i·workers`` of a rank's plan, prepared in loader worker w, one item each.
+    """Positions ``start + w + i·workers`` of a plan, prepared in loader worker w, one item each.
 
-    Items are :class:`dataloading.batch.Clip` or :class:`Skipped`; the stream never ends (positions past
-    the rank's share supply substitutes), the loader stops pulling when its batches are done.
+    Items are :class:`dataloading.batch.Clip` or :class:`Skipped`. On an epoch plan the stream never ends
+    (positions past the rank's share supply substitutes) and the loader stops pulling when its batches are
+    done; on a :class:`dataloading.shards.CompletePlan` it ends after the plan's last sample.
+    With ``crops`` the worker decodes the frame window and makes the K crops (the CPU path); without, it
+    hands on the encoded video for the GPU decoder (or for nobody: statistics need only the audio).
     """
 
     def __init__(
         self,
         cfg: DataConfig,
-        plan: EpochPlan,
+        plan: EpochPlan | CompletePlan,
         start: int,
         storage: StorageConfig | None,
-        gpu: bool,
+        crops: bool,
         augment: bool,
     ) -> None:
         self.cfg, self.plan, self.start, self.storage = cfg, plan, start, storage
-        self.gpu, self.augment = gpu, augment
+        self.crops, self.augment = crops, augment
 
     def __iter__(self) -> Iterator[Clip | Skipped]:
         info = get_worker_info()
@@ -151,11 +155,12 @@ class ClipStream(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)  # the workers share the cores with each other and the trainer
         reader = ShardReader(self.plan.shards, self.storage)
-        decoder = SampleDecoder(self.cfg.sample_rate, self.cfg.frames, video=not self.gpu, max_batch=_GROUP)
+        decoder = SampleDecoder(self.cfg.sample_rate, self.cfg.frames, video=self.crops, max_batch=_GROUP)
+        end = len(self.plan) if isinstance(self.plan, CompletePlan) else None
         position = self.start + worker
-        while True:
+        while end is None or position < end:
             positions = range(position, position + _GROUP * workers, workers)
-            yield from self._prepare(list(positions), reader, decoder)
+            yield from self._prepare([p for p in positions if end is None or p < end], reader, decoder)
             position += _GROUP * workers
 
     def _prepare(
@@ -171,7 +176,7 @@ class ClipStream(IterableDataset):
             else:
                 samples.append(item)
         length = round(self.cfg.audio_seconds * self.cfg.sample_rate)
-        video = not self.gpu
+        video = self.crops
         decoded = decoder.decode(
             [s.flac for s in samples],
             [(s.audio_start, length) for s in samples],
@@ -222,6 +227,7 @@ class ClipStream(IterableDataset):
             sample.key,
             sample.shard,
             sample.position,
+            str(sample.meta.get("source", sample.key)),
             torch.from_numpy(audio),
             azimuth,
             elevation,
@@ -246,8 +252,27 @@ class ClipStream(IterableDataset):
         return clip
 
 
-def _identity(item: Any) -> Any:
+def identity(item: Any) -> Any:
+    """The DataLoader collate function for items that are already whole (clips, skips)."""
     return item
+
+
+def complete_pass(
+    cfg: DataConfig, plan: CompletePlan, storage: StorageConfig | None, crops: bool, what: str
+) -> Iterator[Clip]:
+    """Every readable clip of ``plan`` once, in plan order, without augmentation, prepared by
+    ``cfg.workers`` loader workers (with ``crops``: decoded and cropped). A bad sample is logged, naming
+    ``what`` is being read, and left out; a progress bar shows the pass."""
+    stream = ClipStream(cfg, plan, 0, storage, crops=crops, augment=False)
+    items = DataLoader(stream, batch_size=None, num_workers=cfg.workers, collate_fn=identity)
+    clips = []
+    for item in tqdm(items, total=len(plan), desc=what, unit="clip", leave=False):
+        if isinstance(item, Skipped):
+            log.warning("%s: skipping sample %s in shard %s: %s", what, item.key, item.shard, item.reason)
+        else:
+            clips.append(item)
+    # Workers that run out at different times interleave the last items: restore the plan's order.
+    yield from sorted(clips, key=lambda c: c.position)
 
 
 class Loader:
@@ -273,6 +298,7 @@ class Loader:
         self.device = torch.device(device)
         self.shards = list_shards(cfg.url, storage)
         self.builder = BatchBuilder(cfg, self.device, stats)
+        self.stats = stats
         self.augment = augment
         self._batches_override = batches_per_epoch
         self.epoch, self.batch, self.position = 0, 0, 0
@@ -321,10 +347,10 @@ class Loader:
         gpu = self.device.type == "cuda"
         workers = self.cfg.workers
         stream = DataLoader(
-            ClipStream(self.cfg, self._plan, self.position, self.storage, gpu, self.augment),
+            ClipStream(self.cfg, self._plan, self.position, self.storage, not gpu, self.augment),
             batch_size=None,
             num_workers=workers,
-            collate_fn=_identity,
+            collate_fn=identity,
             # Items are single clips: let the workers run a whole batch ahead of the trainer.
             prefetch_factor=max(2, math.ceil(self.cfg.batch_size / workers)) if workers else None,
             multiprocessing_context="spawn" if gpu and workers else None,

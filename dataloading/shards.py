@@ -244,3 +244,34 @@ class ShardReader:
                 truncated=True,
             )
         return entry.key, {ext: data[o - start : o - start + n] for ext, (o, n) in entry.members.items()}
+
+
+class CompletePlan:
+    """Every sample of a dataset exactly once, in shard order: for evaluation and statistics, where a
+    wrap-around or a substitute would count a sample twice. Positions past the end raise IndexError.
+
+    With ``limit`` > 0, that many samples spread over the whole dataset (a subset drawn by ``seed``,
+    kept in shard order). A sample's randomness (window, viewpoints) is seeded by ``seed`` and the
+    sample's place in the dataset (shard, index), so a subset draws exactly what the whole set would.
+    """
+
+    def __init__(self, shards: list[Shard], seed: int = 0, limit: int = 0) -> None:
+        self.shards, self.seed = shards, seed
+        refs = [SampleRef(s, i) for s, shard in enumerate(shards) for i in range(shard.samples)]
+        if 0 < limit < len(refs):
+            keep = np.sort(np.random.default_rng([seed, 4]).choice(len(refs), limit, replace=False))
+            refs = [refs[i] for i in keep]
+        self._refs = refs
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __getitem__(self, position: int) -> SampleRef:
+        if not 0 <= position < len(self._refs):
+            raise IndexError(position)
+        return self._refs[position]
+
+    def sample_rng(self, position: int) -> np.random.Generator:
+        """The generator for everything random about the sample at ``position``, seeded by its identity."""
+        ref = self._refs[position]
+        return np.random.default_rng([self.seed, ref.shard, ref.index, 3])

@@ -9,6 +9,7 @@ Layout under ``train.checkpoint_url`` (the *root*)::
         rank_R.pt                    ours: rank R's RNG states (python, numpy, torch), loader position
                                      and module buffers (BatchNorm statistics differ per rank)
         config.yaml                  the resolved config of the run
+        feature_stats.json           the audio features' normalisation statistics (none: used raw)
         meta.json                    step, epoch, world size, MLflow run id, files (written after them)
 
 Each rank has DeepSpeed write its files into a private local staging folder, then uploads each file
@@ -33,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from dataloading.config import StorageConfig
+from dataloading.feature_stats import STATS_FILE, FeatureStats
 from dataloading.storage import filesystem, join, upload_atomic, write_bytes_atomic
 from trainer.config import Config
 from trainer.data import BatchSource
@@ -102,6 +104,12 @@ def read_meta(tag_url: str, storage: StorageConfig | None = None) -> dict[str, A
     return json.loads(text)
 
 
+def read_stats(tag_url: str, storage: StorageConfig | None = None) -> FeatureStats | None:
+    """The feature statistics saved with the checkpoint at ``tag_url`` (None: its features were raw)."""
+    text = read_text(join(tag_url, STATS_FILE), storage)
+    return None if text is None else FeatureStats.from_json(text)
+
+
 def download(tag_url: str, local_dir: str, storage: StorageConfig | None = None) -> None:
     """Copy every file of a checkpoint tag into ``local_dir``.
 
@@ -149,6 +157,9 @@ class Checkpointer:
             if self.rank == 0:
                 with open(os.path.join(local, CONFIG), "w") as fh:
                     fh.write(dump_yaml(self.cfg))
+                if source.stats is not None:
+                    with open(os.path.join(local, STATS_FILE), "wb") as fh:
+                        fh.write(source.stats.to_json())
             files = sorted(os.listdir(local))
             for name in files:
                 upload_atomic(os.path.join(local, name), join(url, name), self.storage)

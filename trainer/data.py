@@ -17,6 +17,7 @@ import torch
 
 from dataloading.batch import Batch
 from dataloading.config import DataConfig
+from dataloading.feature_stats import FeatureStats
 from dataloading.features import CHANNELS
 from trainer.config import Config
 
@@ -43,8 +44,12 @@ class BatchSource(Protocol):
     ``set_epoch(e)`` then iterating yields epoch ``e``'s batches, the same number on every rank
     (``len(source)``, so no rank waits in a collective for a peer that ran out). If the source was
     positioned inside epoch ``e`` by ``load_state_dict``, iteration continues from there.
-    ``state_dict()`` describes the position after the last batch handed out.
+    ``state_dict()`` describes the position after the last batch handed out. ``stats`` are the
+    normalisation statistics the audio features were standardised with (None: used as they are), saved
+    with every checkpoint so evaluation and export normalise the same way.
     """
+
+    stats: FeatureStats | None
 
     def __len__(self) -> int: ...
 
@@ -85,6 +90,7 @@ class SyntheticSource:
         self.rank, self.world_size = rank, world_size
         self.noise = noise
         self.epoch, self.index = 0, 0
+        self.stats = None  # the features are drawn standardised already
         d = data
         self.video_shape = (3, d.frames, d.crop_size, d.crop_size)
         self.audio_shape = (CHANNELS[d.feature], d.n_mels, audio_frames(d))
@@ -141,11 +147,14 @@ def make_source(cfg: Config, rank: int, world_size: int, device: torch.device) -
     """The batch source ``cfg.data.url`` names: ``synthetic://``, or a shard dataset for the loader.
 
     ``train.steps_per_epoch`` sets the batches per epoch (synthetic data has no natural epoch, so
-    16 when unset; for a dataset 0 means one pass).
+    16 when unset; for a dataset 0 means one pass). A dataset's features are standardised with its
+    statistics (:mod:`dataloading.dataset_stats`), computed by rank 0 on the first run.
     """
     if cfg.data.url.startswith(SYNTHETIC_SCHEME):
         return SyntheticSource(cfg.data, cfg.train.steps_per_epoch or 16, rank, world_size)
-    from dataloading.loader import build_loader  # imports DALI: only when real data is read
+    # Both import DALI: only when real data is read.
+    from dataloading.dataset_stats import shared_stats
+    from dataloading.loader import build_loader
 
     return build_loader(
         cfg.data,
@@ -154,4 +163,5 @@ def make_source(cfg: Config, rank: int, world_size: int, device: torch.device) -
         storage=cfg.storage,
         device=device,
         batches_per_epoch=cfg.train.steps_per_epoch,
+        stats=shared_stats(cfg.data, cfg.storage, rank),
     )
