@@ -87,7 +87,7 @@ def test_one_mlflow_run_per_job_with_params_metrics_images_and_checkpoint(
 
 LOAD_AND_EMBED = """
 import sys, torch
-from trainer.export import load_audio_encoder
+from trainer.embedder import load_audio_encoder
 encoder = load_audio_encoder(sys.argv[1])
 assert "deepspeed" not in sys.modules, "loading an export imported deepspeed"
 with torch.no_grad():
@@ -121,9 +121,9 @@ def test_export_by_run_id_gives_the_training_models_embeddings_without_deepspeed
     saved = torch.load(
         Path(cfg.train.checkpoint_url, f"step_{STEPS:08d}", "mp_rank_00_model_states.pt"), weights_only=False
     )
-    trained = AudioEncoder(4, PRESETS["tiny"].widths)
+    trained = AudioEncoder(7, PRESETS["tiny"].widths)  # logmel_iv
     trained.load_state_dict(submodule_state(saved["module"], "audio_encoder"))
-    features = torch.randn(6, 4, 32, 33, generator=torch.Generator().manual_seed(0))
+    features = torch.randn(6, 7, 32, 33, generator=torch.Generator().manual_seed(0))
     torch.save(features, tmp / "features.pt")
     subprocess.run(
         [sys.executable, "-c", LOAD_AND_EMBED, out, tmp / "features.pt", tmp / "embeddings.pt"],

@@ -4,11 +4,12 @@ Output folder (any storage URL)::
 
     audio_encoder.safetensors   AudioEncoder weights and BN buffers (fp32)
     video_encoder.safetensors   VideoEncoder weights and BN buffers (fp32)
+    feature_stats.json          the audio features' normalisation statistics (if the run had them)
     config.json                 what rebuilds them: trunk sizes, audio feature settings, provenance
 
 :func:`export` consolidates the ZeRO partitions of a checkpoint (``deepspeed.utils.zero_to_fp32``)
-and registers the folder as an MLflow model version. :func:`load_audio_encoder` needs only torch and
-safetensors: DeepSpeed is imported inside :func:`consolidated_state_dict`, never at module level.
+and registers the folder as an MLflow model version. Reading an export is :mod:`trainer.embedder`'s
+job, with torch and safetensors alone: DeepSpeed is imported inside :func:`consolidated_state_dict`.
 """
 
 from __future__ import annotations
@@ -17,22 +18,20 @@ import json
 import os
 import tempfile
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
-from torch import nn
 
 from dataloading.config import StorageConfig
-from dataloading.storage import filesystem, join, upload_atomic
-from trainer.checkpoint import CONFIG, download, read_meta, resolve
+from dataloading.feature_stats import STATS_FILE
+from dataloading.storage import join, upload_atomic
+from trainer.checkpoint import CONFIG, download, read_meta, read_stats, resolve
 from trainer.config import Config, load_config
-from trainer.models import PRESETS, AudioEncoder, VideoEncoder
+from trainer.embedder import FORMAT_VERSION
+from trainer.models import PRESETS
 from trainer.typed_config import to_dict
 
-Encoder = Literal["audio", "video"]
-FORMAT_VERSION = 1
 # Audio feature settings a fine-tuning pipeline must reproduce to feed the audio encoder.
 FEATURE_KEYS = ("feature", "sample_rate", "n_fft", "hop", "n_mels", "mel_scale", "top_db", "audio_seconds")
 
@@ -82,6 +81,7 @@ def export(
     tag_url = resolve(checkpoint, checkpoint, storage)
     assert tag_url is not None
     state, trained, meta = consolidated_state_dict(tag_url, storage)
+    stats = read_stats(tag_url, storage)
     preset = PRESETS[trained.model.preset]
     info: dict[str, Any] = {
         "format": FORMAT_VERSION,
@@ -89,6 +89,7 @@ def export(
         "video_depths": list(preset.video_depths),
         "audio_channels": int(state["audio_encoder.stem.0.weight"].shape[1]),
         "audio_features": {k: to_dict(getattr(trained.data, k)) for k in FEATURE_KEYS},
+        "feature_stats": stats is not None,
         "video": {
             "frames": trained.data.frames,
             "fps": trained.data.fps,
@@ -102,6 +103,9 @@ def export(
             save_file(submodule_state(state, name), os.path.join(tmp, f"{name}.safetensors"))
         with open(os.path.join(tmp, "config.json"), "w") as fh:
             json.dump(info, fh, indent=1)
+        if stats is not None:
+            with open(os.path.join(tmp, STATS_FILE), "wb") as fh:
+                fh.write(stats.to_json())
         for name in sorted(os.listdir(tmp)):
             upload_atomic(os.path.join(tmp, name), join(out, name), storage)
         run_id = meta.get("run_id")
@@ -137,27 +141,3 @@ def checkpoint_of_run(cfg: Config, run_id: str) -> str:
     if "checkpoint.latest" not in tags:
         raise ValueError(f"MLflow run {run_id} recorded no checkpoint (no checkpoint.latest tag)")
     return tags["checkpoint.latest"]
-
-
-def read_export_config(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
-    fs, path = filesystem(join(url, "config.json"), storage)
-    return json.loads(fs.cat_file(path))
-
-
-def load_encoder(url: str, which: Encoder, storage: StorageConfig | None = None) -> nn.Module:
-    """Rebuild the exported ``which`` encoder from folder ``url`` with torch + safetensors, in eval mode."""
-    info = read_export_config(url, storage)
-    if info.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{url}: export format {info.get('format')!r}, expected {FORMAT_VERSION}")
-    if which == "audio":
-        model: nn.Module = AudioEncoder(info["audio_channels"], info["widths"])
-    else:
-        model = VideoEncoder(info["widths"], info["video_depths"])
-    fs, path = filesystem(join(url, f"{which}_encoder.safetensors"), storage)
-    model.load_state_dict(load_safetensors(fs.cat_file(path)))
-    return model.eval()
-
-
-def load_audio_encoder(url: str, storage: StorageConfig | None = None) -> AudioEncoder:
-    """The exported audio encoder: features ``[N, C, F, T]`` → ``[N, 512]`` (paper preset) embeddings."""
-    return load_encoder(url, "audio", storage)  # type: ignore[return-value]

@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write the trained encoders as safetensors for fine-tuning, and register them in MLflow",
         description="Consolidates the checkpoint's ZeRO partitions to fp32 and writes "
-        "audio_encoder.safetensors, video_encoder.safetensors and config.json to --out; load them with "
-        "trainer.export.load_audio_encoder(URL), which needs no DeepSpeed.",
+        "audio_encoder.safetensors, video_encoder.safetensors, feature_stats.json and config.json to "
+        "--out. Fine-tune with trainer.embedder.load_audio_embedder(URL): raw FOA at any sample rate in, "
+        "embeddings out, with the training features and statistics; it needs only torch and safetensors.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
