@@ -22,7 +22,7 @@ from matplotlib.projections.polar import PolarAxes
 from evaluation.tasks import TaskResult, lower_is_better
 
 # One colour per method in every figure, so a method reads the same across panels.
-COLOURS = {"model": "C0", "random_init": "C1", "logmel_stats": "C2", "intensity": "C3"}
+COLOURS = {"model": "C0", "random_init": "C1", "logmel_stats": "C2", "intensity": "C3", "input_oracle": "C4"}
 
 # (step, value) points of each flat metric key eval/<task>/<method>/<metric>
 History = Mapping[str, Sequence[tuple[int, float]]]
@@ -35,26 +35,30 @@ def png_bytes(figure: Figure) -> bytes:
 
 
 def metric_curves(history: History) -> Figure:
-    """One panel per (task, metric), one line per method; accuracies in %, errors in degrees."""
-    panels: dict[tuple[str, str], dict[str, Sequence[tuple[int, float]]]] = {}
+    """One panel per (task, metric), one line per method with its 95 % band; accuracies in %, errors
+    in degrees. Differences and chance levels in ``history`` are left out."""
+    panels: dict[tuple[str, str], dict[str, dict[str, dict[int, float]]]] = {}
     for key, points in sorted(history.items()):
-        _, task, method, metric = key.split("/", 3)
-        panels.setdefault((task, metric), {})[method] = points
+        _, task, method, name = key.split("/", 3)
+        if "-" in method or method == "chance":
+            continue
+        part = next((p for p in ("_ci_low", "_ci_high") if name.endswith(p)), "")
+        lines = panels.setdefault((task, name.removesuffix(part)), {}).setdefault(method, {})
+        lines[part or "mean"] = dict(points)
     cols = min(3, max(1, len(panels)))
     rows = -(-max(1, len(panels)) // cols)
     figure = Figure(figsize=(4.5 * cols, 3.2 * rows))
     for i, ((task, metric), lines) in enumerate(panels.items()):
         ax = figure.add_subplot(rows, cols, i + 1)
         scale = 1.0 if lower_is_better(metric) else 100.0
-        for method, points in sorted(lines.items()):
-            steps, values = zip(*sorted(points), strict=True)
-            ax.plot(
-                steps,
-                [scale * v for v in values],
-                marker="o",
-                color=COLOURS.get(method),
-                label=method.replace("_", " "),
-            )
+        for method, parts in sorted(lines.items()):
+            steps = sorted(parts.get("mean", {}))
+            colour = COLOURS.get(method)
+            ax.plot(steps, [scale * parts["mean"][s] for s in steps], marker="o", color=colour, label=method)
+            if all(s in parts.get(p, {}) for p in ("_ci_low", "_ci_high") for s in steps):
+                low = [scale * parts["_ci_low"][s] for s in steps]
+                high = [scale * parts["_ci_high"][s] for s in steps]
+                ax.fill_between(steps, low, high, color=colour, alpha=0.15)
         ax.set_title(f"{task} {metric}", fontsize=9)
         ax.set_xlabel("checkpoint step")
         ax.set_ylabel("degrees" if lower_is_better(metric) else "%")
@@ -124,5 +128,6 @@ def _draw_confusion(ax: Axes, result: TaskResult, method: str) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(
-        f"{result.task} {method.replace('_', ' ')}: {100 * result.scores[method]['acc']:.1f}%", fontsize=9
+        f"{result.task} {method.replace('_', ' ')}: {100 * result.scores[method]['acc'].mean:.1f}%",
+        fontsize=9,
     )

@@ -10,6 +10,7 @@ reproducible. Heads are tiny next to the encoders: they run on the CPU whatever 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,20 @@ def fit(
     return model.eval()
 
 
+def _logistic(train_x: Tensor, train_y: Tensor) -> Any:
+    """Logistic regression fitted to convergence on standardised ``train_x`` (scikit-learn, L-BFGS)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=LOGISTIC_MAX_ITER).fit(train_x.numpy(), train_y.numpy())
+
+
+def linear_scores(train_x: Tensor, train_y: Tensor, test_x: Tensor) -> Tensor:
+    """Scores of a linear binary classifier (logistic regression on standardised features) for
+    ``test_x``: larger means more likely positive (``train_y`` is 1 or True for positives)."""
+    train_x, test_x = standardise(train_x.float(), test_x.float())
+    return torch.from_numpy(_logistic(train_x, train_y.long()).decision_function(test_x.numpy()))
+
+
 def classify(
     train_x: Tensor,
     train_y: Tensor,
@@ -67,10 +82,7 @@ def classify(
     """
     train_x, test_x = standardise(train_x.float(), test_x.float())
     if hidden == 0:
-        from sklearn.linear_model import LogisticRegression
-
-        probe = LogisticRegression(max_iter=LOGISTIC_MAX_ITER).fit(train_x.numpy(), train_y.numpy())
-        return torch.from_numpy(probe.predict(test_x.numpy())).long()
+        return torch.from_numpy(_logistic(train_x, train_y).predict(test_x.numpy())).long()
     torch.manual_seed(seed)  # the head's initial weights
     model = fit(
         head(train_x.shape[1], classes, hidden),

@@ -95,14 +95,29 @@ def _history(client: MlflowClient, run_id: str, current: dict[str, float], step:
 
 
 def _results(result: Report) -> dict:
+    """Everything behind the report, for reanalysis: estimates, chance levels, per-item values with
+    their scenes (to pool seeds or re-bootstrap), classes and confusion matrices."""
     return {
         "checkpoint": result.checkpoint,
         "step": result.step,
         "run_id": result.run_id,
         "seconds": result.seconds,
-        "scores": {r.task: r.scores for r in result.results},
-        "classes": {r.task: r.classes for r in result.results if r.classes},
-        "confusion": {
-            r.task: {m: c.tolist() for m, c in r.confusion.items()} for r in result.results if r.confusion
+        "tasks": {
+            r.task: {
+                "primary": r.primary,
+                "scores": {m: {k: asdict(e) for k, e in v.items()} for m, v in r.scores.items()},
+                "differences": {m: {k: asdict(e) for k, e in v.items()} for m, v in r.differences.items()},
+                "chance": r.chance,
+                "items": {
+                    metric: {
+                        "groups": s.groups.tolist(),
+                        "values": {m: v.tolist() for m, v in s.values.items()},
+                    }
+                    for metric, s in r.items.items()
+                },
+                "classes": r.classes,
+                "confusion": {m: c.tolist() for m, c in r.confusion.items()},
+            }
+            for r in result.results
         },
     }

@@ -34,8 +34,8 @@ from dataloading.config import StorageConfig
 from evaluation.discovery import Checkpoint, discover
 from evaluation.markers import REASON_CHARS, Marker, marker_key, this_owner
 from evaluation.publish import commit, publish, start_eval_run
-from evaluation.suite import TASK_ORDER, Report, evaluate_checkpoint
-from evaluation.tasks import Suite, TaskResult
+from evaluation.suite import Report, evaluate_checkpoint, results_from_metrics
+from evaluation.tasks import Suite
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +180,9 @@ def run_reports(tracking_uri: str, run_id: str, labels: Mapping[int, str]) -> di
     values = {k: {m.step: m.value for m in client.get_metric_history(run_id, k)} for k in keys}
     reports = {}
     for step, label in labels.items():
-        results: dict[str, TaskResult] = {}
-        for key in sorted(keys):
-            if step in values[key]:
-                _, task, method, metric = key.split("/")
-                result = results.setdefault(task, TaskResult(task, metric, {}))
-                result.scores.setdefault(method, {})[metric] = values[key][step]
+        results = results_from_metrics({k: v[step] for k, v in values.items() if step in v})
         if results:
-            ordered = [results[t] for t in TASK_ORDER if t in results]
-            reports[label] = Report(f"run {run_id} step {step}", step, run_id, ordered, 0.0)
+            reports[label] = Report(f"run {run_id} step {step}", step, run_id, results, 0.0)
     return reports
 
 

@@ -3,6 +3,9 @@
 report = evaluate_checkpoint("s3://avsa/ckpt/step_00001000", Suite(doa_url=...))
 reports = evaluate_checkpoints({"AVC stage": url1, "AVSA stage": url2}, suite)
 print(format_table(reports))
+
+Every number is a mean with its 95 % interval (bootstrap over scenes); the table shows each method,
+the chance level, and each checkpoint's paired difference from random init.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dataloading.config import StorageConfig
+from evaluation.bootstrap import Estimate
 from evaluation.encoders import from_checkpoint, pick_device, random_init
 from evaluation.tasks import (
+    REFERENCE,
     Context,
     Suite,
     TaskResult,
@@ -22,12 +27,22 @@ from evaluation.tasks import (
     avsa_bin,
     classification,
     doa,
+    doa_steered,
     lower_is_better,
+    pretext,
 )
+from evaluation.tasks.features import NoHeldOutClips
 
 log = logging.getLogger(__name__)
 
 Task = Callable[[Context], TaskResult]
+
+TASK_ORDER = (avc_bin.NAME, avsa_bin.NAME, pretext.NAME, classification.NAME, doa.NAME, doa_steered.NAME)
+# MLflow metric names: eval/<task>/<method>/<metric><part>; a difference's method is "<method>-random_init".
+PARTS = {"": "mean", "_ci_low": "low", "_ci_high": "high"}
+CHANCE = "chance"  # the method name under which chance levels are logged
+# Metrics kept in MLflow and results.json but left out of the printed table.
+DETAIL_METRICS = ("avsa_chosen_",)
 
 
 @dataclass
@@ -41,28 +56,54 @@ class Report:
     seconds: float
 
     def metrics(self) -> dict[str, float]:
-        """Flat MLflow metrics ``eval/<task>/<method>/<metric>`` (errors in degrees, accuracies in [0, 1])."""
-        return {
-            f"eval/{r.task}/{method}/{metric}": value
-            for r in self.results
-            for method, values in r.scores.items()
-            for metric, value in values.items()
-        }
+        """Flat MLflow metrics ``eval/<task>/<method>/<metric>`` with ``_ci_low``/``_ci_high`` beside each,
+        and ``eval/<task>/<method>-random_init/<metric>`` (+ interval) for the paired differences;
+        errors in degrees, accuracies in [0, 1]."""
+        out = {}
+        for r in self.results:
+            rows = [*r.scores.items(), *((f"{m}-{REFERENCE}", v) for m, v in r.differences.items())]
+            for method, values in rows:
+                for metric, estimate in values.items():
+                    for suffix, field in PARTS.items():
+                        out[f"eval/{r.task}/{method}/{metric}{suffix}"] = getattr(estimate, field)
+            out |= {f"eval/{r.task}/{CHANCE}/{metric}": value for metric, value in r.chance.items()}
+        return out
 
     def result(self, task: str) -> TaskResult | None:
         return next((r for r in self.results if r.task == task), None)
 
 
-TASK_ORDER = (avc_bin.NAME, avsa_bin.NAME, classification.NAME, doa.NAME)
+def results_from_metrics(metrics: Mapping[str, float]) -> list[TaskResult]:
+    """The scores, differences and chance levels of :meth:`Report.metrics` read back (no plot details),
+    in task order."""
+    parts: dict[tuple[str, str, str], dict[str, float]] = {}
+    results: dict[str, TaskResult] = {}
+    for key, value in metrics.items():
+        _, task, method, name = key.split("/")
+        result = results.setdefault(task, TaskResult(task, "", {}))
+        if method == CHANCE:
+            result.chance[name] = value
+            continue
+        suffix = next((s for s in PARTS if s and name.endswith(s)), "")
+        parts.setdefault((task, method, name.removesuffix(suffix)), {})[PARTS[suffix]] = value
+    for (task, method, metric), fields in parts.items():
+        if set(fields) != set(PARTS.values()):
+            continue  # logged by an older version, without an interval
+        estimate = Estimate(fields["mean"], fields["low"], fields["high"], 0)
+        target = results[task].differences if method.endswith(f"-{REFERENCE}") else results[task].scores
+        target.setdefault(method.removesuffix(f"-{REFERENCE}"), {})[metric] = estimate
+        results[task].primary = results[task].primary or metric
+    return [results[t] for t in TASK_ORDER if t in results and results[t].scores]
 
 
 def tasks_for(suite: Suite) -> list[tuple[str, Task]]:
     """The tasks ``suite`` has inputs for, in report order."""
     tasks: list[tuple[str, Task]] = [(avc_bin.NAME, avc_bin.run), (avsa_bin.NAME, avsa_bin.run)]
+    tasks.append((pretext.NAME, pretext.run))
     if suite.classification_url:
         tasks.append((classification.NAME, classification.run))
     if suite.doa_url:
-        tasks.append((doa.NAME, doa.run))
+        tasks += [(doa.NAME, doa.run), (doa_steered.NAME, doa_steered.run)]
     return tasks
 
 
@@ -71,17 +112,22 @@ def evaluate_checkpoint(
 ) -> Report:
     """Run every task of ``suite`` on the checkpoint at ``tag_url`` (a ``step_…`` folder).
 
-    Any failure (unreadable checkpoint, missing data) raises; the caller records it.
+    Tasks on held-out clips are skipped, with a warning, when the suite has none (the run's own shards
+    are training data); any other failure (unreadable checkpoint, missing data) raises.
     """
     start = time.monotonic()
     dev = pick_device(device)
-    model, meta = from_checkpoint(tag_url, dev, storage)
-    ctx = Context(model, random_init(model.cfg, dev), suite, storage)
+    model, extractor, meta = from_checkpoint(tag_url, dev, storage)
+    ctx = Context(model, random_init(model.cfg, dev), suite, model.cfg, extractor, storage)
     results = []
     for name, task in tasks_for(suite):
         t0 = time.monotonic()
-        results.append(task(ctx))
-        log.info("%s step %s: %s in %.1f s", name, meta["step"], results[-1].scores, time.monotonic() - t0)
+        try:
+            results.append(task(ctx))
+        except NoHeldOutClips as exc:
+            log.warning("%s skipped: %s", name, exc)
+            continue
+        log.info("%s step %s: %s in %.1f s", name, meta["step"], _brief(results[-1]), time.monotonic() - t0)
     return Report(tag_url, int(meta["step"]), meta.get("run_id"), results, time.monotonic() - start)
 
 
@@ -92,48 +138,100 @@ def evaluate_checkpoints(
     return {label: evaluate_checkpoint(url, suite, storage, device) for label, url in checkpoints.items()}
 
 
-def format_table(reports: Mapping[str, Report]) -> str:
-    """A plain-text table: one column per task metric (by name), one row per labelled checkpoint,
-    then the baselines of the first report (random init and each task's classical baseline).
+def _brief(result: TaskResult) -> str:
+    """``model 63.3 [58.1, 68.0] vs random_init 55.0 [...]`` for the task's primary metric."""
+    return ", ".join(
+        f"{m} {cell(values[result.primary], result.primary)}"
+        for m, values in result.scores.items()
+        if result.primary in values
+    )
 
-    Accuracies are printed in percent, DOA errors in degrees; "-" where a method does not apply.
+
+def cell(estimate: Estimate | None, metric: str, signed: bool = False) -> str:
+    """``63.3 [58.1, 68.0]``: accuracies in %, errors in degrees; "-" where there is none."""
+    if estimate is None:
+        return "-"
+    scale = 1.0 if lower_is_better(metric) else 100.0
+    form = "{:+.1f}" if signed else "{:.1f}"
+    values = [form.format(scale * v) for v in (estimate.mean, estimate.low, estimate.high)]
+    return f"{values[0]} [{values[1]}, {values[2]}]"
+
+
+def heading(task: str, metric: str) -> str:
+    """``doa mean_error° ↓``, ``avc_bin acc% ↑``."""
+    if lower_is_better(metric):
+        return f"{task} {metric.removesuffix('_deg')}° ↓"
+    return f"{task} {metric}% ↑"
+
+
+def _rows(reports: Mapping[str, Report]) -> list[tuple[str, str]]:
+    """(task, metric) rows of the table, in task order, detail metrics left out."""
+    first = next(iter(reports.values()))
+    return [
+        (r.task, metric)
+        for r in first.results
+        for metric in r.scores.get("model", {})
+        if not metric.startswith(DETAIL_METRICS)
+    ]
+
+
+def format_table(reports: Mapping[str, Report]) -> str:
+    """Plain-text tables: the scores (one row per task metric; a column per labelled checkpoint, then the
+    first report's baselines and the chance level), then each checkpoint minus random init (paired).
+
+    Cells are ``mean [95 % interval]``; accuracies in percent, DOA errors in degrees; "-" where a method
+    does not apply.
     """
     if not reports:
         return "(no reports)"
     first = next(iter(reports.values()))
-    columns = [(r.task, metric) for r in first.results for metric in sorted(r.scores["model"])]
-    rows: list[tuple[str, dict[str, dict[str, float]]]] = [
-        (label, {r.task: r.scores["model"] for r in report.results}) for label, report in reports.items()
-    ]
+    rows = _rows(reports)
     baselines = sorted({m for r in first.results for m in r.scores if m != "model"}, key=_baseline_order)
-    rows += [
-        (m.replace("_", " "), {r.task: r.scores[m] for r in first.results if m in r.scores})
-        for m in baselines
+    header = ["metric", *reports, *(m.replace("_", " ") for m in baselines), "chance"]
+    body = []
+    for task, metric in rows:
+        labelled = [cell(_score(rep, task, "model", metric), metric) for rep in reports.values()]
+        base = [cell(_score(first, task, m, metric), metric) for m in baselines]
+        chance = _chance(first, task, metric)
+        body.append([heading(task, metric), *labelled, *base, chance])
+    table = _layout(header, body)
+    diff_header = ["metric", *(f"{label} − random init" for label in reports)]
+    diff_body = [
+        [
+            heading(task, metric),
+            *(cell(_difference(rep, task, metric), metric, True) for rep in reports.values()),
+        ]
+        for task, metric in rows
     ]
-    header = ["method", *(f"{task} {_heading(metric)}" for task, metric in columns)]
-    body = [[label, *(_cell(scores.get(task), metric) for task, metric in columns)] for label, scores in rows]
+    return f"{table}\n\n{_layout(diff_header, diff_body)}"
+
+
+def _score(report: Report, task: str, method: str, metric: str) -> Estimate | None:
+    result = report.result(task)
+    return None if result is None else result.scores.get(method, {}).get(metric)
+
+
+def _difference(report: Report, task: str, metric: str) -> Estimate | None:
+    result = report.result(task)
+    return None if result is None else result.differences.get("model", {}).get(metric)
+
+
+def _chance(report: Report, task: str, metric: str) -> str:
+    result = report.result(task)
+    if result is None or metric not in result.chance:
+        return "-"
+    value = result.chance[metric]
+    return f"{value:.1f}" if lower_is_better(metric) else f"{100 * value:.1f}"
+
+
+def _layout(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *body]
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [header, *body]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def _baseline_order(method: str) -> tuple[int, str]:
-    return (0 if method == "random_init" else 1, method)
-
-
-def _heading(metric: str) -> str:
-    """``mean_error_deg`` → ``mean_error° ↓``, ``acc20`` → ``acc20% ↑``."""
-    if lower_is_better(metric):
-        return metric.removesuffix("_deg") + "° ↓"
-    return metric + "% ↑"
-
-
-def _cell(scores: dict[str, float] | None, metric: str) -> str:
-    if scores is None or metric not in scores:
-        return "-"
-    value = scores[metric]
-    return f"{value:.1f}" if lower_is_better(metric) else f"{100 * value:.1f}"
+    return ({REFERENCE: 0, "input_oracle": 1}.get(method, 2), method)

@@ -38,7 +38,7 @@ from trainer.data import TINY
 pytestmark = pytest.mark.integration
 
 STEPS = (2, 4)
-SERVICE_ARGS = ("--clip-batches", "4", "--eval.probe_epochs", "10", "--device", "cpu", "--poll", "1")
+SERVICE_ARGS = ("--clip-count", "16", "--eval.probe_epochs", "10", "--device", "cpu", "--poll", "1")
 
 
 @dataclass
@@ -82,9 +82,7 @@ def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     write_classification_set(str(tmp / "cls"), per_class=6)
     write_doa_set(str(tmp / "doa"), clips=20)
     data = ["--classification", str(tmp / "cls"), "--doa", str(tmp / "doa"), "--experiment", experiment]
-    suite = Suite(
-        clip_batches=4, classification_url=str(tmp / "cls"), doa_url=str(tmp / "doa"), probe_epochs=10
-    )
+    suite = Suite(clips=16, classification_url=str(tmp / "cls"), doa_url=str(tmp / "doa"), probe_epochs=10)
     env = {**os.environ, **stack.client_env()}
     return Trained(uri, run_id, env, experiment, [*SERVICE_ARGS, *data], suite)
 
@@ -192,7 +190,9 @@ def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
     assert list(reports) == ["early", "late"]
     late = reports["late"].result("doa")
     assert (
-        late is not None and late.scores["intensity"]["acc20"] == run.data.metrics["eval/doa/intensity/acc20"]
+        late is not None
+        and late.scores["intensity"]["acc20"].mean == run.data.metrics["eval/doa/intensity/acc20"]
+        and late.scores["intensity"]["acc20"].high == run.data.metrics["eval/doa/intensity/acc20_ci_high"]
     )
     assert "random init" in format_table(reports)
 
@@ -227,12 +227,19 @@ def _check_plots(client: MlflowClient, run_id: str, eval_run: str, tmp: Path) ->
     results = json.loads(
         Path(client.download_artifacts(eval_run, "results.json", str(tmp / "json"))).read_text()
     )
-    assert results["step"] == STEPS[-1] and set(results["scores"]) == {
+    assert results["step"] == STEPS[-1] and set(results["tasks"]) == {
         "avc_bin",
         "avsa_bin",
+        "pretext",
         "classification",
         "doa",
+        "doa_steered",
     }
+    doa = results["tasks"]["doa"]
+    assert len(doa["items"]["mean_error_deg"]["groups"]) == len(
+        doa["items"]["mean_error_deg"]["values"]["model"]
+    )
+    assert doa["scores"]["model"]["mean_error_deg"]["low"] <= doa["scores"]["model"]["mean_error_deg"]["high"]
 
 
 def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(

@@ -2,7 +2,8 @@
 
 The labeled sets are built here in the format :mod:`dataloading.synth.evalsets` writes (FLAC + JSON
 in tar shards, manifest): plane waves of class-specific tones at known directions, so a perfect
-feature gets every answer and an uninformative one gets chance.
+feature gets every answer and an uninformative one gets chance. Held-out clips are constructed codes
+placed in the task context's cache, where the tasks look for the clips they read.
 """
 
 from __future__ import annotations
@@ -16,16 +17,30 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch import Tensor, nn
 
+from dataloading.features import FeatureExtractor
 from dataloading.foa import direction_vector, encode_plane_wave
 from dataloading.storage import join, write_bytes_atomic
 from dataloading.synth.evalsets import flac_bytes, write_shards
-from evaluation.encoders import Encoders
+from evaluation.datasets import HeldOutClips
 from evaluation.metrics import angular_error, confusion_matrix, doa_summary, vector_to_angles
-from evaluation.tasks import Context, Suite, avc_bin, avsa_bin, classification, doa
+from evaluation.suite import Report, format_table, results_from_metrics
+from evaluation.tasks import (
+    Context,
+    Suite,
+    avc_bin,
+    avsa_bin,
+    classification,
+    doa,
+    doa_steered,
+    pretext,
+)
+from evaluation.tasks.pairs import scene_folds
+from evaluation.tasks.pretext import scene_batches
 from trainer.config import load_config
-from trainer.data import TINY, Batch
+from trainer.data import TINY
+from trainer.models import AVSAOutput, Embeddings
 
 RATE = 24000
 SECONDS = 0.25
@@ -63,21 +78,25 @@ def write_classification_set(url: str, per_class: int = 12, seed: int = 0) -> No
 
 
 def write_doa_set(url: str, clips: int = 40, seed: int = 0) -> None:
-    """Noise plane waves at random directions; every fifth clip has a second source (left out by the task)."""
+    """Noise plane waves at random directions, ``clips`` per split (train, test); in the test split
+    every fifth clip has a second source (left out by the tasks)."""
     rng = np.random.default_rng(seed)
-    samples = []
-    for i in range(clips):
-        count = 2 if i % 5 == 4 else 1
-        foa, sources = 0.0, []
-        for _ in range(count):
-            az, el = rng.uniform(-np.pi, np.pi), rng.uniform(-0.5, 0.7)
-            foa = foa + _plane_wave_clip(rng.standard_normal(int(SECONDS * RATE)), az, el, rng)
-            sources.append({"azimuth_deg": math.degrees(az), "elevation_deg": math.degrees(el)})
-        meta = {"sources": sources}
-        samples.append(
-            (f"doa_{i:05d}", {"flac": flac_bytes(foa * 0.45, RATE), "json": json.dumps(meta).encode()})
-        )
-    _manifest(url, "doa", {"test": write_shards(url, "doa-test", iter(samples), None)})
+    splits = {}
+    for part in ("train", "test"):
+        samples = []
+        for i in range(clips):
+            count = 2 if part == "test" and i % 5 == 4 else 1
+            foa, sources = 0.0, []
+            for _ in range(count):
+                az, el = rng.uniform(-np.pi, np.pi), rng.uniform(-0.5, 0.7)
+                foa = foa + _plane_wave_clip(rng.standard_normal(int(SECONDS * RATE)), az, el, rng)
+                sources.append({"azimuth_deg": math.degrees(az), "elevation_deg": math.degrees(el)})
+            flac = flac_bytes(foa * 0.45, RATE)
+            samples.append(
+                (f"doa_{part}_{i:05d}", {"flac": flac, "json": json.dumps({"sources": sources}).encode()})
+            )
+        splits[part] = write_shards(url, f"doa-{part}", iter(samples), None)
+    _manifest(url, "doa", splits)
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -131,86 +150,216 @@ def test_doa_summary_and_confusion_matrix() -> None:
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]  # row = true class
 
 
-# --- tasks on constructed encoders -----------------------------------------------------------------
+# --- constructed encoders -------------------------------------------------------------------------
 
 
-class Noise(nn.Module):
-    """An encoder that ignores its input: the answer to 'what does an uninformative feature score?'."""
+class Constant:
+    """Embeds every input to the same vector: the answer to 'what does an uninformative feature score?'."""
 
-    def __init__(self, seed: int, dim: int = 16) -> None:
-        super().__init__()
-        self.dim, self.generator = dim, torch.Generator().manual_seed(seed)
+    def embed_audio(self, x: Tensor) -> Tensor:
+        return torch.ones(len(x), 8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.randn(len(x), self.dim, generator=self.generator)
+    def embed_video(self, x: Tensor) -> Tensor:
+        return torch.ones(len(x), 8)
+
+    def forward(self, video: Tensor, audio: Tensor, directions: Tensor) -> AVSAOutput:
+        n, k = video.shape[:2]
+        same = Embeddings(*(torch.ones(n, k, 8) for _ in range(4)))
+        return AVSAOutput(viewpoints=same, clips=Embeddings(*(torch.ones(n, 8) for _ in range(4))))
+
+
+class Flat:
+    """Every input flattened: perfect where the inputs carry the answer."""
+
+    def __init__(self, audio: nn.Module | None = None) -> None:
+        self.audio = audio or nn.Flatten()
+
+    def embed_audio(self, x: Tensor) -> Tensor:
+        return self.audio(x.float())
+
+    def embed_video(self, x: Tensor) -> Tensor:
+        return x.float().flatten(1)
+
+    def forward(self, video: Tensor, audio: Tensor, directions: Tensor) -> AVSAOutput:
+        """Targets and predictions are the clip and viewpoint codes: every pretext choice is right."""
+        views = nn.functional.normalize(video.flatten(2).float(), dim=-1)
+        clips = nn.functional.normalize(views.mean(1), dim=-1)
+        return AVSAOutput(
+            viewpoints=Embeddings(views, views, views, views), clips=Embeddings(clips, clips, clips, clips)
+        )
 
 
 class BandEnergy(nn.Module):
     """Mean over time of every (channel, band): a perfect feature for tones of different pitch."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return x.mean(-1).flatten(1)
 
 
 class MeanIntensity(nn.Module):
-    """Mean mel(I/E) (channels 4..6 of logmel_iv): proportional to the source direction (y, z, x)."""
+    """Mean band-mean I/E (channels 4..6 of logmel_iv): proportional to the source direction (y, z, x)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return x[:, 4:7].mean((-2, -1))
 
 
-def _context(audio: nn.Module, video: nn.Module, suite: Suite, feature: str = "logmel") -> Context:
+class FrontIntensity(nn.Module):
+    """The steered field's X intensity (channel 6 of logmel_iv): largest when the source is in front."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 6:7].mean((-2, -1))
+
+
+def _context(
+    model: object, suite: Suite, feature: str = "logmel", held: HeldOutClips | None = None
+) -> Context:
     cfg = load_config(None, {**TINY, "data.feature": feature})
-    cpu = torch.device("cpu")
-    return Context(Encoders(audio, video, cfg, cpu), Encoders(Noise(1), Noise(2), cfg, cpu), suite)
+    ctx = Context(model, Constant(), suite, cfg, FeatureExtractor.from_config(cfg.data))  # type: ignore[arg-type]
+    if held is not None:
+        ctx.cache["held_out"] = held
+    return ctx
 
 
-def _code_batches(batches: int, clips: int = 8, views: int = 2, seed: int = 0) -> list[Batch]:
+def _code_clips(clips: int = 96, views: int = 4, per_scene: int = 2, seed: int = 0) -> HeldOutClips:
     """Video and audio of each (clip, viewpoint) carry the same code (cos, sin of a clip angle, then of a
-    viewpoint angle): with identity encoders a matching pair is recognisable, a mismatch is not."""
+    viewpoint angle): a matching pair is recognisable, a mismatch is not. ``per_scene`` clips per scene."""
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(batches):
-        clip = torch.rand(clips, 1, generator=g).expand(clips, views) * 2 * math.pi
-        view = torch.rand(clips, views, generator=g) * 2 * math.pi
-        code = torch.stack([clip.cos(), clip.sin(), view.cos(), view.sin()], -1)
-        out.append(Batch(video=code[..., None, None, None], audio=code[..., None, None], directions=view))
-    return out
+    clip = torch.rand(clips, 1, generator=g).expand(clips, views) * 2 * math.pi
+    view = torch.rand(clips, views, generator=g) * 2 * math.pi
+    code = torch.stack([clip.cos(), clip.sin(), view.cos(), view.sin()], -1)
+    directions = torch.stack([view - math.pi, torch.zeros_like(view)], -1)
+    keys = [f"clip{i:03d}" for i in range(clips)]
+    return HeldOutClips(
+        code[..., None, None, None],
+        code[..., None, None],
+        directions,
+        keys,
+        [f"scene{i // per_scene}" for i in range(clips)],
+    )
+
+
+# --- tasks ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("task", [avc_bin, avsa_bin])
-def test_pair_tasks_perfect_encoder_near_100_random_encoder_at_chance(
-    task: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("evaluation.tasks.pairs.held_out_batches", lambda *a, **k: _code_batches(16))
-    suite = Suite(probe_epochs=100, hidden=64)
-    result = task.run(_context(nn.Flatten(), nn.Flatten(), suite))  # type: ignore[attr-defined]
+def test_pair_tasks_perfect_encoder_near_100_constant_exactly_at_chance(task: object) -> None:
+    suite = Suite(clips_url="constructed", probe_epochs=30, hidden=64, resamples=200)
+    result = task.run(_context(Flat(), suite, held=_code_clips()))  # type: ignore[attr-defined]
     assert result.task == task.NAME  # type: ignore[attr-defined]
-    assert result.scores["model"]["acc"] > 0.9
-    assert 0.4 < result.scores["random_init"]["acc"] < 0.6  # 256 test pairs: chance ± 3 std
+    assert result.scores["model"]["acc"].mean > 0.9
+    assert result.scores["random_init"]["acc"].mean == 0.5  # constant input: one answer for every pair
+    difference = result.differences["model"]["acc"]
+    assert difference.low > 0.3 and difference.groups == 48  # resampled over the 48 scenes
+    assert result.chance["acc"] == 0.5
+    # Every clip is tested exactly once, as a matching pair and as a mismatch, at each viewpoint.
+    assert len(result.items["acc"].groups) == 2 * 96 * 4
 
 
-def test_classification_perfect_feature_near_100_noise_at_chance(tmp_path: Path) -> None:
+def test_scene_folds_and_pretext_batches_never_split_or_share_a_scene() -> None:
+    scenes = [f"s{i % 37}" for i in range(200)]  # 37 scenes, 5–6 clips each, interleaved
+    folds = scene_folds(scenes, seed=3)
+    for scene in set(scenes):
+        assert len({folds[i] for i, s in enumerate(scenes) if s == scene}) == 1
+    assert 0.3 < folds.mean() < 0.7
+    batches = scene_batches(scenes, size=8, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(200))  # every clip once
+    for batch in batches:
+        assert len({scenes[i] for i in batch}) == len(batch)
+    assert (scene_folds(scenes, seed=3) == folds).all() and not (scene_folds(scenes, seed=4) == folds).all()
+
+
+def test_pretext_perfect_model_at_100_constant_exactly_at_chance() -> None:
+    suite = Suite(clips_url="constructed", pretext_batch=8, resamples=200)
+    result = pretext.run(_context(Flat(), suite, held=_code_clips(per_scene=1)))
+    assert result.scores["model"]["avc_top1"].mean == 1.0
+    assert result.scores["model"]["avsa_top1"].mean == 1.0
+    assert result.scores["random_init"]["avc_top1"].mean == pytest.approx(1 / 8)  # ties share the credit
+    assert result.scores["random_init"]["avsa_top1"].mean == pytest.approx(1 / 4)
+    assert result.chance == {"avc_top1": pytest.approx(1 / 8), "avsa_top1": 0.25}
+    # Bins of the angle to the chosen viewpoint: a perfect model never chooses a wrong one.
+    bins = [m for m in result.scores["model"] if m.startswith("avsa_chosen_")]
+    assert len(bins) == 4 and all(result.scores["model"][m].mean == 0 for m in bins)
+    assert sum(result.scores["random_init"][m].mean for m in bins) == pytest.approx(0.75, abs=1e-9)
+
+
+def test_classification_perfect_feature_near_100_constant_at_chance(tmp_path: Path) -> None:
     url = str(tmp_path / "cls")
     write_classification_set(url, per_class=16)
-    suite = Suite(classification_url=url, probe_epochs=100)
-    result = classification.run(_context(BandEnergy(), Noise(3), suite))
+    suite = Suite(classification_url=url, resamples=200)
+    result = classification.run(_context(Flat(BandEnergy()), suite))
     assert result.classes == ["tone0", "tone1", "tone2"]
-    assert result.scores["model"]["acc"] > 0.95
-    assert result.scores["logmel_stats"]["acc"] > 0.95
-    assert result.scores["random_init"]["acc"] < 0.7  # chance is 1/3 over 24 test clips
+    assert result.scores["model"]["acc"].mean > 0.95
+    assert result.scores["logmel_stats"]["acc"].mean > 0.95
+    assert result.scores["input_oracle"]["acc"].mean > 0.95
+    assert result.scores["random_init"]["acc"].mean == pytest.approx(1 / 3)  # one class for all, balanced
     for method, cm in result.confusion.items():
-        assert cm.sum() == 24 and np.trace(cm) / 24 == pytest.approx(result.scores[method]["acc"])
+        assert cm.sum() == 24 and np.trace(cm) / 24 == pytest.approx(result.scores[method]["acc"].mean)
+    estimate = result.scores["model"]["acc"]
+    assert estimate.low <= estimate.mean <= estimate.high and estimate.groups == 24
 
 
-def test_doa_intensity_baseline_exact_on_plane_waves_and_noise_far_off(tmp_path: Path) -> None:
-    url = str(tmp_path / "doa")
+@pytest.fixture(scope="module")
+def doa_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = str(tmp_path_factory.mktemp("doa"))
     write_doa_set(url, clips=60)
-    suite = Suite(doa_url=url, probe_epochs=300, hidden=32)
-    result = doa.run(_context(MeanIntensity(), Noise(3), suite, feature="logmel_iv"))
-    assert result.directions is not None and len(result.directions) == 24  # 48 single-source, odd half
-    assert result.scores["intensity"]["mean_error_deg"] < 1.0
-    assert result.scores["intensity"]["acc20"] == 1.0
-    assert result.scores["model"]["mean_error_deg"] < 20.0
-    assert result.scores["random_init"]["mean_error_deg"] > 45.0
-    assert set(result.errors) == {"model", "random_init", "intensity"}
+    return url
+
+
+def test_doa_perfect_feature_accurate_constant_far_off_intensity_exact(doa_url: str) -> None:
+    suite = Suite(doa_url=doa_url, probe_epochs=300, hidden=32, resamples=200)
+    result = doa.run(_context(Flat(MeanIntensity()), suite, feature="logmel_iv"))
+    assert result.directions is not None and len(result.directions) == 48  # two-source clips left out
+    assert result.scores["intensity"]["mean_error_deg"].mean < 1.0
+    assert result.scores["intensity"]["acc20"].mean == 1.0
+    assert result.scores["model"]["mean_error_deg"].mean < 20.0
+    assert result.scores["random_init"]["mean_error_deg"].mean > 45.0
+    assert result.scores["random_init"]["acc20"].mean < 0.25
+    assert result.differences["model"]["mean_error_deg"].high < 0  # lower error, interval below 0
+    assert set(result.errors) == {"model", "random_init", "input_oracle", "intensity"}
+
+
+def test_steered_doa_front_scorer_finds_the_source_constant_does_not(doa_url: str) -> None:
+    suite = Suite(doa_url=doa_url, steer_directions=60, resamples=200)
+    result = doa_steered.run(_context(Flat(FrontIntensity()), suite, feature="logmel_iv"))
+    # A perfect "in front" score errs by at most half the grid spacing (~23° at 60 points).
+    assert result.scores["model"]["mean_error_deg"].mean < 15.0
+    assert result.scores["model"]["acc20"].mean > 0.9
+    assert result.scores["random_init"]["mean_error_deg"].mean > 45.0
+
+
+@pytest.mark.parametrize("feature", ["logmel", "logmel_iv", "cardioids"])
+def test_input_oracle_localises_only_with_features_that_keep_the_sign(doa_url: str, feature: str) -> None:
+    """The oracle bounds what the features alone give: log-mel magnitudes cannot say on which side of
+    each axis the source is (unsteered) or whether it is in front or behind (steered); the intensity
+    vector and the cardioids can, and come near the intensity estimator."""
+    suite = Suite(doa_url=doa_url, probe_epochs=300, hidden=32, resamples=200)
+    for task in (doa, doa_steered):
+        result = task.run(_context(Constant(), suite, feature=feature))
+        oracle = result.scores["input_oracle"]["mean_error_deg"].mean
+        intensity = result.scores["intensity"]["mean_error_deg"].mean
+        if feature == "logmel":
+            assert oracle > 60.0, (task.NAME, oracle)
+        else:
+            assert oracle < intensity + 20.0, (task.NAME, oracle, intensity)
+
+
+def test_evaluation_is_deterministic_given_its_seed(doa_url: str) -> None:
+    suite = Suite(doa_url=doa_url, probe_epochs=50, hidden=16, resamples=100, seed=5)
+    first = doa.run(_context(Flat(MeanIntensity()), suite, feature="logmel_iv"))
+    again = doa.run(_context(Flat(MeanIntensity()), suite, feature="logmel_iv"))
+    assert first.scores == again.scores and first.differences == again.differences
+
+
+def test_table_shows_intervals_and_differences_and_survives_mlflow_round_trip() -> None:
+    suite = Suite(clips_url="constructed", probe_epochs=50, hidden=32, resamples=200)
+    result = avsa_bin.run(_context(Flat(), suite, held=_code_clips()))
+    report = Report("ckpt", 10, None, [result], 1.0)
+    table = format_table({"trained": report})
+    assert "avsa_bin acc% ↑" in table and "trained − random init" in table and "[" in table
+    back = results_from_metrics(report.metrics())
+    for method, values in result.scores.items():
+        assert back[0].scores[method]["acc"].mean == pytest.approx(values["acc"].mean)
+        assert back[0].scores[method]["acc"].low == pytest.approx(values["acc"].low)
+    assert back[0].differences["model"]["acc"].high == pytest.approx(result.differences["model"]["acc"].high)
+    assert back[0].chance == {"acc": 0.5}
+    assert format_table({"trained": Report("ckpt", 10, None, back, 0.0)}) == table

@@ -4,6 +4,7 @@ geometry at the seam and poles, evaluation sets and their splits, asset fetching
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import tarfile
@@ -27,7 +28,7 @@ from dataloading.synth.evalsets import (
     static_source,
 )
 from dataloading.synth.render_video import draw_sprite, load_sprite
-from dataloading.synth.scene import Room, unit_vector
+from dataloading.synth.scene import ROOM_FAMILIES, Room, unit_vector
 from dataloading.synth.spatialize import render_source, room_impulse_response
 from tests.test_synth import alpha_of, angle_deg
 
@@ -154,21 +155,36 @@ def test_classification_set_test_split_uses_unseen_sources_and_rooms(
             assert manifest["classes"][meta["label_index"]] == meta["label"]
 
 
-def test_doa_set_records_directions_in_unseen_rooms(tmp_path: Path, catalog: Catalog) -> None:
+def test_doa_set_has_a_head_training_and_a_test_split_in_rooms_of_their_own(
+    tmp_path: Path, catalog: Catalog
+) -> None:
     manifest = doa_set(str(tmp_path), catalog, clips=3, seed=0, seconds=1.0, progress=False)
-    samples = read_shards(tmp_path, manifest["splits"]["test"]["shards"])
-    assert len(samples) == 3
-    for _, sample in samples:
-        meta = sample["meta"]
-        assert meta["room"]["family"] == "eval" and 1 <= len(meta["sources"]) <= 2
-        for source in meta["sources"]:
+    families = {}
+    for part in ("train", "test"):
+        samples = read_shards(tmp_path, manifest["splits"][part]["shards"])
+        assert len(samples) == 3 == manifest["splits"][part]["samples"]
+        for _, sample in samples:
+            meta = sample["meta"]
+            families.setdefault(part, set()).add(meta["room"]["family"])
+            (source,) = meta["sources"]
             assert -180 <= source["azimuth_deg"] <= 180 and -90 <= source["elevation_deg"] <= 90
+            dims, rt60 = np.array(meta["room"]["dims_m"]), meta["room"]["rt60_s"]
+            low, high, (rt_low, rt_high) = ROOM_FAMILIES[meta["room"]["family"]]
+            assert (dims >= low).all() and (dims <= high).all() and rt_low <= rt60 <= rt_high
+    # Head training in probe rooms, test in evaluation rooms, pretraining in neither.
+    assert families == {"train": {"probe"}, "test": {"eval"}}
+
+
+def test_room_families_do_not_overlap() -> None:
+    ranges = sorted(ROOM_FAMILIES.values(), key=lambda r: r[2])
+    for (_, high, (_, rt_high)), (low, _, (rt_low, _)) in itertools.pairwise(ranges):
+        assert rt_high <= rt_low and max(high) <= max(low)
 
 
 def test_same_seed_same_eval_shards(tmp_path: Path, catalog: Catalog) -> None:
     first = doa_set(str(tmp_path / "a"), catalog, clips=2, seed=5, seconds=0.5, progress=False)
     second = doa_set(str(tmp_path / "b"), catalog, clips=2, seed=5, seconds=0.5, progress=False)
-    assert first["splits"]["test"]["shards"] == second["splits"]["test"]["shards"]  # sha256 included
+    assert first["splits"] == second["splits"]  # shard sha256 included
 
 
 def test_corrupt_recordings_are_rejected_from_eval_sets(tmp_path: Path, catalog: Catalog) -> None:

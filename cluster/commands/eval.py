@@ -24,10 +24,15 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
         "--clips",
         default="",
         metavar="URL",
-        help="held-out clips for AVC-Bin/AVSA-Bin (default: the run's data.url, at an unused epoch)",
+        help="held-out clips (preprocessed shards of scenes the run never saw) for AVC-Bin, AVSA-Bin and "
+        "the pretext metrics; without it those tasks are skipped, unless the run trained on synthetic://",
     )
     parser.add_argument(
-        "--clip-batches", type=int, default=16, metavar="N", help="batches of held-out clips (default 16)"
+        "--clip-count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="held-out clips to use (default 0: every clip, each once; more than exist is an error)",
     )
     parser.add_argument("--classification", default="", metavar="URL", help="sound-classification set")
     parser.add_argument("--doa", default="", metavar="URL", help="direction-of-arrival set")
@@ -39,7 +44,7 @@ def suite_from_args(args: argparse.Namespace, cfg: Config) -> Suite:
 
     return Suite(
         clips_url=args.clips,
-        clip_batches=args.clip_batches,
+        clips=args.clip_count,
         classification_url=args.classification,
         doa_url=args.doa,
         probe_epochs=cfg.eval.probe_epochs,
@@ -55,9 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "eval",
         help="run the benchmark suite on one checkpoint and print the table",
-        description="Evaluates the frozen encoders of one checkpoint (AVC-Bin, AVSA-Bin, sound "
-        "classification, DOA; each with its baselines) and prints accuracies in % and DOA errors in "
-        "degrees. With --log the results also go to the checkpoint's MLflow run, exactly as the "
+        description="Evaluates the frozen encoders of one checkpoint (AVC-Bin, AVSA-Bin, held-out "
+        "pretext accuracy, sound classification, DOA and steered DOA; each beside random init, the "
+        "input oracle and its classical baseline) and prints accuracies in % and DOA errors in degrees, "
+        "each with its 95 % interval (bootstrap over scenes) and its paired difference from random "
+        "init. With --log the results also go to the checkpoint's MLflow run, exactly as the "
         "evaluation service would log them (a checkpoint already evaluated is not redone).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -68,9 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--eval-clips",
         type=int,
-        default=40,
+        default=30,
         metavar="N",
-        help="eval-set size: training clips per class (test gets half) and DOA clips ×5 (default 40)",
+        help="classification clips per class in each split (default 30: a 3-point standard error)",
+    )
+    parser.add_argument(
+        "--doa-clips", type=int, default=300, metavar="N", help="DOA clips in each split (default 300)"
     )
     parser.add_argument(
         "--assets", metavar="DIR", help="asset cache (default $AVSA_ASSET_CACHE or ~/.cache/avsa/assets)"
@@ -106,12 +109,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         cls = classification_set(
             join(args.out, "eval/classification"), catalog, args.eval_clips, args.seed, storage=cfg.storage
         )
-        doa = doa_set(
-            join(args.out, "eval/doa"), catalog, 5 * args.eval_clips, args.seed, storage=cfg.storage
-        )
+        doa = doa_set(join(args.out, "eval/doa"), catalog, args.doa_clips, args.seed, storage=cfg.storage)
         print(
             f"eval sets: classification {len(cls['classes'])} classes, "
             f"{cls['splits']['train']['samples']} train / {cls['splits']['test']['samples']} test clips; "
-            f"doa {doa['splits']['test']['samples']} clips"
+            f"doa {doa['splits']['train']['samples']} train / {doa['splits']['test']['samples']} test clips"
         )
     return 1 if summary["failed"] else 0

@@ -3,8 +3,9 @@
 - ``classification``: 4-channel FOA clips of one sound each, labelled with its class. The test
   split uses only recordings from sources (kits, packs, recordists) never used in its training
   split — nor in any generated training video — and rooms from the evaluation family.
-- ``doa``: FOA clips with one or two static sources at known directions, in evaluation rooms
-  (a size/reverb range no training video uses).
+- ``doa``: FOA clips with one static source at a known direction: a ``train`` split for the heads in
+  probe-family rooms and a ``test`` split in evaluation-family rooms (size/reverb ranges that neither
+  the other split nor any training video uses).
 
 Each sample is ``KEY.flac`` (4-channel FOA, ACN/SN3D, 16-bit) + ``KEY.json``; each set has
 ``manifest.json`` (shards with sample counts, byte sizes and SHA-256, classes, sources per split,
@@ -141,13 +142,14 @@ def classification_set(
     clips_per_class: int,
     seed: int,
     *,
+    test_clips_per_class: int | None = None,
     rate: int = 24000,
-    seconds: float = 2.0,
+    seconds: float = 1.0,
     storage: StorageConfig | None = None,
     progress: bool = True,
 ) -> dict:
     """Write the classification set (``train``/``test`` shards) under ``url``; returns the manifest.
-    The test split gets half as many clips per class as the training split."""
+    The test split gets ``test_clips_per_class`` clips per class (default: as many as training)."""
     split = classification_split(catalog)
     classes = sorted(split)
     rejected: dict[str, str] = {}
@@ -160,10 +162,8 @@ def classification_set(
         "splits": {},
         "rejected": [],
     }
-    for part, count, family in (
-        ("train", clips_per_class, "train"),
-        ("test", max(1, clips_per_class // 2), "eval"),
-    ):
+    test_count = clips_per_class if test_clips_per_class is None else test_clips_per_class
+    for part, count, family in (("train", clips_per_class, "train"), ("test", test_count, "eval")):
         rng = np.random.default_rng(stable_seed("classification", seed, part))
         bar = tqdm(
             total=count * len(classes), desc=f"classification {part}", unit="clip", disable=not progress
@@ -189,7 +189,7 @@ def classification_set(
                         continue
                     room = sample_room(rng, family)
                     az, el, distance = random_placement(rng, room)
-                    on = float(rng.uniform(0, 0.3))
+                    on = float(rng.uniform(0, 0.3 * seconds))
                     source = static_source(0, asset, az, el, distance, [(on, seconds)])
                     foa = render_clip([(source, wave)], room, seconds, rate, rng)
                     meta = {
@@ -220,6 +220,10 @@ def classification_set(
     return manifest
 
 
+# DOA splits: the head trains in "probe" rooms and is tested in "eval" rooms; pretraining uses "train".
+DOA_SPLITS = (("train", "probe"), ("test", "eval"))
+
+
 def doa_set(
     url: str,
     catalog: Catalog,
@@ -227,21 +231,29 @@ def doa_set(
     seed: int,
     *,
     rate: int = 24000,
-    seconds: float = 2.0,
+    seconds: float = 1.0,
     storage: StorageConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """Write the localisation set: one or two static sources per clip at known directions, in
-    evaluation-family rooms; returns the manifest."""
-    rng = np.random.default_rng(stable_seed("doa", seed))
+    """Write the localisation set: ``clips`` single-source clips per split at known directions, the
+    ``train`` split (for the heads) in probe-family rooms and the ``test`` split in evaluation-family
+    rooms, neither used by pretraining videos; returns the manifest."""
     rejected: dict[str, str] = {}
     sounds = list(catalog.sounds)
+    manifest: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "doa",
+        "sample_rate": rate,
+        "seconds": seconds,
+        "conventions": "FOA ACN/SN3D; azimuth counter-clockwise from front, elevation up, degrees",
+        "splits": {},
+    }
+    for part, family in DOA_SPLITS:
+        rng = np.random.default_rng(stable_seed("doa", seed, part))
 
-    def samples() -> Iterator[tuple[str, dict[str, bytes]]]:
-        for index in tqdm(range(clips), desc="doa", unit="clip", disable=not progress):
-            room = sample_room(rng, "eval")
-            placed, meta_sources = [], []
-            for ident in range(int(rng.integers(1, 3))):
+        def samples(part: str = part, family: str = family, rng: np.random.Generator = rng) -> Iterator:
+            for index in tqdm(range(clips), desc=f"doa {part}", unit="clip", disable=not progress):
+                room = sample_room(rng, family)
                 while sounds:
                     asset = sounds[rng.integers(len(sounds))]
                     try:
@@ -253,37 +265,34 @@ def doa_set(
                 else:
                     raise AssetError("no usable sound left for the DOA set")
                 az, el, distance = random_placement(rng, room)
-                on = float(rng.uniform(0, seconds / 2))
-                events = [(round(on, 3), seconds)]
-                placed.append((static_source(ident, asset, az, el, distance, events), wave))
-                meta_sources.append(
-                    {
-                        "class": asset.label,
-                        "sound_file": asset.name,
-                        "active": [list(events[0])],
-                        "azimuth_deg": round(float(np.rad2deg(az)), 3),
-                        "elevation_deg": round(float(np.rad2deg(el)), 3),
-                        "distance_m": round(distance, 3),
-                    }
+                events = [(round(float(rng.uniform(0, seconds / 4)), 3), seconds)]
+                foa = render_clip(
+                    [(static_source(0, asset, az, el, distance, events), wave)], room, seconds, rate, rng
                 )
-            foa = render_clip(placed, room, seconds, rate, rng)
-            meta = {
-                "sources": meta_sources,
-                "room": {"dims_m": list(room.dims), "rt60_s": room.rt60, "family": room.family},
-            }
-            yield f"doa_{index:05d}", {"flac": flac_bytes(foa, rate), "json": json.dumps(meta).encode()}
+                meta = {
+                    "sources": [
+                        {
+                            "class": asset.label,
+                            "sound_file": asset.name,
+                            "active": [list(events[0])],
+                            "azimuth_deg": round(float(np.rad2deg(az)), 3),
+                            "elevation_deg": round(float(np.rad2deg(el)), 3),
+                            "distance_m": round(distance, 3),
+                        }
+                    ],
+                    "room": {"dims_m": list(room.dims), "rt60_s": room.rt60, "family": room.family},
+                }
+                yield (
+                    f"doa_{part}_{index:05d}",
+                    {"flac": flac_bytes(foa, rate), "json": json.dumps(meta).encode()},
+                )
 
-    shards = write_shards(url, "doa-test", samples(), storage)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "doa",
-        "sample_rate": rate,
-        "seconds": seconds,
-        "conventions": "FOA ACN/SN3D; azimuth counter-clockwise from front, elevation up, degrees",
-        "splits": {
-            "test": {"shards": shards, "samples": sum(s["samples"] for s in shards), "room_family": "eval"}
-        },
-        "rejected": [{"path": p, "reason": r} for p, r in sorted(rejected.items())],
-    }
+        shards = write_shards(url, f"doa-{part}", samples(), storage)
+        manifest["splits"][part] = {
+            "shards": shards,
+            "samples": sum(s["samples"] for s in shards),
+            "room_family": family,
+        }
+    manifest["rejected"] = [{"path": p, "reason": r} for p, r in sorted(rejected.items())]
     write_bytes_atomic(join(url, "manifest.json"), json.dumps(manifest, indent=1).encode(), storage)
     return manifest

@@ -108,14 +108,22 @@ def unit_vector(azimuth: np.ndarray, elevation: np.ndarray) -> np.ndarray:
     return np.stack([ce * np.cos(azimuth), ce * np.sin(azimuth), np.sin(elevation)], axis=-1)
 
 
+# Room families: disjoint size and reverberation ranges, so a room of one family is never one of another.
+# "train" rooms hold the pretraining videos; a probe's head is trained in "probe" rooms and tested in "eval"
+# rooms, so a DOA head is scored in rooms neither it nor the encoder ever heard.
+ROOM_FAMILIES = {
+    "probe": ((3.0, 2.5, 2.4), (4.5, 4.0, 2.7), (0.12, 0.24)),
+    "train": ((5.0, 4.0, 2.8), (9.0, 7.0, 3.5), (0.25, 0.5)),
+    "eval": ((10.0, 7.5, 3.8), (14.0, 10.0, 5.0), (0.5, 0.9)),
+}
+
+
 def sample_room(rng: np.random.Generator, family: str) -> Room:
-    """Training and evaluation rooms come from disjoint size ranges, so eval rooms are unseen."""
-    if family == "train":
-        dims = rng.uniform([5.0, 4.0, 2.8], [9.0, 7.0, 3.5])
-        rt60 = rng.uniform(0.25, 0.5)
-    else:
-        dims = rng.uniform([10.0, 7.5, 3.8], [14.0, 10.0, 5.0])
-        rt60 = rng.uniform(0.5, 0.9)
+    """A room of ``family`` (:data:`ROOM_FAMILIES`): dimensions in metres and RT60 in seconds drawn
+    uniformly from its ranges, the camera near the middle at head height."""
+    low, high, (rt_low, rt_high) = ROOM_FAMILIES[family]
+    dims = rng.uniform(low, high)
+    rt60 = rng.uniform(rt_low, rt_high)
     mic = dims * rng.uniform([0.4, 0.4, 0], [0.6, 0.6, 0])
     mic[2] = min(1.6, dims[2] / 2)  # camera at head height
     return Room(

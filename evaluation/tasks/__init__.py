@@ -1,59 +1,120 @@
 """The benchmark tasks, one module each, all with the signature ``run(ctx: Context) -> TaskResult``.
 
-Every task scores the checkpoint's frozen encoders (method ``model``) and, in the same call, its
-baselines (``random_init`` and the task's classical one), so a result row is self-contained.
+Every task scores, in the same call and on the same held-out items, the checkpoint's frozen encoders
+(method ``model``), the same architecture at random initialisation (``random_init``), the input oracle
+(``input_oracle``: the same probe on the normalised, pooled input features, which bounds what the task can
+get from the features alone) and the task's classical baseline where it has one. Each metric is a mean
+over items with a 95 % interval from a bootstrap over scenes, and each method's difference from random
+init carries the interval of a paired bootstrap (:mod:`evaluation.bootstrap`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from dataloading.config import StorageConfig
-from evaluation.encoders import Encoders
+from dataloading.features import FeatureExtractor
+from evaluation.bootstrap import RESAMPLES, Estimate, bootstrap, paired_difference
+from evaluation.encoders import Embedder, InputOracle
+from trainer.config import Config
+
+REFERENCE = "random_init"  # what every difference is taken against
 
 
 @dataclass
 class Suite:
-    """What to evaluate on. An empty URL skips the tasks that need it, except ``clips_url``: empty
-    means the run's own ``data.url`` — unseen clips of a synthetic source, but the training clips
-    of a shard dataset (a warning says so; pass held-out shards instead, see :mod:`evaluation.datasets`)."""
+    """What to evaluate on and how. An empty URL skips the tasks that need it. ``clips_url`` holds the
+    held-out clips of AVC-Bin, AVSA-Bin and the pretext metrics (scenes no training run saw); empty means
+    the run's own ``data.url`` if that is a synthetic source (fresh clips), else those tasks are skipped:
+    a shard dataset's own clips are training data."""
 
     clips_url: str = ""
-    clip_batches: int = 16  # batches of B clips × K viewpoints for AVC-Bin / AVSA-Bin
+    clips: int = 0  # held-out clips to use; 0 = all of them (more than exist is an error)
     classification_url: str = ""
     doa_url: str = ""
     probe_epochs: int = 100
-    hidden: int = 128  # units of the MLP heads (AVC-Bin, AVSA-Bin, DOA); the probe is linear
+    hidden: int = 128  # units of the MLP heads (AVC-Bin, AVSA-Bin, DOA); the probes are linear
+    steer_directions: int = 60  # grid of the steered DOA task, elevation within ±50°
+    pretext_batch: int = 8  # clips per batch for the held-out pretext accuracies (chance 1/batch)
+    resamples: int = RESAMPLES  # bootstrap resamples of every interval
     seed: int = 0
 
 
 @dataclass
 class Context:
-    """A task's inputs: the trained and random-init encoders (same architecture and config)."""
+    """A task's inputs: the trained and the random-init encoders (same architecture), the run's config
+    and feature extractor (its settings and normalisation statistics: every method reads the same
+    features), the input oracle, and a cache the tasks share (data read once per evaluation)."""
 
-    model: Encoders
-    random_init: Encoders
+    model: Embedder
+    random_init: Embedder
     suite: Suite
+    cfg: Config
+    extractor: FeatureExtractor
     storage: StorageConfig | None = None
+    oracle: InputOracle = field(default_factory=InputOracle)
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def embedders(self) -> dict[str, Embedder]:
+        """The methods that embed inputs, in report order."""
+        return {"model": self.model, REFERENCE: self.random_init, "input_oracle": self.oracle}
+
+
+@dataclass
+class Scored:
+    """Per-item values of one metric for several methods, on the same items; ``groups[i]`` is the scene
+    of item i (what the bootstrap resamples)."""
+
+    groups: np.ndarray
+    values: dict[str, np.ndarray]
 
 
 @dataclass
 class TaskResult:
-    """``scores[method][metric]``; ``primary`` names the headline metric (curves, report title).
+    """``scores[method][metric]`` and ``differences[method][metric]`` (method − random init) as
+    :class:`Estimate`; ``primary`` names the headline metric; ``chance`` the metrics' chance levels.
 
+    ``items`` keeps the per-item values behind every estimate (for pooling seeds in experiments).
     Optional details for plots: ``classes`` with ``confusion[method]`` (rows true, columns predicted),
     ``directions`` (``[N, 2]`` true azimuth/elevation, radians) with ``errors[method]`` (``[N]`` radians).
     """
 
     task: str
     primary: str
-    scores: dict[str, dict[str, float]]
+    scores: dict[str, dict[str, Estimate]]
+    differences: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
+    items: dict[str, Scored] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     confusion: dict[str, np.ndarray] = field(default_factory=dict)
     directions: np.ndarray | None = None
     errors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def summarise(
+    task: str,
+    primary: str,
+    metrics: dict[str, Scored],
+    suite: Suite,
+    chance: dict[str, float] | None = None,
+    **details: Any,
+) -> TaskResult:
+    """A :class:`TaskResult` from per-item values: every metric's estimate for every method, and each
+    method's paired difference from random init where random init was scored."""
+    result = TaskResult(task, primary, {}, chance=dict(chance or {}), items=metrics, **details)
+    for metric, scored in metrics.items():
+        for method, values in scored.values.items():
+            estimate = bootstrap(values, scored.groups, suite.resamples, suite.seed)
+            result.scores.setdefault(method, {})[metric] = estimate
+            if method != REFERENCE and REFERENCE in scored.values:
+                difference = paired_difference(
+                    values, scored.values[REFERENCE], scored.groups, suite.resamples, suite.seed
+                )
+                result.differences.setdefault(method, {})[metric] = difference
+    return result
 
 
 def lower_is_better(metric: str) -> bool:

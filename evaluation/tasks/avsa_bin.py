@@ -3,12 +3,12 @@
 The mismatch for viewpoint k is the same clip's audio steered toward its viewpoint k+1 (cyclically):
 the same sound field, rotated so that another direction faces front. The loader samples viewpoints
 at least ``data.min_separation_deg`` apart, so this is a rotation of at least that angle — the
-paper's yaw-rotated negative, drawn from the directions the loader already steered to instead of
-re-steering raw FOA that batches no longer carry.
+paper's rotated negative, drawn from the directions the clip was already steered to.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from torch import Tensor
 
 from evaluation.tasks import Context, TaskResult
@@ -17,8 +17,8 @@ from evaluation.tasks.pairs import run_pair_task
 NAME = "avsa_bin"
 
 
-def other_viewpoint(audio: Tensor) -> Tensor:
-    """Audio ``[N, K, D]`` of the same clip at viewpoint k+1 (cyclically); needs K ≥ 2."""
+def other_viewpoint(audio: Tensor, scenes: np.ndarray) -> Tensor:
+    """Audio ``[n, K, D]`` of the same clip at viewpoint k+1 (cyclically); needs K ≥ 2."""
     if audio.shape[1] < 2:
         raise ValueError("AVSA-Bin needs at least 2 viewpoints per clip (data.viewpoints)")
     return audio.roll(1, dims=1)

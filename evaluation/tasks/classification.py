@@ -2,37 +2,43 @@
 split and tested on its test split (recordings from sources the training split never uses).
 
 Baselines: log-mel statistics + logistic regression (the same linear probe on per-band mean/std),
-and the random-init encoder.
+random init, and the input oracle. Every test clip is its own rendered scene (room, placement).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from evaluation.datasets import read_split
-from evaluation.metrics import accuracy, confusion_matrix
+from evaluation.metrics import confusion_matrix
 from evaluation.probe import classify
-from evaluation.tasks import Context, TaskResult
-from evaluation.tasks.features import clip_features, logmel_statistics
+from evaluation.tasks import Context, Scored, TaskResult, summarise
+from evaluation.tasks.features import clip_features, labeled, logmel_statistics
 
 NAME = "classification"
 
 
 def run(ctx: Context) -> TaskResult:
-    url, data, suite = ctx.suite.classification_url, ctx.model.cfg.data, ctx.suite
-    train, test = read_split(url, "train", ctx.storage), read_split(url, "test", ctx.storage)
+    url, suite = ctx.suite.classification_url, ctx.suite
+    train, test = labeled(ctx, url, "train"), labeled(ctx, url, "test")
     classes = list(train.manifest["classes"])
     train_y = torch.tensor([m["label_index"] for m in train.meta])
     test_y = torch.tensor([m["label_index"] for m in test.meta])
-    train_f, test_f = clip_features(data, train), clip_features(data, test)
-    inputs = {
-        "model": (ctx.model.embed_audio(train_f), ctx.model.embed_audio(test_f)),
-        "random_init": (ctx.random_init.embed_audio(train_f), ctx.random_init.embed_audio(test_f)),
-        "logmel_stats": (logmel_statistics(data, train), logmel_statistics(data, test)),
-    }
-    result = TaskResult(NAME, "acc", {}, classes=classes)
+    train_f, test_f = clip_features(ctx.extractor, train), clip_features(ctx.extractor, test)
+    inputs = {m: (e.embed_audio(train_f), e.embed_audio(test_f)) for m, e in ctx.embedders().items()}
+    inputs["logmel_stats"] = (logmel_statistics(ctx.extractor, train), logmel_statistics(ctx.extractor, test))
+    values, confusion = {}, {}
     for method, (train_x, test_x) in inputs.items():
         predicted = classify(train_x, train_y, test_x, len(classes), suite.probe_epochs, 0, suite.seed)
-        result.scores[method] = {"acc": accuracy(predicted, test_y)}
-        result.confusion[method] = confusion_matrix(predicted, test_y, len(classes))
-    return result
+        values[method] = (predicted == test_y).numpy().astype(np.float64)
+        confusion[method] = confusion_matrix(predicted, test_y, len(classes))
+    groups = np.asarray(test.keys)
+    return summarise(
+        NAME,
+        "acc",
+        {"acc": Scored(groups, values)},
+        suite,
+        chance={"acc": 1.0 / len(classes)},
+        classes=classes,
+        confusion=confusion,
+    )

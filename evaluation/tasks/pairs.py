@@ -3,65 +3,72 @@ tells matching (video, audio) pairs from mismatched ones.
 
 Each task only decides which audio is the mismatch for every (clip, viewpoint); every video then
 appears once with its own audio and once with that mismatch, so the classes are balanced and chance
-is 0.5. Training and test pairs come from disjoint clips (first and second half of the batches).
+is 0.5. The held-out scenes are split in two folds; the MLP trained on one fold's pairs is tested on the
+other's and vice versa (two-fold cross-fitting), so every clip is tested exactly once and never by a
+head that saw its scene. Mismatches are drawn within a fold, so no test pair holds a training clip.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from evaluation.datasets import held_out_batches
-from evaluation.encoders import Encoders
-from evaluation.metrics import accuracy
 from evaluation.probe import classify
-from evaluation.tasks import Context, TaskResult
-from trainer.data import SYNTHETIC_SCHEME
+from evaluation.tasks import Context, Scored, TaskResult, summarise
+from evaluation.tasks.features import held_out
 
-log = logging.getLogger(__name__)
-
-# (video [N, K, D], audio [N, K, D]) -> audio [N, K, D] where entry (n, k) must not match video (n, k)
-Mismatch = Callable[[Tensor], Tensor]
+# (audio [n, K, D], scenes [n]) -> audio [n, K, D] where entry (i, k) must not match video (i, k)
+Mismatch = Callable[[Tensor, np.ndarray], Tensor]
 
 
-def embeddings(encoders: Encoders, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
-    """Trunk embeddings ``[N, K, D]`` of crops ``[N, K, 3, T, H, W]`` and features ``[N, K, C, F, T]``."""
+def embeddings(embedder: object, video: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
+    """Embeddings ``[N, K, D]`` of crops ``[N, K, 3, T, H, W]`` and features ``[N, K, C, F, T]``."""
     n, k = video.shape[:2]
-    v = encoders.embed_video(video.flatten(0, 1)).unflatten(0, (n, k))
-    a = encoders.embed_audio(audio.flatten(0, 1)).unflatten(0, (n, k))
+    v = embedder.embed_video(video.flatten(0, 1)).unflatten(0, (n, k))  # type: ignore[attr-defined]
+    a = embedder.embed_audio(audio.flatten(0, 1)).unflatten(0, (n, k))  # type: ignore[attr-defined]
     return v, a
 
 
-def pair_dataset(video: Tensor, audio: Tensor, mismatch: Mismatch) -> tuple[Tensor, Tensor]:
-    """Inputs ``[2·N·K, 2D]`` = [video, audio] and labels (1 = matching) for every viewpoint."""
-    wrong = mismatch(audio)
+def scene_folds(scenes: list[str], seed: int) -> np.ndarray:
+    """Fold 0 or 1 of every clip: the distinct scenes shuffled by ``seed`` and halved, so the clips of
+    one scene always share a fold."""
+    unique = sorted(set(scenes))
+    if len(unique) < 2:
+        raise ValueError(f"held-out clips come from {len(unique)} scene(s); two folds need at least 2")
+    order = np.random.default_rng([seed, 5]).permutation(len(unique))
+    fold_of = {unique[i]: int(rank >= len(unique) // 2) for rank, i in enumerate(order)}
+    return np.array([fold_of[s] for s in scenes])
+
+
+def pair_dataset(video: Tensor, audio: Tensor, wrong: Tensor) -> tuple[Tensor, Tensor]:
+    """Inputs ``[2·N·K, 2D]`` = [video, audio] (matching, label 1) then [video, wrong] (label 0)."""
     x = torch.cat([torch.cat([video, audio], -1), torch.cat([video, wrong], -1)]).flatten(0, 1)
     y = torch.cat([torch.ones(video.shape[:2]), torch.zeros(video.shape[:2])]).flatten()
     return x, y
 
 
 def run_pair_task(ctx: Context, task: str, mismatch: Mismatch) -> TaskResult:
-    """Accuracy of the matching-pair MLP for the trained and the random-init encoders."""
-    cfg = ctx.model.cfg
-    url = ctx.suite.clips_url or cfg.data.url
-    if not (ctx.suite.clips_url or url.startswith(SYNTHETIC_SCHEME)):
-        log.warning(
-            "%s on the run's training shards %s: pass held-out shards as the suite's clips_url", task, url
-        )
-    batches = held_out_batches(cfg, url, ctx.suite.clip_batches, ctx.model.device, ctx.storage)
-    video = torch.cat([b.video for b in batches])
-    audio = torch.cat([b.audio for b in batches])
-    half = len(batches) // 2 * batches[0].video.shape[0]
-    scores = {}
-    for method, encoders in (("model", ctx.model), ("random_init", ctx.random_init)):
-        v, a = embeddings(encoders, video, audio)
-        train_x, train_y = pair_dataset(v[:half], a[:half], mismatch)
-        test_x, test_y = pair_dataset(v[half:], a[half:], mismatch)
-        predicted = classify(
-            train_x, train_y, test_x, 2, ctx.suite.probe_epochs, ctx.suite.hidden, ctx.suite.seed
-        )
-        scores[method] = {"acc": accuracy(predicted, test_y.long())}
-    return TaskResult(task, "acc", scores)
+    """Accuracy of the matching-pair MLP for every method, cross-fitted over two folds of scenes."""
+    clips, suite = held_out(ctx), ctx.suite
+    scenes = np.asarray(clips.scenes)
+    folds = scene_folds(clips.scenes, suite.seed)
+    k = clips.video.shape[1]
+    # Item order (the same for every method): per test fold, its clips' matching pairs, then mismatches.
+    groups = np.concatenate([np.tile(np.repeat(scenes[folds == f], k), 2) for f in (0, 1)])
+    values = {}
+    for method, embedder in ctx.embedders().items():
+        v, a = embeddings(embedder, clips.video, clips.audio)
+        correct = []
+        for test in (0, 1):
+            train_idx, test_idx = np.flatnonzero(folds != test), np.flatnonzero(folds == test)
+            train_x, train_y = pair_dataset(
+                v[train_idx], a[train_idx], mismatch(a[train_idx], scenes[train_idx])
+            )
+            test_x, test_y = pair_dataset(v[test_idx], a[test_idx], mismatch(a[test_idx], scenes[test_idx]))
+            predicted = classify(train_x, train_y, test_x, 2, suite.probe_epochs, suite.hidden, suite.seed)
+            correct.append((predicted == test_y.long()).numpy())
+        values[method] = np.concatenate(correct).astype(np.float64)
+    return summarise(task, "acc", {"acc": Scored(groups, values)}, suite, chance={"acc": 0.5})
