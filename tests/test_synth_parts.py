@@ -219,3 +219,19 @@ def test_a_failed_apt_download_is_reported_not_raised(
     with caplog.at_level(logging.WARNING):
         assert fetch_package(Package("avsa-no-such-package", ()), tmp_path) is None
     assert "apt-get download avsa-no-such-package failed" in caplog.text
+
+
+def test_each_scene_turns_its_panorama_by_its_own_yaw(catalog: Catalog) -> None:
+    """A crop's place in a fixed panorama would give the scene (and the direction) away: every scene turns
+    its background by a random yaw, positive toward the left like azimuth."""
+    from dataloading.synth.render_video import render_frames
+    from dataloading.synth.scene import sample_scene
+
+    scenes = [sample_scene(seed, 1.0, catalog) for seed in range(40)]
+    yaws = np.array([s.background_yaw for s in scenes])
+    assert (np.abs(yaws) <= np.pi).all() and yaws.std() > 1.0  # spread over the circle
+    scene = replace(scenes[0], sources=[], background_yaw=np.pi / 2)
+    background = assets.load_background("procedural:3", 64, 32)
+    (frame,) = list(render_frames(scene, background, fps=1))
+    # Azimuth φ sits at column (1 − φ/π)/2 · width: the content at φ = 0 (column 32) is now at φ = 90°.
+    np.testing.assert_array_equal(frame[:, 16], background[:, 32])

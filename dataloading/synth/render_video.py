@@ -136,8 +136,10 @@ def sized_sprite(source: Source, frame_width: int) -> np.ndarray:
 
 
 def render_frames(scene: Scene, background: np.ndarray, fps: int) -> Iterator[np.ndarray]:
-    """uint8 RGB frames [H, W, 3]: the background with the visible sources, far ones first."""
+    """uint8 RGB frames [H, W, 3]: the background turned by the scene's yaw (a positive yaw moves its
+    content toward the left, as azimuth grows), with the visible sources drawn over it, far ones first."""
     width = background.shape[1]
+    background = np.roll(background, -round(scene.background_yaw / (2 * np.pi) * width), axis=1)
     visible = sorted((s for s in scene.sources if s.visible), key=lambda s: -s.distance)
     sprites = [sized_sprite(s, width) for s in visible]
     for i in range(round(scene.seconds * fps)):

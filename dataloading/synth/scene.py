@@ -100,6 +100,9 @@ class Scene:
     background: str
     noise_db: float  # diffuse background noise level relative to a 0 dB source at 1 m
     sources: list[Source]
+    # Radians the panorama is turned by (about the vertical, like a source's azimuth): random per scene,
+    # so where a crop lies in a background says nothing about which scene, or direction, it is.
+    background_yaw: float = 0.0
 
 
 def unit_vector(azimuth: np.ndarray, elevation: np.ndarray) -> np.ndarray:
@@ -259,7 +262,8 @@ def sample_scene(
     if one_at_a_time:
         take_turns(rng, sources, seconds)
     background = catalog.backgrounds[rng.integers(len(catalog.backgrounds))]
-    return Scene(seed, seconds, room, background, float(rng.uniform(-40, -30)), sources)
+    noise_db = float(rng.uniform(-40, -30))
+    return Scene(seed, seconds, room, background, noise_db, sources, float(rng.uniform(-np.pi, np.pi)))
 
 
 def ground_truth(scene: Scene, skipped: list[dict[str, str]]) -> dict:
@@ -304,6 +308,7 @@ def ground_truth(scene: Scene, skipped: list[dict[str, str]]) -> dict:
             "family": scene.room.family,
         },
         "background": scene.background.rsplit("/", 1)[-1],
+        "background_yaw_deg": round(float(np.rad2deg(scene.background_yaw)), 3),
         "noise_db": round(scene.noise_db, 2),
         "sources": sources,
         "skipped_assets": skipped,
