@@ -68,6 +68,7 @@ class Clip:
     frame_window: tuple[int, int] = (0, 1)
     size: tuple[int, int] = (0, 0)
     flipped: bool = False
+    audio_offset: Tensor | None = None  # [K] radians of yaw between each view's audio and video
 
 
 def crop_views(
@@ -140,7 +141,7 @@ class BatchBuilder:
         if generator is not None:
             video, foa, azimuth, flipped = augment_views(video, foa, azimuth, self.cfg.flip_prob, generator)
         # One STFT per clip, steered in the spectral domain toward its K viewpoints: [B, K, C, F, T'].
-        audio = self.extractor(foa.unsqueeze(1), azimuth, elevation)
+        audio = self.extractor(foa.unsqueeze(1), self._audio_azimuth(clips, azimuth, flipped), elevation)
         return Batch(
             video=video,
             audio=audio,
@@ -153,3 +154,14 @@ class BatchBuilder:
                 "flipped": flipped,
             },
         )
+
+    @staticmethod
+    def _audio_azimuth(clips: list[Clip], azimuth: Tensor, flipped: Tensor) -> Tensor:
+        """Where each view's audio is steered: its video's azimuth, plus the negative control's offset
+        (mirrored with the clip: a flipped world turns the other way)."""
+        if all(c.audio_offset is None for c in clips):
+            return azimuth
+        offset = torch.stack(
+            [c.audio_offset if c.audio_offset is not None else torch.zeros(len(c.azimuth)) for c in clips]
+        )
+        return azimuth + torch.where(flipped[:, None], -offset, offset).to(azimuth)

@@ -66,6 +66,10 @@ class DataConfig:
     stats_url: str = ""  # normalisation statistics; "" = the dataset's own (computed on first use)
     stats_clips: int = 512  # clips (spread over the dataset) the statistics are computed from
     flip_prob: float = 0.5
+    # The negative control of the science experiment: each viewpoint's audio is steered this many degrees
+    # of yaw away from where its video looks (uniform in the range, per viewpoint), so audio and video
+    # directions are unrelated while every clip-level cue stays. (0, 0): toward the viewpoint.
+    audio_yaw_offset_deg: tuple[float, float] = (0.0, 0.0)
     workers: int = 2  # loader worker processes per rank
     seed: int = 0
     resampled: bool = False  # open-ended training: sample shards with replacement

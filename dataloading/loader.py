@@ -240,7 +240,7 @@ class ClipStream(IterableDataset):
                 (sample.decode_start, sample.stride),
                 sample.size,
             )
-            return clip
+            return self._offset(clip, rng)
         views = crop_views(frames, azimuth, elevation, fov, cfg.crop_size)[None]
         if self.augment:
             generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -249,6 +249,16 @@ class ClipStream(IterableDataset):
             )
             clip.foa, clip.azimuth, clip.flipped = foa[0], azimuth[0], bool(flipped[0])
         clip.crops = to_uint8(views[0])
+        return self._offset(clip, rng)
+
+    def _offset(self, clip: Clip, rng: np.random.Generator) -> Clip:
+        """The negative control's yaw between each view's audio and video (drawn last, so every other
+        draw of the sample is what it would be without it)."""
+        low, high = self.cfg.audio_yaw_offset_deg
+        if low or high:
+            clip.audio_offset = torch.from_numpy(
+                np.radians(rng.uniform(low, high, self.cfg.viewpoints))
+            ).float()
         return clip
 
 

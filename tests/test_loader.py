@@ -167,6 +167,21 @@ def test_steered_audio_points_where_each_viewpoint_says(scene: str) -> None:
                 ].abs().max() < math.radians(5.0)
 
 
+def test_negative_control_steers_each_views_audio_away_from_where_its_video_looks(scene: str) -> None:
+    """The audio sampler aims view 0's video at the sound; with the control's yaw offset (90°–270°) the
+    same view's audio is steered away from it, flipped or not, while the directions still name the video's."""
+    cfg = small(scene, feature="logmel_iv", viewpoint_sampler="audio", flip_prob=0.5)
+    control = small(scene, feature="logmel_iv", viewpoint_sampler="audio", audio_yaw_offset_deg=(90.0, 270.0))
+    for plain, moved in zip(build_loader(cfg), build_loader(control), strict=True):
+        torch.testing.assert_close(plain.directions, moved.directions, rtol=0, atol=0)  # videos unchanged
+        torch.testing.assert_close(plain.video, moved.video, rtol=0, atol=0)
+        az, el = _iv_direction(moved.audio[:, 0])
+        off_front = torch.rad2deg(torch.acos(torch.cos(az) * torch.cos(el)))
+        assert (off_front > 80).all(), off_front  # ≥ 90° of yaw away, less the elevation's share
+        az0, el0 = _iv_direction(plain.audio[:, 0])
+        assert (torch.rad2deg(torch.acos(torch.cos(az0) * torch.cos(el0))) < 5).all()
+
+
 def test_trimmed_window_decodes_to_the_same_frames(dataset: tuple[str, list[str]]) -> None:
     url, _ = dataset
     _, members = ShardReader(list_shards(url)).read(SampleRef(1, 2))
