@@ -168,7 +168,9 @@ def encode_mp4(
         video.codec_context.options = {"preset": "veryfast", "crf": "23", "g": str(2 * fps), "threads": "1"}
         audio = container.add_stream("aac", rate=rate, layout="4.0")
         audio.bit_rate = AUDIO_BITRATE
-        audio.codec_context.options = {"aac_ms": "0", "aac_is": "0", "aac_pns": "0"}
+        # The "fast" coder: ~3× less CPU than the default two-loop search (a quarter of a short scene's
+        # synthesis), with every channel still coded on its own at this bitrate.
+        audio.codec_context.options = {"aac_ms": "0", "aac_is": "0", "aac_pns": "0", "aac_coder": "fast"}
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
