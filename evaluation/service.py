@@ -34,7 +34,7 @@ from dataloading.config import StorageConfig
 from evaluation.discovery import Checkpoint, discover
 from evaluation.markers import REASON_CHARS, Marker, marker_key, this_owner
 from evaluation.publish import commit, publish, start_eval_run
-from evaluation.suite import Report, evaluate_checkpoint, results_from_metrics
+from evaluation.suite import Baselines, Report, evaluate_checkpoint, results_from_metrics
 from evaluation.tasks import Suite
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class EvalService:
         self.experiments = tuple(experiments)  # names to watch; empty: every experiment
         self.lease_s, self.settle_s = lease_s, settle_s
         self._lock = threading.Lock()  # orders heartbeat renewals before the final marker
+        self._baselines = Baselines()  # random init and the like, shared by a run's checkpoints
 
     def queue(self) -> list[Checkpoint]:
         """Checkpoints that are not evaluated and not being evaluated, oldest first."""
@@ -119,7 +120,7 @@ class EvalService:
         log.info("evaluating run %s step %d (attempt %d): %s", ckpt.run_id, ckpt.step, attempt, ckpt.url)
         with self._heartbeat(ckpt, claim) as stop:
             try:
-                report = evaluate_checkpoint(ckpt.url, self.suite, self.storage, self.device)
+                report = evaluate_checkpoint(ckpt.url, self.suite, self.storage, self.device, self._baselines)
                 metrics = publish(self.client, ckpt, claim.eval_run, report)
                 final = Marker("done", attempt, eval_run=claim.eval_run, seconds=round(report.seconds, 1))
                 with self._lock:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dataloading.config import StorageConfig
 from evaluation.bootstrap import Estimate
@@ -25,6 +27,7 @@ from evaluation.tasks import (
     TaskResult,
     avc_bin,
     avsa_bin,
+    baseline_key,
     classification,
     doa,
     doa_steered,
@@ -108,17 +111,25 @@ def tasks_for(suite: Suite) -> list[tuple[str, Task]]:
 
 
 def evaluate_checkpoint(
-    tag_url: str, suite: Suite, storage: StorageConfig | None = None, device: str = "auto"
+    tag_url: str,
+    suite: Suite,
+    storage: StorageConfig | None = None,
+    device: str = "auto",
+    baselines: Baselines | None = None,
 ) -> Report:
     """Run every task of ``suite`` on the checkpoint at ``tag_url`` (a ``step_…`` folder).
 
     Tasks on held-out clips are skipped, with a warning, when the suite has none (the run's own shards
-    are training data); any other failure (unreadable checkpoint, missing data) raises.
+    are training data); any other failure (unreadable checkpoint, missing data) raises. ``baselines``
+    keeps what does not depend on the checkpoint (random init, the oracle, classical baselines) for
+    later evaluations of runs with the same architecture, seed, features and suite.
     """
     start = time.monotonic()
     dev = pick_device(device)
     model, extractor, meta = from_checkpoint(tag_url, dev, storage)
     ctx = Context(model, random_init(model.cfg, dev), suite, model.cfg, extractor, storage)
+    if baselines is not None:
+        ctx.baselines = baselines.get(baseline_key(model.cfg, extractor, suite))
     results = []
     for name, task in tasks_for(suite):
         t0 = time.monotonic()
@@ -134,8 +145,29 @@ def evaluate_checkpoint(
 def evaluate_checkpoints(
     checkpoints: Mapping[str, str], suite: Suite, storage: StorageConfig | None = None, device: str = "auto"
 ) -> dict[str, Report]:
-    """{label: checkpoint tag URL} → {label: Report}, in the given order (for comparison tables)."""
-    return {label: evaluate_checkpoint(url, suite, storage, device) for label, url in checkpoints.items()}
+    """{label: checkpoint tag URL} → {label: Report}, in the given order (for comparison tables); the
+    baselines are computed once for checkpoints that share them."""
+    baselines = Baselines()
+    return {
+        label: evaluate_checkpoint(url, suite, storage, device, baselines)
+        for label, url in checkpoints.items()
+    }
+
+
+class Baselines:
+    """Baseline results by :func:`evaluation.tasks.baseline_key`, the most recent ``size`` keys kept."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size, self._by_key = size, OrderedDict[str, dict[Any, Any]]()
+
+    def get(self, key: str) -> dict[Any, Any]:
+        """The results stored under ``key`` (a new, empty store if there are none yet)."""
+        if key not in self._by_key:
+            self._by_key[key] = {}
+            while len(self._by_key) > self.size:
+                self._by_key.popitem(last=False)
+        self._by_key.move_to_end(key)
+        return self._by_key[key]
 
 
 def _brief(result: TaskResult) -> str:

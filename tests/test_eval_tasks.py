@@ -363,3 +363,30 @@ def test_table_shows_intervals_and_differences_and_survives_mlflow_round_trip() 
     assert back[0].differences["model"]["acc"].high == pytest.approx(result.differences["model"]["acc"].high)
     assert back[0].chance == {"acc": 0.5}
     assert format_table({"trained": Report("ckpt", 10, None, back, 0.0)}) == table
+
+
+class Counting(Constant):
+    """A constant embedder that counts how often it is asked."""
+
+    calls = 0
+
+    def embed_audio(self, x: Tensor) -> Tensor:
+        Counting.calls += 1
+        return super().embed_audio(x)
+
+
+def test_baselines_are_computed_once_for_evaluations_that_share_them(tmp_path: Path) -> None:
+    """Random init, the oracle and the classical baselines do not depend on the checkpoint: a second
+    checkpoint of the run reuses them and only the model is scored again, with the same results."""
+    url = str(tmp_path / "cls")
+    write_classification_set(url, per_class=8)
+    suite = Suite(classification_url=url, resamples=100)
+    shared: dict = {}
+    results = []
+    for _ in range(2):
+        ctx = _context(Flat(BandEnergy()), suite)
+        ctx.random_init, ctx.baselines = Counting(), shared
+        results.append(classification.run(ctx))
+    assert Counting.calls == 2  # train and test features, embedded in the first evaluation only
+    assert results[0].scores == results[1].scores
+    assert set(shared) == {("classification", m) for m in ("random_init", "input_oracle", "logmel_stats")}

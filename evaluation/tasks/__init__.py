@@ -10,8 +10,11 @@ init carries the interval of a paired bootstrap (:mod:`evaluation.bootstrap`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +25,11 @@ from evaluation.encoders import Embedder, InputOracle
 from trainer.config import Config
 
 REFERENCE = "random_init"  # what every difference is taken against
+T = TypeVar("T")
+# Data settings that shape training batches but not what an evaluation reads.
+TRAINING_ONLY = (
+    "batch_size", "workers", "flip_prob", "resampled", "stats_url", "stats_clips", "audio_yaw_offset_deg",
+)  # fmt: skip
 
 
 @dataclass
@@ -57,10 +65,35 @@ class Context:
     storage: StorageConfig | None = None
     oracle: InputOracle = field(default_factory=InputOracle)
     cache: dict[Any, Any] = field(default_factory=dict)
+    baselines: dict[Any, Any] = field(default_factory=dict)
 
     def embedders(self) -> dict[str, Embedder]:
         """The methods that embed inputs, in report order."""
         return {"model": self.model, REFERENCE: self.random_init, "input_oracle": self.oracle}
+
+    def scored(self, task: str, method: str, compute: Callable[[], T]) -> T:
+        """``compute()`` for ``method`` on ``task``. Everything but the checkpoint's own model depends on
+        the run's architecture, seed, features and the suite only, not on the checkpoint, so it is kept
+        in ``baselines``: evaluations that share that dict (see :func:`baseline_key`) compute it once."""
+        if method == "model":
+            return compute()
+        if (task, method) not in self.baselines:
+            self.baselines[(task, method)] = compute()
+        return self.baselines[(task, method)]
+
+
+def baseline_key(cfg: Config, extractor: FeatureExtractor, suite: Suite) -> str:
+    """What the baselines of an evaluation depend on: the model architecture and initial seed, the
+    feature settings and statistics, the held-out data location and the suite."""
+    parts = {
+        "model": asdict(cfg.model),
+        "seed": cfg.train.seed,
+        "data": {k: v for k, v in asdict(cfg.data).items() if k not in TRAINING_ONLY},
+        "features": extractor.settings,
+        "stats": None if extractor.stats is None else [extractor.stats.mean, extractor.stats.std],
+        "suite": asdict(suite),
+    }
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass

@@ -70,13 +70,15 @@ def run(ctx: Context) -> TaskResult:
     (train, truth_train), (test, truth_test) = single_source(ctx, "train"), single_source(ctx, "test")
     f_train, f_test = clip_features(ctx.extractor, train), clip_features(ctx.extractor, test)
     target = direction_vector(truth_train[:, 0], truth_train[:, 1])
-    errors = {}
-    for method, embedder in ctx.embedders().items():
-        x_train, x_test = embedder.embed_audio(f_train), embedder.embed_audio(f_test)
+
+    def head_errors(embedder: object) -> Tensor:
+        x_train, x_test = embedder.embed_audio(f_train), embedder.embed_audio(f_test)  # type: ignore[attr-defined]
         vectors = regress_direction(x_train, target, x_test, suite.probe_epochs, suite.hidden, suite.seed)
         az, el = vector_to_angles(vectors.double())
-        errors[method] = angular_error(az, el, truth_test[:, 0], truth_test[:, 1])
-    errors["intensity"] = intensity_errors(test, truth_test)
+        return angular_error(az, el, truth_test[:, 0], truth_test[:, 1])
+
+    errors = {m: ctx.scored(NAME, m, lambda e=e: head_errors(e)) for m, e in ctx.embedders().items()}
+    errors["intensity"] = ctx.scored(NAME, "intensity", lambda: intensity_errors(test, truth_test))
     return summarise(
         NAME,
         "mean_error_deg",

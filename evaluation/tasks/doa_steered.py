@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dataloading.features import FeatureExtractor
 from dataloading.viewpoints import angular_distance
 from evaluation.datasets import LabeledSet
+from evaluation.encoders import Embedder
 from evaluation.metrics import DOA_THRESHOLD_DEG, angular_error
 from evaluation.probe import linear_scores
 from evaluation.tasks import Context, TaskResult, summarise
@@ -44,16 +46,18 @@ def steering_grid(
     return azimuth, elevation
 
 
-def steered_embeddings(ctx: Context, clips: LabeledSet, grid: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-    """Every method's embeddings ``[N, G, D]`` of each clip steered toward each grid direction."""
-    out: dict[str, list[Tensor]] = {m: [] for m in ctx.embedders()}
+def steered_embeddings(
+    extractor: FeatureExtractor, embedder: Embedder, clips: LabeledSet, grid: tuple[Tensor, Tensor]
+) -> Tensor:
+    """Embeddings ``[N, G, D]`` of each clip steered toward each grid direction, a few clips at a time
+    (each becomes G feature maps)."""
     azimuth, elevation = (g.float() for g in grid)
+    out = []
     for start in range(0, len(clips.keys), _CLIPS_PER_CHUNK):
         part = LabeledSet(clips.foa[start : start + _CLIPS_PER_CHUNK], [], clips.manifest, [])
-        features = clip_features(ctx.extractor, part, azimuth, elevation)  # [n, G, C, F, T]
-        for method, embedder in ctx.embedders().items():
-            out[method].append(embedder.embed_audio(features.flatten(0, 1)).unflatten(0, features.shape[:2]))
-    return {m: torch.cat(parts) for m, parts in out.items()}
+        features = clip_features(extractor, part, azimuth, elevation)  # [n, G, C, F, T]
+        out.append(embedder.embed_audio(features.flatten(0, 1)).unflatten(0, features.shape[:2]))
+    return torch.cat(out)
 
 
 def in_front(grid: tuple[Tensor, Tensor], truth: Tensor) -> Tensor:
@@ -68,13 +72,15 @@ def run(ctx: Context) -> TaskResult:
     (train, truth_train), (test, truth_test) = single_source(ctx, "train"), single_source(ctx, "test")
     grid = steering_grid(ctx.suite.steer_directions)
     labels = in_front(grid, truth_train).flatten()
-    train_z, test_z = steered_embeddings(ctx, train, grid), steered_embeddings(ctx, test, grid)
-    errors = {}
-    for method in train_z:
-        scores = linear_scores(train_z[method].flatten(0, 1), labels, test_z[method].flatten(0, 1))
-        best = scores.view(len(test.keys), -1).argmax(1)
-        errors[method] = angular_error(grid[0][best], grid[1][best], truth_test[:, 0], truth_test[:, 1])
-    errors["intensity"] = intensity_errors(test, truth_test)
+
+    def scorer_errors(embedder: Embedder) -> Tensor:
+        train_z = steered_embeddings(ctx.extractor, embedder, train, grid).flatten(0, 1)
+        test_z = steered_embeddings(ctx.extractor, embedder, test, grid).flatten(0, 1)
+        best = linear_scores(train_z, labels, test_z).view(len(test.keys), -1).argmax(1)
+        return angular_error(grid[0][best], grid[1][best], truth_test[:, 0], truth_test[:, 1])
+
+    errors = {m: ctx.scored(NAME, m, lambda e=e: scorer_errors(e)) for m, e in ctx.embedders().items()}
+    errors["intensity"] = ctx.scored(NAME, "intensity", lambda: intensity_errors(test, truth_test))
     return summarise(
         NAME,
         "mean_error_deg",

@@ -58,10 +58,10 @@ def run_pair_task(ctx: Context, task: str, mismatch: Mismatch) -> TaskResult:
     k = clips.video.shape[1]
     # Item order (the same for every method): per test fold, its clips' matching pairs, then mismatches.
     groups = np.concatenate([np.tile(np.repeat(scenes[folds == f], k), 2) for f in (0, 1)])
-    values = {}
-    for method, embedder in ctx.embedders().items():
+
+    def correct(embedder: object) -> np.ndarray:
         v, a = embeddings(embedder, clips.video, clips.audio)
-        correct = []
+        hits = []
         for test in (0, 1):
             train_idx, test_idx = np.flatnonzero(folds != test), np.flatnonzero(folds == test)
             train_x, train_y = pair_dataset(
@@ -69,6 +69,8 @@ def run_pair_task(ctx: Context, task: str, mismatch: Mismatch) -> TaskResult:
             )
             test_x, test_y = pair_dataset(v[test_idx], a[test_idx], mismatch(a[test_idx], scenes[test_idx]))
             predicted = classify(train_x, train_y, test_x, 2, suite.probe_epochs, suite.hidden, suite.seed)
-            correct.append((predicted == test_y.long()).numpy())
-        values[method] = np.concatenate(correct).astype(np.float64)
+            hits.append((predicted == test_y.long()).numpy())
+        return np.concatenate(hits).astype(np.float64)
+
+    values = {m: ctx.scored(task, m, lambda e=e: correct(e)) for m, e in ctx.embedders().items()}
     return summarise(task, "acc", {"acc": Scored(groups, values)}, suite, chance={"acc": 0.5})

@@ -99,8 +99,14 @@ def run(ctx: Context) -> TaskResult:
     values: dict[str, dict[str, np.ndarray]] = {}
     methods: dict[str, Encoders] = {"model": ctx.model, REFERENCE: ctx.random_init}  # type: ignore[dict-item]
     for method, encoders in methods.items():
-        out = encoders.forward(clips.video, clips.audio, clips.directions)
-        for metric, value in _scores(out, batches, angles).items():
+        scores = ctx.scored(
+            NAME,
+            method,
+            lambda e=encoders: _scores(
+                e.forward(clips.video, clips.audio, clips.directions), batches, angles
+            ),
+        )
+        for metric, value in scores.items():
             values.setdefault(metric, {})[method] = value.flatten().double().numpy()
     scenes = np.asarray(clips.scenes)
     metrics = {m: Scored(scenes if m == "avc_top1" else np.repeat(scenes, k), v) for m, v in values.items()}
