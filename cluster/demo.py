@@ -20,6 +20,7 @@ from cluster.jobs import wait_for_job
 from cluster.stack import Stack
 from dataloading import storage
 from trainer.config import Config, load_config
+from trainer.mlflow_ui import ui_url
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_SECONDS = 2.0  # short scenes: many of them, one clip each
@@ -27,6 +28,7 @@ DEMO_VIDEOS = 120  # training scenes
 HELD_OUT_VIDEOS = 100  # other scenes (another seed): AVC-Bin, AVSA-Bin and pretext accuracy on unseen clips
 CLASSIFICATION_CLIPS = 30  # per class and split: a standard error of ≤ 3 points at 16 classes
 DOA_CLIPS = 300  # per split (head training in probe rooms, test in evaluation rooms)
+MLFLOW_UI_PORT = 5000  # of the `mlflow ui` the demo suggests for browsing its runs after the stack stopped
 
 
 @dataclass
@@ -183,26 +185,37 @@ def run_demo(cfg: Config, keep_stack: bool = False, console: Console | None = No
             stack.up()
         console.print(f"[bold]stack[/bold]: up in {time.monotonic() - started:.0f} s")
     ctx = DemoContext(cfg=with_stack(cfg, stack), stack=stack, console=console, env=stack.client_env())
+    experiment_id = None
     try:
         for number, (title, stage) in enumerate(STAGES, 1):
             t0 = time.monotonic()
             console.print(f"[bold][{number}/{len(STAGES)}] {title}[/bold]")
             stage(ctx)
             console.print(f"  done in {time.monotonic() - t0:.1f} s")
-        mlflow_url = ctx.env["MLFLOW_TRACKING_URI"]
+        from mlflow.tracking import MlflowClient
+
+        mlflow_url, run_id = ctx.env["MLFLOW_TRACKING_URI"], ctx.results["run_id"]
+        experiment_id = MlflowClient(mlflow_url).get_run(run_id).info.experiment_id
         console.print(
             f"\n[bold green]demo finished in {time.monotonic() - started:.0f} s[/bold green]\n"
-            f"MLflow dashboard: {mlflow_url}/#/experiments (experiment {ctx.cfg.tracking.experiment}, "
-            f"run {ctx.results['run_id']})\n"
-            f"Ray dashboard:    {ctx.env['RAY_API_SERVER_ADDRESS']}"
+            f"MLflow dashboard: {ui_url(mlflow_url, experiment_id)}\n"
+            f"  experiment {ctx.cfg.tracking.experiment}, run {ui_url(mlflow_url, experiment_id, run_id)}\n"
+            f"Ray dashboard:    {ctx.env['RAY_API_SERVER_ADDRESS']}",
+            soft_wrap=True,  # a link broken over two lines cannot be opened
         )
     finally:
         if not (reuse or keep_stack):
             stack.down()
+            then = (
+                f", then open {ui_url(f'http://127.0.0.1:{MLFLOW_UI_PORT}', experiment_id)}"
+                if experiment_id
+                else ""
+            )
             console.print(
                 "stack stopped; to browse the runs again: "
-                f"[bold]mlflow ui --backend-store-uri sqlite:///{stack.state_dir / 'mlflow.db'} "
-                f"--artifacts-destination {stack.state_dir / 'mlartifacts'}[/bold]"
-                " (or `avsa demo --keep-stack`)"
+                f"[bold]mlflow ui --port {MLFLOW_UI_PORT} --backend-store-uri sqlite:///"
+                f"{stack.state_dir / 'mlflow.db'} --artifacts-destination {stack.state_dir / 'mlartifacts'}"
+                f"[/bold]{then} (or `avsa demo --keep-stack`)",
+                soft_wrap=True,
             )
     return ctx.results

@@ -21,6 +21,16 @@ from dataloading.config import StorageConfig
 
 TEMP_MARK = ".tmp-"  # temp objects are named "<name>.tmp-<hex>", next to the final name
 
+# Every async (S3) filesystem this process resolved, held until it exits. fsspec caches them too, but
+# empties its cache in a forked child (a DataLoader worker), where the parent's instance then became
+# garbage and s3fs's finalizer closed the parent's aiobotocore client from the child: on the child's
+# event loop ("RuntimeError: ... attached to a different loop", logged as "Task exception was never
+# retrieved"), and through the child's copies of the parent's pooled sockets, which took them out of
+# the epoll set the two processes share, so the parent's next S3 requests each waited out s3fs' 15 s
+# read timeout. Still referenced here, an inherited instance is never finalized in the child: it stays
+# unused (fsspec builds the child its own) and its socket copies close when the child exits.
+_held: dict[int, AbstractFileSystem] = {}
+
 
 def storage_options(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
     """fsspec options for ``url``: S3 endpoint and credentials from ``storage`` or the AWS env vars."""
@@ -43,10 +53,16 @@ def storage_options(url: str, storage: StorageConfig | None = None) -> dict[str,
 
 
 def filesystem(url: str, storage: StorageConfig | None = None) -> tuple[AbstractFileSystem, str]:
-    """Resolve ``url`` to ``(filesystem, path inside it)``; plain paths become absolute local paths."""
+    """Resolve ``url`` to ``(filesystem, path inside it)``; plain paths become absolute local paths.
+
+    S3 filesystems are kept for the life of the process, so a forked loader worker leaves the parent's
+    connections alone (see ``_held``).
+    """
     if "://" not in url:
         url = os.path.abspath(os.path.expanduser(url))
     fs, path = fsspec.core.url_to_fs(url, **storage_options(url, storage))
+    if fs.async_impl:
+        _held.setdefault(id(fs), fs)
     return fs, path
 
 

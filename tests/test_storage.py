@@ -1,14 +1,24 @@
-"""Storage URLs: plain paths, file:// and s3:// (real SeaweedFS), atomic writes, webdataset streaming."""
+"""Storage URLs: plain paths, file:// and s3:// (real SeaweedFS), atomic writes, webdataset streaming,
+S3 reads from forked loader workers."""
 
 from __future__ import annotations
 
+import gc
 import io
+import logging
 import os
+import sys
 import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec.asyn
 import pytest
 import s3fs
+from torch.utils.data import DataLoader, IterableDataset
 
 from cluster.stack import Stack
 from dataloading import storage
@@ -124,3 +134,71 @@ def test_webdataset_streams_s3_shards_through_our_opener(stack: Stack) -> None:
     storage.register_webdataset_opener(stack.storage())
     seen = {s["__key__"]: s["bin"] for s in wds.WebDataset(url, shardshuffle=False)}
     assert seen == {k: v["bin"] for k, v in samples.items()}
+
+
+async def _collect_garbage() -> None:
+    gc.collect()
+
+
+class _ReadInWorker(IterableDataset):
+    """Each loader worker reads a byte range of ``url`` (as a shard reader does) and yields its length."""
+
+    def __init__(self, url: str, storage_cfg: StorageConfig) -> None:
+        self.url, self.storage_cfg = url, storage_cfg
+
+    def __iter__(self) -> Iterator[int]:
+        # The worker inherited pytest's log handlers, which write into the parent's memory copy: log to
+        # the process's stderr instead, where the test reads it (as a service's terminal would show it).
+        to_stderr = logging.StreamHandler(sys.stderr)
+        to_stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(to_stderr)
+        fs, path = storage.filesystem(self.url, self.storage_cfg)
+        data = fs.cat_file(path, start=0, end=1024)
+        # Garbage is collected wherever allocation triggers it; in the demo's evaluation worker it was
+        # on the fsspec IO thread, while its S3 client was being built. Collect there, every time.
+        fsspec.asyn.sync(fs.loop, _collect_garbage)
+        yield len(data)
+
+
+@pytest.mark.integration
+def test_forked_workers_leave_the_parents_s3_session_alone(
+    stack: Stack, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The evaluation service's pattern: a heartbeat thread writes MLflow tags while the main thread
+    reads S3 and forked DataLoader workers read S3 too. Nothing is logged at ERROR in either process,
+    and the parent's next S3 reads do not wait out s3fs' 15 s read timeout."""
+    from mlflow.tracking import MlflowClient
+
+    s3 = stack.storage()
+    url = f"s3://{stack.cfg.bucket}/fork-test/{uuid.uuid4().hex}.bin"
+    payload = os.urandom(64 << 10)
+    storage.write_bytes_atomic(url, payload, s3)
+    client = MlflowClient(stack.client_env()["MLFLOW_TRACKING_URI"])
+    run_id = client.create_run(client.create_experiment(f"fork-test-{uuid.uuid4().hex[:8]}")).info.run_id
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(0.1):
+            client.set_tag(run_id, "lease", str(time.time()))
+
+    def read() -> bytes:
+        fs, path = storage.filesystem(url, s3)  # resolved per use, as every reader in the project does
+        return fs.cat_file(path)
+
+    gc.collect()  # s3fs instances other tests made directly (not through storage) are not this test's
+    caplog.set_level(logging.INFO)
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        for _ in range(2):  # the loader forks new workers every pass
+            assert read() == payload
+            assert list(DataLoader(_ReadInWorker(url, s3), batch_size=None, num_workers=2)) == [1024, 1024]
+            started = time.monotonic()
+            assert all(read() == payload for _ in range(4))
+            assert time.monotonic() - started < 10, "the parent's S3 connections were closed by a worker"
+    finally:
+        stop.set()
+        beat.join()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    stderr = capfd.readouterr().err
+    assert "ERROR" not in stderr and "Traceback" not in stderr, stderr

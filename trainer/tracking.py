@@ -7,6 +7,7 @@ Rank 0 creates (or, on resume, reopens) the run and broadcasts its id, so every 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -17,7 +18,10 @@ import torch.distributed as dist
 
 from trainer.config import Config
 from trainer.data import Batch
+from trainer.mlflow_ui import training_experiment, ui_url
 from trainer.typed_config import flatten
+
+log = logging.getLogger(__name__)
 
 # Config keys whose values must never reach a tracking server.
 SECRET_KEY = re.compile(r"secret|access_key|password|token", re.IGNORECASE)
@@ -66,12 +70,7 @@ class Tracker:
         from mlflow.entities import Param
 
         assert self.client is not None
-        experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment(cfg.tracking.experiment)
-        )
+        experiment_id = training_experiment(self.client, cfg.tracking.experiment)
         run = self.client.create_run(
             experiment_id,
             run_name=f"{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -79,6 +78,7 @@ class Tracker:
         )
         params = [Param(k, v) for k, v in public_params(cfg).items()]
         self.client.log_batch(run.info.run_id, params=params)
+        log.info("MLflow run: %s", ui_url(cfg.tracking.uri, experiment_id, run.info.run_id))
         return run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
