@@ -230,13 +230,13 @@ class FeatureExtractor:
         return FeatureExtractor(**{**settings, "feature": feature or self.feature})
 
     def normalise(self, features: Tensor) -> Tensor:
-        """Standardise features ``[..., C, n_mels, T]`` with the statistics (unchanged without them)."""
+        """Standardise features ``[..., C, n_mels, T]`` with the statistics, in place (unchanged without)."""
         if self.stats is None:
             return features
         stats = self.stats
         mean = self._cached("mean", features.device, features.dtype, lambda: stats.tensors()[0][..., None])
         std = self._cached("std", features.device, features.dtype, lambda: stats.tensors()[1][..., None])
-        return (features - mean) / std
+        return features.sub_(mean).div_(std)
 
     def __call__(
         self, foa: Tensor, azimuth: Tensor | float | None = None, elevation: Tensor | float | None = None
@@ -270,24 +270,29 @@ class FeatureExtractor:
         return out
 
     def _quadratic(self, spec: Tensor, matrix: Tensor | None) -> Tensor:
-        """Features from the mel-pooled covariance (see the module docstring), ``[..., C, n_mels, T]``."""
+        """Features from the mel-pooled covariance (see the module docstring), ``[..., C, n_mels, T]``.
+
+        The channels are written straight into one output tensor: with K viewpoints sharing a clip the
+        viewpoint tensors are the largest ones here, and concatenating would copy them once more.
+        """
         cov = covariance(spec)  # [..., 10, freq, T]
         cov_mel = self._mel(cov)  # [..., 10, n_mels, T]
         decoder = self._cached("decoder", spec.device, spec.dtype, lambda: _DECODERS[self.feature])
         mix = decoder if matrix is None else decoder @ matrix  # [..., c, 4]: rows of the steered decoder
-        # Quadratic forms in float64: a cardioid's null is a difference of nearly equal products.
-        weights = quadratic_weights(mix.double())  # [..., c, 10]
-        power = (weights @ cov_mel.double().flatten(-2)).unflatten(-1, cov_mel.shape[-2:])
-        logmel = _to_db_(power, self.top_db, 3).to(spec.dtype)  # [..., c, n_mels, T]
-        if self.feature != "logmel_iv":
-            return logmel
-        powers = cov[..., _POWERS, :, :]
-        energy = powers[..., 0, :, :] + powers[..., 1:, :, :].sum(-3) / 3.0 + _EPS
-        iv = self._mel(cov[..., _INTENSITY, :, :] / energy.unsqueeze(-3), "band_mean")  # [..., 3, M, T]
-        if matrix is not None:
-            # The intensity vector rotates with the field (E does not), so band means rotate too.
-            iv = (matrix[..., 1:, 1:] @ iv.flatten(-2)).unflatten(-1, iv.shape[-2:])
-        return torch.cat((logmel, iv), -3)
+        weights = quadratic_weights(mix)  # [..., c, 10]
+        power = weights @ cov_mel.flatten(-2)  # [..., c, n_mels·T]
+        out = power.new_empty((*power.shape[:-2], self.channels, *cov_mel.shape[-2:]))
+        decoded = len(decoder)
+        out[..., :decoded, :, :] = _to_db_(power, self.top_db, 2).unflatten(-1, cov_mel.shape[-2:])
+        if self.feature == "logmel_iv":
+            powers = cov[..., _POWERS, :, :]
+            energy = powers[..., 0, :, :] + powers[..., 1:, :, :].sum(-3) / 3.0 + _EPS
+            iv = self._mel(cov[..., _INTENSITY, :, :] / energy.unsqueeze(-3), "band_mean").flatten(-2)
+            if matrix is not None:
+                # The intensity vector rotates with the field (E does not), so band means rotate too.
+                iv = matrix[..., 1:, 1:] @ iv
+            out[..., decoded:, :, :] = iv.unflatten(-1, cov_mel.shape[-2:])
+        return out
 
     def _stereo(self, spec: Tensor, matrix: Tensor | None) -> Tensor:
         """Log-mels of L = W + Y, R = W − Y of the steered field and their GCC-PHAT: ``[..., 3, M, T]``."""

@@ -26,6 +26,7 @@ from trainer.config import Config
 
 REFERENCE = "random_init"  # what every difference is taken against
 T = TypeVar("T")
+X = TypeVar("X")
 # Data settings that shape training batches but not what an evaluation reads.
 TRAINING_ONLY = (
     "batch_size", "workers", "flip_prob", "resampled", "stats_url", "stats_clips", "audio_yaw_offset_deg",
@@ -46,6 +47,7 @@ class Suite:
     probe_epochs: int = 100
     hidden: int = 128  # units of the MLP heads (AVC-Bin, AVSA-Bin, DOA); the probes are linear
     steer_directions: int = 60  # grid of the steered DOA task, elevation within ±50°
+    steer_train_clips: int = 100  # head-training clips of the steered scorer (each gives a grid of examples)
     pretext_batch: int = 8  # clips per batch for the held-out pretext accuracies (chance 1/batch)
     resamples: int = RESAMPLES  # bootstrap resamples of every interval
     seed: int = 0
@@ -72,14 +74,22 @@ class Context:
         return {"model": self.model, REFERENCE: self.random_init, "input_oracle": self.oracle}
 
     def scored(self, task: str, method: str, compute: Callable[[], T]) -> T:
-        """``compute()`` for ``method`` on ``task``. Everything but the checkpoint's own model depends on
-        the run's architecture, seed, features and the suite only, not on the checkpoint, so it is kept
-        in ``baselines``: evaluations that share that dict (see :func:`baseline_key`) compute it once."""
-        if method == "model":
-            return compute()
-        if (task, method) not in self.baselines:
-            self.baselines[(task, method)] = compute()
-        return self.baselines[(task, method)]
+        """``compute()`` for ``method`` on ``task``, or what an evaluation sharing ``baselines`` kept for
+        it (see :meth:`scored_together`)."""
+        return self.scored_together(task, {method: None}, lambda todo: {m: compute() for m in todo})[method]
+
+    def scored_together(
+        self, task: str, methods: dict[str, X], compute: Callable[[dict[str, X]], dict[str, T]]
+    ) -> dict[str, T]:
+        """``compute(todo)`` for the ``methods`` that still need it, in one call that can share work
+        between them (the features every method embeds). Everything but the checkpoint's own ``model``
+        depends only on the run's architecture, seed, features and the suite, not on the checkpoint, so
+        it is kept in ``baselines``: evaluations that share that dict (see :func:`baseline_key`) compute
+        it once."""
+        todo = {m: x for m, x in methods.items() if m == "model" or (task, m) not in self.baselines}
+        done = compute(todo) if todo else {}
+        self.baselines.update({(task, m): v for m, v in done.items() if m != "model"})
+        return {m: done[m] if m in done else self.baselines[(task, m)] for m in methods}
 
 
 def baseline_key(cfg: Config, extractor: FeatureExtractor, suite: Suite) -> str:
