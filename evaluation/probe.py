@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-BATCH = 64
-LR = 1e-3
+BATCH = 256  # examples per step: a few hundred pairs train in a few steps per epoch (4× less CPU than 64)
+LR = 3e-3  # with batches of 256: the step budget of 64 at 1e-3, in a quarter of the steps
 WEIGHT_DECAY = 1e-4
 LOGISTIC_MAX_ITER = 5000  # L-BFGS iterations; standardised probes converge in far fewer
 

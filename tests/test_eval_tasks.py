@@ -243,7 +243,7 @@ def _code_clips(clips: int = 96, views: int = 4, per_scene: int = 2, seed: int =
 
 @pytest.mark.parametrize("task", [avc_bin, avsa_bin])
 def test_pair_tasks_perfect_encoder_near_100_constant_exactly_at_chance(task: object) -> None:
-    suite = Suite(clips_url="constructed", probe_epochs=30, hidden=64, resamples=200)
+    suite = Suite(clips_url="constructed", probe_epochs=100, hidden=64, resamples=200)
     result = task.run(_context(Flat(), suite, held=_code_clips()))  # type: ignore[attr-defined]
     assert result.task == task.NAME  # type: ignore[attr-defined]
     assert result.scores["model"]["acc"].mean > 0.9
