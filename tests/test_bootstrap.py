@@ -71,3 +71,16 @@ def test_constant_values_have_a_zero_width_interval_and_mismatched_groups_are_re
     assert (estimate.mean, estimate.low, estimate.high) == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="group labels"):
         bootstrap(np.zeros(4), np.arange(3))
+
+
+def test_seeds_widen_the_interval_by_their_spread_and_pair_by_seed() -> None:
+    """Three seeds that disagree: resampling seeds adds their spread to the scene interval; a method
+    ahead by a constant in every seed differs by exactly that, whatever is drawn."""
+    values, groups = _clustered(np.random.default_rng(3), scenes=80, mean=0.5)
+    seeds = np.stack([values - 0.05, values, values + 0.05])
+    pooled = bootstrap(seeds, groups)
+    single = bootstrap(values, groups)
+    assert pooled.mean == pytest.approx(single.mean)
+    assert pooled.high - pooled.low > single.high - single.low + 0.04
+    difference = paired_difference(seeds + 0.1, seeds, groups)
+    assert (difference.low, difference.high) == (pytest.approx(0.1), pytest.approx(0.1))
