@@ -22,6 +22,7 @@ from trainer.checkpoint import Checkpointer, resolve
 from trainer.config import Config
 from trainer.data import BatchSource, make_source
 from trainer.deepspeed_config import deepspeed_config, resolve_precision
+from trainer.deepspeed_env import import_deepspeed
 from trainer.losses import pretext_loss, stage_for_epoch
 from trainer.models import AVSAModel
 from trainer.tracking import Tracker
@@ -50,8 +51,7 @@ def setup_distributed() -> tuple[int, int, torch.device, bool]:
     Without a launcher the environment of a single process is filled in; DeepSpeed would otherwise
     go looking for MPI.
     """
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser(EXTENSIONS_CACHE))
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
@@ -95,8 +95,7 @@ def train(
     rank after each optimizer step (progress display, fault-injection tests). A checkpoint is
     written every ``train.checkpoint_every`` steps and after the last.
     """
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     rank, world_size, device, created_group = setup_distributed()
     t = cfg.train
     source = source or make_source(cfg, rank, world_size, device)
