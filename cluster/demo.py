@@ -133,7 +133,13 @@ def stage_eval(ctx: DemoContext) -> None:
         probe_epochs=ctx.cfg.eval.probe_epochs,
     )
     uri = ctx.env["MLFLOW_TRACKING_URI"]
-    service = EvalService(uri, suite, ctx.cfg.storage, experiments=[ctx.cfg.tracking.experiment])
+    service = EvalService(
+        uri,
+        suite,
+        ctx.cfg.storage,
+        experiments=[ctx.cfg.tracking.experiment],
+        trusted_roots=[ctx.cfg.train.checkpoint_url],
+    )
     service.run_once()
     t = ctx.cfg.train
     avc_step = t.avc_epochs * t.steps_per_epoch
