@@ -37,6 +37,10 @@ class StackConfig:
     ray_agent_port: int = 52365  # the head's dashboard agent, which runs submitted jobs
     ray_num_cpus: int = 0  # 0 = all cores
     start_timeout_s: float = 120.0
+    # Ray token auth: on a shared machine anyone could otherwise submit jobs (run code as you) to
+    # the head's loopback ports. Clients get the token file from `avsa stack env`.
+    auth: Literal["token", "none"] = "token"
+    mlflow_auth: Literal["none", "basic"] = "none"  # basic: MLflow's basic-auth app, generated login
 
 
 @dataclass
