@@ -68,9 +68,12 @@ def load(path: str, mmap: bool = False) -> Any:
         with allowed_globals():
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        # torch's message opens with advice to retry with weights_only=False; keep only what it found.
+        found = [line for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
         raise UnsafeCheckpointError(
-            f"{path} was refused: loading it could run code, so it was not loaded "
-            f"(a tampered or foreign checkpoint). The unpickler said: {str(exc).splitlines()[0]}"
+            f"{path} was refused: it holds objects whose unpickling could run code, so nothing of it was "
+            f"loaded (a tampered or foreign checkpoint; do not load it another way). "
+            f"{' '.join(found) or str(exc).splitlines()[-1]}"
         ) from exc
 
 
