@@ -170,6 +170,19 @@ class Stack:
             env |= self._ray_auth_env(state)
         return env
 
+    def ray_auth_env(self) -> dict[str, str]:
+        """The part of :meth:`client_env` a Ray client (``ray job submit``, ``ray.init``, the job SDK)
+        needs to authenticate; a process that talks to the head itself puts it in its own environment."""
+        return self._ray_auth_env(self._require_state())
+
+    def sign_in_hint(self) -> str:
+        """Where the Ray dashboard's sign-in token is (for a browser), when token auth is on."""
+        return (
+            f" (sign in with the token in {self.token_path})"
+            if self.ray_auth_env()["RAY_AUTH_MODE"] == "token"
+            else ""
+        )
+
     # ----- lifecycle -----------------------------------------------------------------------
     def up(self, services: Sequence[str] = SERVICES) -> StackState:
         """Start ``services``, wait until each is healthy, record them; roll back on failure."""

@@ -23,7 +23,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(free_stack_config(tmp_path_factory.mktemp("stack")))
     running.up()
     # The head has token auth: in-process Ray clients (ray.init, the job client) read it from here.
-    auth = {k: v for k, v in running.client_env().items() if k.startswith("RAY_AUTH")}
+    auth = running.ray_auth_env()
     before = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
     try:

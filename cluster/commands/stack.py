@@ -86,5 +86,5 @@ def show_status(stack: Stack, console: Console) -> bool:
     if "mlflow" in report:
         console.print(f"MLflow dashboard: {report['mlflow']['endpoint']}")
     if "ray" in report:
-        console.print(f"Ray dashboard:    {report['ray']['endpoint']}")
+        console.print(f"Ray dashboard:    {report['ray']['endpoint']}{stack.sign_in_hint()}")
     return all(item["healthy"] for item in report.values())
