@@ -70,8 +70,8 @@ def avsa(args: list[str], env: dict[str, str], log: Path, timeout: float = 900) 
     done = subprocess.run(
         [str(BIN / "avsa"), *args], env=env, capture_output=True, text=True, timeout=timeout
     )
-    with log.open("a") as fh:
-        fh.write(f"$ avsa {' '.join(args)}\n{done.stdout}{done.stderr}")
+    with log.open("a") as fh:  # the command's own output only: its arguments hold the canaries
+        fh.write(f"$ avsa {args[0]} …\n{done.stdout}{done.stderr}")
     assert done.returncode == 0, f"avsa {args[0]} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
     return done.stdout + done.stderr
 
