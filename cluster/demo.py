@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -148,7 +149,13 @@ def stage_eval(ctx: DemoContext) -> None:
         probe_epochs=ctx.cfg.eval.probe_epochs,
     )
     uri = ctx.env["MLFLOW_TRACKING_URI"]
-    service = EvalService(uri, suite, ctx.cfg.storage, experiments=[ctx.cfg.tracking.experiment])
+    service = EvalService(
+        uri,
+        suite,
+        ctx.cfg.storage,
+        experiments=[ctx.cfg.tracking.experiment],
+        trusted_roots=[ctx.cfg.train.checkpoint_url],
+    )
     service.run_once()
     t = ctx.cfg.train
     avc_step = t.avc_epochs * t.steps_per_epoch
@@ -199,6 +206,7 @@ def run_demo(cfg: Config, keep_stack: bool = False, console: Console | None = No
         with console.status("starting the local stack (SeaweedFS S3, MLflow, Ray) …"):
             stack.up()
         console.print(f"[bold]stack[/bold]: up in {time.monotonic() - started:.0f} s")
+    os.environ.update(stack.ray_auth_env())  # this process submits jobs and waits on them itself
     ctx = DemoContext(cfg=with_stack(cfg, stack), stack=stack, console=console, env=stack.client_env())
     experiment_id = None
     try:
@@ -215,7 +223,7 @@ def run_demo(cfg: Config, keep_stack: bool = False, console: Console | None = No
             f"\n[bold green]demo finished in {time.monotonic() - started:.0f} s[/bold green]\n"
             f"MLflow dashboard: {ui_url(mlflow_url, experiment_id)}\n"
             f"  experiment {ctx.cfg.tracking.experiment}, run {ui_url(mlflow_url, experiment_id, run_id)}\n"
-            f"Ray dashboard:    {ctx.env['RAY_API_SERVER_ADDRESS']}",
+            f"Ray dashboard:    {ctx.env['RAY_API_SERVER_ADDRESS']}{stack.sign_in_hint()}",
             soft_wrap=True,  # a link broken over two lines cannot be opened
         )
     finally:

@@ -29,8 +29,8 @@ from typing import Any
 from cluster.processes import free_port
 from trainer.checkpoint import read_meta, resolve
 from trainer.config import Config
-from trainer.tracking import SECRET_KEY
-from trainer.typed_config import flatten, from_dict, to_dict
+from trainer.credentials import is_secret, secret_env, without_secrets
+from trainer.typed_config import flatten, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ def run_ray(
     A restarted worker group cannot know which checkpoint its predecessor reached, so without an
     explicit ``resume`` every attempt uses ``auto``: the newest checkpoint under
     ``train.checkpoint_url`` if there is one. Give each job its own checkpoint URL.
+
+    Ray Train shows the workers' config on its dashboard, so credentials set in ``cfg`` travel in the
+    workers' environment instead (which the dashboard masks), and the config they get has them unset.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -150,7 +153,7 @@ def run_ray(
     resources = {"CPU": 1, "GPU": gpus_per_worker} if gpus_per_worker else {"CPU": 1}
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config={"config": to_dict(cfg), "resume": resume or "auto"},
+        train_loop_config={"config": without_secrets(cfg), "resume": resume or "auto"},
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers,
@@ -161,6 +164,7 @@ def run_ray(
         run_config=RunConfig(
             name=f"avsa-train-{time.strftime('%Y%m%d-%H%M%S')}",
             failure_config=FailureConfig(max_failures=max_failures),
+            worker_runtime_env={"env_vars": secret_env(cfg)},
         ),
     )
     result = trainer.fit()
@@ -176,11 +180,7 @@ def config_overrides(cfg: Config) -> list[str]:
     Credentials are left out of command lines (visible in ``ps``); the ranks read them from the
     standard AWS environment variables, which :func:`run_hostfile` sets from the config.
     """
-    return [
-        f"--{k}={json.dumps(v)}"
-        for k, v in flatten(cfg).items()
-        if not SECRET_KEY.search(k.rsplit(".", 1)[-1])
-    ]
+    return [f"--{k}={json.dumps(v)}" for k, v in flatten(cfg).items() if not is_secret(k)]
 
 
 def run_hostfile(
@@ -207,12 +207,7 @@ def run_hostfile(
         "train",
     ]
     cmd += config_overrides(cfg) + (["--resume", resume] if resume else [])
-    env = dict(os.environ)
-    if cfg.storage.access_key_id and cfg.storage.secret_access_key:
-        env |= {
-            "AWS_ACCESS_KEY_ID": cfg.storage.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": cfg.storage.secret_access_key,
-        }
+    env = dict(os.environ) | secret_env(cfg)
     log.info("launching: %s", " ".join(cmd[:8]) + " …")
     return subprocess.run(cmd, env=env, check=False).returncode
 

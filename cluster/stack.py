@@ -82,7 +82,9 @@ class StackState:
     s3_secret_key: str = ""
     bucket: str = ""
     network: dict | None = None  # the virtual hosts, when the stack spans several
-    ray_token: str = ""  # Ray's token authentication, on when the cluster spans hosts
+    ray_token: str = ""  # Ray's token authentication; empty: off
+    mlflow_user: str = ""  # MLflow's basic-auth admin; empty: MLflow without authentication
+    mlflow_password: str = ""
 
     def host_network(self) -> virtual_hosts.HostNetwork | None:
         return virtual_hosts.HostNetwork.from_dict(self.network) if self.network else None
@@ -97,7 +99,7 @@ class StackState:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.chmod(0o600)  # holds the S3 secret
+        tmp.chmod(0o600)  # holds the S3 secret, the Ray token and the MLflow password
         tmp.replace(path)
 
 
@@ -108,6 +110,7 @@ class Stack:
         self.cfg = cfg
         self.state_dir = Path(cfg.state_dir).absolute()
         self.state_path = self.state_dir / "state.json"
+        self.token_path = self.state_dir / "ray_token"  # what Ray processes and clients read (0600)
 
     # ----- queries -------------------------------------------------------------------------
     def state(self) -> StackState | None:
@@ -155,13 +158,30 @@ class Stack:
             }
         if "mlflow" in state.services:
             env["MLFLOW_TRACKING_URI"] = state.endpoints["mlflow"]
+            if state.mlflow_user:
+                env |= {
+                    "MLFLOW_TRACKING_USERNAME": state.mlflow_user,
+                    "MLFLOW_TRACKING_PASSWORD": state.mlflow_password,
+                }
         if "ray" in state.services:
             # `ray job submit` talks to the dashboard; drivers (`avsa preprocess`, ray.init) join the GCS.
             env["RAY_API_SERVER_ADDRESS"] = state.endpoints["ray"]
             env["RAY_ADDRESS"] = f"{state.host}:{self.cfg.ray_port}"
-            if state.network:
-                env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": state.ray_token}
+            env |= self._ray_auth_env(state)
         return env
+
+    def ray_auth_env(self) -> dict[str, str]:
+        """The part of :meth:`client_env` a Ray client (``ray job submit``, ``ray.init``, the job SDK)
+        needs to authenticate; a process that talks to the head itself puts it in its own environment."""
+        return self._ray_auth_env(self._require_state())
+
+    def sign_in_hint(self) -> str:
+        """Where the Ray dashboard's sign-in token is (for a browser), when token auth is on."""
+        return (
+            f" (sign in with the token in {self.token_path})"
+            if self.ray_auth_env()["RAY_AUTH_MODE"] == "token"
+            else ""
+        )
 
     # ----- lifecycle -----------------------------------------------------------------------
     def up(self, services: Sequence[str] = SERVICES) -> StackState:
@@ -182,8 +202,10 @@ class Stack:
             s3_access_key="AVSA" + secrets.token_hex(8).upper(),
             s3_secret_key=secrets.token_urlsafe(30),
             bucket=self.cfg.bucket,
-            ray_token=secrets.token_hex(32),
+            ray_token=secrets.token_hex(32) if self.cfg.auth == "token" else "",
         )
+        if self.cfg.mlflow_auth == "basic":
+            state.mlflow_user, state.mlflow_password = "avsa", secrets.token_urlsafe(24)
         started = time.monotonic()
         try:
             if self.cfg.hosts > 1:
@@ -192,6 +214,8 @@ class Stack:
                 state.write(self.state_path)  # record the namespaces at once so `down` removes them
             else:
                 self._check_ports(services)  # fresh namespaces have every port free
+            if state.ray_token:
+                self._write_private(self.token_path, state.ray_token)
             for name in services:
                 proc, endpoint = getattr(self, f"_start_{name}")(state)
                 state.services[name], state.endpoints[name] = proc, endpoint
@@ -219,6 +243,7 @@ class Stack:
         if (network := state.host_network()) is not None:
             network.destroy()
         self.state_path.unlink(missing_ok=True)
+        self.token_path.unlink(missing_ok=True)
         return list(running)
 
     # ----- node failure drills (multi-host stacks) ---------------------------------------------
@@ -298,8 +323,7 @@ class Stack:
             ]
         }
         s3_json = self.state_dir / "s3.json"
-        s3_json.write_text(json.dumps(identities))
-        s3_json.chmod(0o600)
+        self._write_private(s3_json, json.dumps(identities))
         cmd = [
             processes.executable("weed"),
             "server",
@@ -339,6 +363,17 @@ class Stack:
             "1",
         ]
         env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+        if state.mlflow_user:
+            cmd += ["--app-name", "basic-auth"]
+            env |= self._mlflow_auth_env(state)
+            # Its own user store in the state dir (MLflow's shipped ini puts it in the working dir).
+            ini = self.state_dir / "mlflow_auth.ini"
+            ini.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{self.state_dir / 'mlflow_auth.db'}\n"
+                f"admin_username = {state.mlflow_user}\n"
+            )
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
         proc = processes.spawn(
             "mlflow", self._on_head(state, cmd), self.state_dir / "logs" / "mlflow.log", env
         )
@@ -398,22 +433,47 @@ class Stack:
         return network.hosts[1:] if network else []
 
     @staticmethod
-    def _ray_env(state: StackState) -> dict[str, str]:
+    def _write_private(path: Path, text: str) -> None:
+        """Write ``text`` to ``path`` readable by this user only (from the first byte on)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        path.chmod(0o600)  # an older file keeps its mode through O_CREAT
+
+    def _ray_auth_env(self, state: StackState) -> dict[str, str]:
+        """How Ray processes and clients authenticate: the stack's token file, never ~/.ray/auth_token.
+
+        The mode is always explicit: left unset, Ray turns token auth on by itself whenever some
+        other Ray left a token in ~/.ray/auth_token, and our clients would meet 401s. An empty
+        RAY_AUTH_TOKEN keeps a token inherited from the caller's shell from winning over the file.
+        """
+        if not state.ray_token:
+            return {"RAY_AUTH_MODE": "disabled"}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+    @staticmethod
+    def _mlflow_auth_env(state: StackState) -> dict[str, str]:
+        """MLflow's basic-auth app: the admin it creates on first start, and the CSRF key it needs."""
+        return {
+            "MLFLOW_AUTH_ADMIN_USERNAME": state.mlflow_user,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": state.mlflow_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+        }
+
+    def _ray_env(self, state: StackState) -> dict[str, str]:
         if not state.network:
-            # Single-node mode keeps every Ray port on the loopback address; auth is off explicitly so
-            # a token some other Ray left in ~/.ray/auth_token cannot switch it on behind our clients.
+            # Single-node mode keeps every Ray port on the loopback address.
             return {
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                 "RAY_USAGE_STATS_ENABLED": "0",
-                "RAY_AUTH_MODE": "disabled",
+                **self._ray_auth_env(state),
             }
-        # Cluster mode: nodes and clients authenticate with the stack's token (never ~/.ray's),
-        # and training ranks inherit GLOO_SOCKET_IFNAME so gloo uses the host link, not loopback.
+        # Cluster mode: training ranks inherit GLOO_SOCKET_IFNAME so gloo uses the host link, not loopback.
         return {
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": state.ray_token,
+            **self._ray_auth_env(state),
             "GLOO_SOCKET_IFNAME": virtual_hosts.INTERFACE,
             # Declare a silent node dead after ~5 s instead of Ray's ~15-30 s, so that work of a
             # lost host is rescheduled while a test (or a drill with `kill_node`) waits.
@@ -430,7 +490,7 @@ class Stack:
                 return requests.get(url, timeout=2).status_code in (200, 403)
             if name == "mlflow":
                 return requests.get(f"{url}/health", timeout=2).status_code == 200
-            auth = {"Authorization": f"Bearer {state.ray_token}"} if state.network else {}
+            auth = {"Authorization": f"Bearer {state.ray_token}"} if state.ray_token else {}
             if name.startswith("ray@"):  # a worker node: alive in the head's view of the cluster
                 summary = f"{state.endpoints['ray']}/nodes?view=summary"
                 nodes = requests.get(summary, headers=auth, timeout=5).json()

@@ -20,6 +20,8 @@ from fsspec import AbstractFileSystem
 from dataloading.config import StorageConfig
 
 TEMP_MARK = ".tmp-"  # temp objects are named "<name>.tmp-<hex>", next to the final name
+# The standard AWS variable each StorageConfig credential falls back to when it is unset.
+CREDENTIAL_ENV = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY"}
 
 # Every async (S3) filesystem this process resolved, held until it exits. fsspec caches them too, but
 # empties its cache in a forked child (a DataLoader worker), where the parent's instance then became
@@ -42,8 +44,8 @@ def storage_options(url: str, storage: StorageConfig | None = None) -> dict[str,
     options: dict[str, Any] = {"client_kwargs": {}}
     if endpoint:
         options["endpoint_url"] = endpoint
-    key = storage.access_key_id or env.get("AWS_ACCESS_KEY_ID")
-    secret = storage.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY")
+    key = storage.access_key_id or env.get(CREDENTIAL_ENV["access_key_id"])
+    secret = storage.secret_access_key or env.get(CREDENTIAL_ENV["secret_access_key"])
     if key and secret:
         options["key"], options["secret"] = key, secret
     region = storage.region or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")

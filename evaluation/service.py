@@ -1,6 +1,6 @@
 """The evaluation service: finds checkpoints of tracked runs and evaluates each exactly once.
 
-    service = EvalService(tracking_uri, Suite(...))
+    service = EvalService(tracking_uri, Suite(...), trusted_roots=["s3://bucket/checkpoints"])
     service.serve(poll_s=60)          # forever; or service.run_once() for one sweep
 
 Per checkpoint (see :mod:`evaluation.markers` for the tag it keeps on the training run):
@@ -22,6 +22,8 @@ settle window; run one service per tracking server (restarts are what the marker
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 import threading
 import time
 import traceback
@@ -43,8 +45,27 @@ CLAIMABLE = ("queued", "stale")
 MAX_ATTEMPTS = 3
 
 
+def normalized(url: str) -> str:
+    """``url`` with ``.``/``..`` segments resolved and no trailing slash; a plain path or ``file://``
+    URL becomes an absolute path (as :func:`dataloading.storage.filesystem` reads it)."""
+    if url.startswith("file://"):
+        url = url.removeprefix("file://")
+    if "://" not in url:
+        return os.path.abspath(os.path.expanduser(url))
+    scheme, path = url.split("://", 1)
+    return f"{scheme}://{posixpath.normpath('/' + path).lstrip('/')}"
+
+
+def is_trusted(url: str, roots: Sequence[str]) -> bool:
+    """True if checkpoint ``url`` lies under one of ``roots`` (whole path segments: ``s3://b/runs``
+    does not cover ``s3://b/runs-other``)."""
+    target = normalized(url)
+    return any(target == root or target.startswith(root + "/") for root in map(normalized, roots))
+
+
 class EvalService:
-    """Evaluates the checkpoints recorded on ``tracking_uri`` (see the module docstring)."""
+    """Evaluates the checkpoints recorded on ``tracking_uri`` that lie under ``trusted_roots`` (URL
+    prefixes; others get a ``failed`` marker naming the URL). See the module docstring."""
 
     def __init__(
         self,
@@ -55,9 +76,12 @@ class EvalService:
         lease_s: float = 120.0,
         settle_s: float = 1.0,
         experiments: Sequence[str] = (),
+        *,
+        trusted_roots: Sequence[str],
     ) -> None:
         self.client = MlflowClient(tracking_uri)
         self.suite, self.storage, self.device = suite, storage, device
+        self.trusted_roots = tuple(trusted_roots)
         self.experiments = tuple(experiments)  # names to watch; empty: every experiment
         self.lease_s, self.settle_s = lease_s, settle_s
         self._lock = threading.Lock()  # orders heartbeat renewals before the final marker
@@ -98,6 +122,16 @@ class EvalService:
         if current is not None and not current.stale():
             return None  # finished or taken since it was listed
         attempt = (current.attempt if current else 0) + 1
+        if not is_trusted(ckpt.url, self.trusted_roots):
+            # Whoever can tag a run can name any file; loading one is never done for them.
+            reason = (
+                f"refused: {ckpt.url} is outside the trusted checkpoint roots "
+                f"{list(self.trusted_roots)} (add its root to eval.trusted_roots to evaluate it)"
+            )
+            log.warning("run %s step %d: %s", ckpt.run_id, ckpt.step, reason)
+            final = Marker("failed", attempt, reason=reason)
+            self._write(ckpt, final)
+            return final
         if attempt > MAX_ATTEMPTS:
             # Interrupted every time (e.g. the evaluation itself gets the process OOM-killed): give up.
             reason = f"interrupted {MAX_ATTEMPTS} times, last on {current.owner if current else '?'}"

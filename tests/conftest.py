@@ -22,7 +22,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One real stack (S3 + MLflow + Ray) for the whole test session."""
     running = Stack(free_stack_config(tmp_path_factory.mktemp("stack")))
     running.up()
+    # The head has token auth: in-process Ray clients (ray.init, the job client) read it from here.
+    auth = running.ray_auth_env()
+    before = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
     try:
         yield running
     finally:
         running.down()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

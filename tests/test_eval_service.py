@@ -49,9 +49,11 @@ class Trained:
     experiment: str
     suite_args: list[str]
     suite: Suite
+    trusted: str  # the folder every test's checkpoints are under
 
     def service(self, **kwargs: Any) -> EvalService:
         """An in-process service watching only this module's experiment."""
+        kwargs.setdefault("trusted_roots", [self.trusted])
         return EvalService(self.uri, self.suite, experiments=[self.experiment], **kwargs)
 
 
@@ -81,10 +83,12 @@ def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     (run_id,) = run_distributed(_train, 1, load_config(None, overrides), timeout_s=300)
     write_classification_set(str(tmp / "cls"), per_class=6)
     write_doa_set(str(tmp / "doa"), clips=20)
+    trusted = str(tmp_path_factory.getbasetemp())
     data = ["--classification", str(tmp / "cls"), "--doa", str(tmp / "doa"), "--experiment", experiment]
+    data += ["--eval.trusted_roots", f"[{trusted}]"]
     suite = Suite(clips=16, classification_url=str(tmp / "cls"), doa_url=str(tmp / "doa"), probe_epochs=10)
     env = {**os.environ, **stack.client_env()}
-    return Trained(uri, run_id, env, experiment, [*SERVICE_ARGS, *data], suite)
+    return Trained(uri, run_id, env, experiment, [*SERVICE_ARGS, *data], suite, trusted)
 
 
 @pytest.fixture

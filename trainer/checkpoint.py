@@ -8,7 +8,7 @@ Layout under ``train.checkpoint_url`` (the *root*)::
         zero_pp_rank_R_...optim_states.pt   DeepSpeed: rank R's ZeRO optimizer partition
         rank_R.pt                    ours: rank R's RNG states (python, numpy, torch), loader position
                                      and module buffers (BatchNorm statistics differ per rank)
-        config.yaml                  the resolved config of the run
+        config.yaml                  the resolved config of the run, credentials replaced by markers
         feature_stats.json           the audio features' normalisation statistics (none: used raw)
         meta.json                    step, epoch, world size, MLflow run id, files (written after them)
 
@@ -36,9 +36,9 @@ import torch.distributed as dist
 from dataloading.config import StorageConfig
 from dataloading.feature_stats import STATS_FILE, FeatureStats
 from dataloading.storage import filesystem, join, upload_atomic, write_bytes_atomic
-from trainer.config import Config
+from trainer import safe_load
+from trainer.config import Config, dump_config
 from trainer.data import BatchSource
-from trainer.typed_config import dump_yaml
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,32 @@ def tag_for_step(step: int) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a training step draws from (dropout, augmentation in this process)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG a training step draws from (dropout, augmentation in this process), as tensors and
+    plain values only, so that the weights-only unpickler reads it back (numpy's state is an array)."""
+    version, mt, gauss = random.getstate()
+    algorithm, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "algorithm": algorithm,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`rng_state` captured."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["mt"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["algorithm"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -156,7 +172,7 @@ class Checkpointer:
             torch.save(own, os.path.join(local, f"rank_{self.rank}.pt"))
             if self.rank == 0:
                 with open(os.path.join(local, CONFIG), "w") as fh:
-                    fh.write(dump_yaml(self.cfg))
+                    fh.write(dump_config(self.cfg))  # never the credentials: others read checkpoints
                 if source.stats is not None:
                     with open(os.path.join(local, STATS_FILE), "wb") as fh:
                         fh.write(source.stats.to_json())
@@ -194,11 +210,11 @@ class Checkpointer:
         staging = tempfile.mkdtemp(prefix=f"avsa-resume-r{self.rank}-")
         try:
             download(tag_url, os.path.join(staging, tag), self.storage)
+            safe_load.verify(os.path.join(staging, tag))  # DeepSpeed unpickles its files in full
             path, _ = engine.load_checkpoint(staging, tag=tag)
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load the checkpoint at {tag_url}")
-            # Our own file, written by save(): it holds numpy RNG state, which weights_only refuses.
-            own = torch.load(os.path.join(staging, tag, f"rank_{self.rank}.pt"), weights_only=False)
+            own = safe_load.load(os.path.join(staging, tag, f"rank_{self.rank}.pt"))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         set_rng_state(own["rng"])

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 
 from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
-from trainer.typed_config import ConfigError, apply_overrides, dump_yaml, flatten, from_dict, parse_overrides
+from trainer.credentials import redacted, without_markers
+from trainer.typed_config import ConfigError, apply_overrides, flatten, from_dict, parse_overrides, to_dict
 
 
 @dataclass
@@ -36,6 +37,10 @@ class StackConfig:
     ray_agent_port: int = 52365  # the head's dashboard agent, which runs submitted jobs
     ray_num_cpus: int = 0  # 0 = all cores
     start_timeout_s: float = 120.0
+    # Ray token auth: on a shared machine anyone could otherwise submit jobs (run code as you) to
+    # the head's loopback ports. Clients get the token file from `avsa stack env`.
+    auth: Literal["token", "none"] = "token"
+    mlflow_auth: Literal["none", "basic"] = "none"  # basic: MLflow's basic-auth app, generated login
 
 
 @dataclass
@@ -85,6 +90,9 @@ class EvalConfig:
     tracking_uri: str = ""  # empty = tracking.uri
     poll_seconds: float = 60.0
     probe_epochs: int = 100
+    # Checkpoint URL prefixes the service evaluates (anyone who can write an MLflow tag can name any
+    # URL); empty = train.checkpoint_url.
+    trusted_roots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -107,7 +115,9 @@ def load_config(
     """Defaults, then the YAML file(s) at ``path`` in order (later files win), then overrides.
 
     ``overrides`` is either argv-style (``["--train.lr", "3e-4"]``) or a dotted-key mapping.
-    Raises :class:`ConfigError` naming the offending key and file.
+    Raises :class:`ConfigError` naming the offending key and file. A file saved by
+    :func:`save_config` holds markers in place of credentials; they load as unset (see
+    :mod:`trainer.credentials`).
     """
     cfg = Config()
     paths = [path] if isinstance(path, str | Path) else list(path or [])
@@ -119,6 +129,7 @@ def load_config(
             raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+        data = without_markers(data)
         try:
             from_dict(Config, data)  # names the bad key without the layering's dotted noise
             cfg = apply_overrides(cfg, flatten(data))
@@ -129,6 +140,12 @@ def load_config(
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
+def dump_config(cfg: Config, show_secrets: bool = False) -> str:
+    """The resolved config as YAML text, each credential replaced by a marker saying where it came
+    from (:func:`trainer.credentials.redacted`) unless ``show_secrets``."""
+    return yaml.safe_dump(to_dict(cfg) if show_secrets else redacted(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
-    Path(path).write_text(dump_yaml(cfg))
+    """Write the resolved config as YAML, without credentials (loadable again with :func:`load_config`)."""
+    Path(path).write_text(dump_config(cfg))

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from dataloading.config import StorageConfig
 from dataloading.feature_stats import STATS_FILE
 from dataloading.storage import join, upload_atomic
+from trainer import safe_load
 from trainer.checkpoint import CONFIG, download, read_meta, read_stats, resolve
 from trainer.config import Config, load_config
 from trainer.embedder import FORMAT_VERSION
@@ -46,14 +47,14 @@ def consolidated_state_dict(
     with tempfile.TemporaryDirectory(prefix="avsa-export-") as tmp:
         local = os.path.join(tmp, tag)
         download(tag_url, local, storage)
+        safe_load.verify(local)  # before zero_to_fp32, which unpickles DeepSpeed's files in full
         cfg = load_config(os.path.join(local, CONFIG))
         if any(name.endswith("optim_states.pt") for name in os.listdir(local)):
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
         else:
-            # Written by DeepSpeed itself; its pickles hold more than tensors.
-            saved = torch.load(os.path.join(local, "mp_rank_00_model_states.pt"), weights_only=False)
+            saved = safe_load.load(os.path.join(local, "mp_rank_00_model_states.pt"))
             state = {k: v.float() if v.is_floating_point() else v for k, v in saved["module"].items()}
     return state, cfg, read_meta(tag_url, storage)
 

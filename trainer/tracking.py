@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from typing import Any
 
@@ -17,19 +16,17 @@ import torch
 import torch.distributed as dist
 
 from trainer.config import Config
+from trainer.credentials import is_secret
 from trainer.data import Batch
 from trainer.mlflow_ui import training_experiment, ui_url
 from trainer.typed_config import flatten
 
 log = logging.getLogger(__name__)
 
-# Config keys whose values must never reach a tracking server.
-SECRET_KEY = re.compile(r"secret|access_key|password|token", re.IGNORECASE)
-
 
 def public_params(cfg: Config) -> dict[str, str]:
     """The resolved config as dotted MLflow params, without credentials."""
-    return {k: str(v) for k, v in flatten(cfg).items() if not SECRET_KEY.search(k.rsplit(".", 1)[-1])}
+    return {k: str(v) for k, v in flatten(cfg).items() if not is_secret(k)}
 
 
 def broadcast_from_rank0(value: Any) -> Any:

@@ -185,11 +185,6 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
     return from_dict(type(cfg), data)
 
 
-def dump_yaml(cfg: Any) -> str:
-    """The resolved config as YAML text (what every run and checkpoint saves)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted-key view of a config tree or mapping (``{"train.lr": 1e-4, ...}``), e.g. for MLflow."""
     out: dict[str, Any] = {}

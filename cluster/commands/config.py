@@ -1,12 +1,11 @@
-"""`avsa config show`: print the resolved config tree as YAML."""
+"""`avsa config show`: print the resolved config tree as YAML, credentials masked."""
 
 from __future__ import annotations
 
 import argparse
 
 from cluster.cli import add_config_arguments
-from trainer.config import Config
-from trainer.typed_config import dump_yaml
+from trainer.config import Config, dump_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +14,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser(
         "show",
         help="print the resolved config (defaults < --config FILE < overrides) as YAML",
+        description="Credentials (storage keys, any token, password or secret) are shown as a marker "
+        "saying where they came from, as every saved config holds them; --show-secrets prints them.",
         epilog="example: avsa config show --train.lr 3e-4 --data.feature logmel_iv",
     )
+    show.add_argument("--show-secrets", action="store_true", help="print credentials in clear text")
     add_config_arguments(show)
     show.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    print(dump_yaml(cfg), end="")
+    print(dump_config(cfg, show_secrets=args.show_secrets), end="")
     return 0

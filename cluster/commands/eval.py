@@ -56,6 +56,11 @@ def tracking_uri(cfg: Config) -> str:
     return cfg.eval.tracking_uri or cfg.tracking.uri
 
 
+def trusted_roots(cfg: Config) -> tuple[str, ...]:
+    """``eval.trusted_roots``, else the run's own ``train.checkpoint_url``."""
+    return cfg.eval.trusted_roots or (cfg.train.checkpoint_url,)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "eval",
@@ -117,7 +122,8 @@ def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:
         raise SystemExit(f"{tag_url} was saved by an untracked run; nothing to log to")
     run = MlflowClient(uri).get_run(meta["run_id"])
     ckpt = Checkpoint(run.info.run_id, run.info.experiment_id, int(meta["step"]), tag_url, None)
-    final = EvalService(uri, suite, cfg.storage, device).evaluate(ckpt)
+    # The user named this checkpoint (or its run): it is trusted as given.
+    final = EvalService(uri, suite, cfg.storage, device, trusted_roots=[tag_url]).evaluate(ckpt)
     if final is None:
         print(f"step {ckpt.step} of run {ckpt.run_id} is already evaluated or being evaluated")
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cluster.cli import add_config_arguments
-from cluster.commands.eval import add_suite_arguments, suite_from_args, tracking_uri
+from cluster.commands.eval import add_suite_arguments, suite_from_args, tracking_uri, trusted_roots
 from trainer.config import Config
 
 EPILOG = """\
@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Polls MLflow for runs with checkpoints, evaluates each checkpoint exactly once "
         "(interrupted evaluations are redone, finished ones never), and logs the results into the "
         "training run at the checkpoint's step plus a linked evaluation run with the details and plots. "
-        "--status prints every checkpoint's state: queued, running, stale (interrupted), done, failed.",
+        "--status prints every checkpoint's state: queued, running, stale (interrupted), done, failed. "
+        "Only checkpoints under eval.trusted_roots (default: train.checkpoint_url) are evaluated; any "
+        "other gets a failure record naming its URL.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -63,7 +65,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     suite = suite_from_args(args, cfg)
     service = EvalService(
-        uri, suite, cfg.storage, args.device, lease_s=args.lease, experiments=args.experiment
+        uri,
+        suite,
+        cfg.storage,
+        args.device,
+        lease_s=args.lease,
+        experiments=args.experiment,
+        trusted_roots=trusted_roots(cfg),
     )
     if args.once:
         finals = service.run_once()

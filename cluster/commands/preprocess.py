@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import sys
 from dataclasses import replace
 
@@ -120,14 +121,17 @@ def connect(address: str | None, workers: int) -> None:
     if address is None or is_loopback(address):
         # otherwise Ray rewrites 127.0.0.1 to the machine's network address, where a loopback head is not
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address is None and "RAY_AUTH_MODE" not in os.environ:
+        # A throwaway cluster on loopback, which any user of the machine could join (and run code as
+        # you) without a token. Ray's own default would write one to ~/.ray/auth_token, which then
+        # turns token auth on for every later Ray head of yours (their clients meet 401s); this token
+        # lives only in this process and the Ray processes it starts.
+        os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     import ray
 
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        # a throwaway cluster on loopback; with auth on, Ray writes ~/.ray/auth_token, which then turns on
-        # token auth for every later Ray head on the machine (their dashboards answer 401)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=workers or None, _node_ip_address="127.0.0.1", include_dashboard=False)
 
 

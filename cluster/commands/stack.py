@@ -18,8 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "stack",
         help="start, inspect or stop the local services (S3, MLflow, Ray) on 127.0.0.1",
         description="Real services bound to --stack.host (127.0.0.1): SeaweedFS S3 with generated "
-        "credentials, an MLflow tracking server (sqlite + proxied artifacts) and a Ray head with "
-        "its dashboard (so `ray job submit` works). State and logs live in --stack.state_dir.",
+        "credentials, an MLflow tracking server (sqlite + proxied artifacts; --stack.mlflow_auth basic "
+        "for a generated login) and a Ray head with its dashboard (so `ray job submit` works), with "
+        "token authentication unless --stack.auth none, so other users of the machine cannot submit "
+        "jobs to it. `avsa stack env` gives clients the credentials. State and logs live in "
+        "--stack.state_dir (state.json and ray_token are readable by you only).",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start the services and wait until they are healthy")
@@ -83,5 +86,5 @@ def show_status(stack: Stack, console: Console) -> bool:
     if "mlflow" in report:
         console.print(f"MLflow dashboard: {report['mlflow']['endpoint']}")
     if "ray" in report:
-        console.print(f"Ray dashboard:    {report['ray']['endpoint']}")
+        console.print(f"Ray dashboard:    {report['ray']['endpoint']}{stack.sign_in_hint()}")
     return all(item["healthy"] for item in report.values())
