@@ -19,7 +19,7 @@ from bench.loader import write_dataset
 from dataloading.batch import crop_views, stacked_remap_maps, unstack_remapped
 from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
 from dataloading.dali_pipeline import SampleDecoder, trim_window
-from dataloading.features import CHANNELS
+from dataloading.features import CHANNELS, DB_PER_UNIT
 from dataloading.foa import direction_vector, steering_matrix
 from dataloading.geometry import wrap_pad
 from dataloading.loader import Loader, build_loader
@@ -99,7 +99,7 @@ def test_shapes_dtypes_and_ranges(dataset: tuple[str, list[str]], feature: str) 
     assert batch.video.min() >= 0.0 and batch.video.max() <= 1.0 and batch.video.std() > 0.05
     assert batch.directions[..., 1].abs().max() <= math.radians(cfg.max_elevation_deg) + 1e-6
     logmel = batch.audio[:, :, : {"stereo": 2}.get(feature, min(CHANNELS[feature], 4))]
-    spread = logmel.amax((2, 3, 4)) - logmel.amin((2, 3, 4))
+    spread = (logmel.amax((2, 3, 4)) - logmel.amin((2, 3, 4))) * DB_PER_UNIT  # dB
     assert (spread <= cfg.top_db + 1e-3).all() and (spread > 1.0).all()
     if feature == "stereo":  # GCC-PHAT is a normalised correlation
         assert batch.audio[:, :, 2].abs().max() <= 1.0 + 1e-5
