@@ -26,6 +26,7 @@ COMMANDS = (
     "export",
     "eval",
     "eval_service",
+    "experiment",
     "stack",
     "config",
 )

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from evaluation import plots, report
 from evaluation.discovery import Checkpoint
-from evaluation.suite import Report
+from evaluation.suite import Report, report_to_json
 from evaluation.tasks import Suite
 from trainer.checkpoint import tag_for_step
 
@@ -60,7 +60,7 @@ def publish(client: MlflowClient, ckpt: Checkpoint, eval_run: str, result: Repor
         for name, data in images.items():
             (folder / name).write_bytes(data)
         (folder / "report.html").write_text(report.page(result, images))
-        (folder / "results.json").write_text(json.dumps(_results(result), indent=1))
+        (folder / "results.json").write_text(json.dumps(report_to_json(result), indent=1))
         client.log_artifacts(eval_run, str(folder))
         client.set_terminated(eval_run, "FINISHED")
         for name in ("report.html", "report.png"):
@@ -92,32 +92,3 @@ def _history(client: MlflowClient, run_id: str, current: dict[str, float], step:
         points[step] = value
         history[key] = sorted(points.items())
     return history
-
-
-def _results(result: Report) -> dict:
-    """Everything behind the report, for reanalysis: estimates, chance levels, per-item values with
-    their scenes (to pool seeds or re-bootstrap), classes and confusion matrices."""
-    return {
-        "checkpoint": result.checkpoint,
-        "step": result.step,
-        "run_id": result.run_id,
-        "seconds": result.seconds,
-        "tasks": {
-            r.task: {
-                "primary": r.primary,
-                "scores": {m: {k: asdict(e) for k, e in v.items()} for m, v in r.scores.items()},
-                "differences": {m: {k: asdict(e) for k, e in v.items()} for m, v in r.differences.items()},
-                "chance": r.chance,
-                "items": {
-                    metric: {
-                        "groups": s.groups.tolist(),
-                        "values": {m: v.tolist() for m, v in s.values.items()},
-                    }
-                    for metric, s in r.items.items()
-                },
-                "classes": r.classes,
-                "confusion": {m: c.tolist() for m, c in r.confusion.items()},
-            }
-            for r in result.results
-        },
-    }

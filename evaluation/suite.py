@@ -14,8 +14,10 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from dataloading.config import StorageConfig
 from evaluation.bootstrap import Estimate
@@ -23,6 +25,7 @@ from evaluation.encoders import from_checkpoint, pick_device, random_init
 from evaluation.tasks import (
     REFERENCE,
     Context,
+    Scored,
     Suite,
     TaskResult,
     avc_bin,
@@ -97,6 +100,62 @@ def results_from_metrics(metrics: Mapping[str, float]) -> list[TaskResult]:
         target.setdefault(method.removesuffix(f"-{REFERENCE}"), {})[metric] = estimate
         results[task].primary = results[task].primary or metric
     return [results[t] for t in TASK_ORDER if t in results and results[t].scores]
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    """Everything behind a report, as JSON types, for reanalysis: estimates, chance levels, per-item
+    values with their scenes (to pool seeds or re-bootstrap), classes and confusion matrices."""
+    return {
+        "checkpoint": report.checkpoint,
+        "step": report.step,
+        "run_id": report.run_id,
+        "seconds": report.seconds,
+        "tasks": {
+            r.task: {
+                "primary": r.primary,
+                "scores": {m: {k: asdict(e) for k, e in v.items()} for m, v in r.scores.items()},
+                "differences": {m: {k: asdict(e) for k, e in v.items()} for m, v in r.differences.items()},
+                "chance": r.chance,
+                "items": {
+                    metric: {
+                        "groups": s.groups.tolist(),
+                        "values": {m: v.tolist() for m, v in s.values.items()},
+                    }
+                    for metric, s in r.items.items()
+                },
+                "classes": r.classes,
+                "confusion": {m: c.tolist() for m, c in r.confusion.items()},
+            }
+            for r in report.results
+        },
+    }
+
+
+def report_from_json(data: Mapping[str, Any]) -> Report:
+    """The :class:`Report` that :func:`report_to_json` wrote (no plot details but the confusion)."""
+
+    def estimates(
+        by_method: Mapping[str, Mapping[str, Mapping[str, float]]],
+    ) -> dict[str, dict[str, Estimate]]:
+        return {m: {k: Estimate(**e) for k, e in v.items()} for m, v in by_method.items()}
+
+    results = [
+        TaskResult(
+            task,
+            t["primary"],
+            estimates(t["scores"]),
+            estimates(t["differences"]),
+            dict(t["chance"]),
+            {
+                metric: Scored(np.asarray(i["groups"]), {m: np.asarray(v) for m, v in i["values"].items()})
+                for metric, i in t["items"].items()
+            },
+            list(t["classes"]),
+            {m: np.asarray(c) for m, c in t["confusion"].items()},
+        )
+        for task, t in data["tasks"].items()
+    ]
+    return Report(data["checkpoint"], int(data["step"]), data["run_id"], results, float(data["seconds"]))
 
 
 def tasks_for(suite: Suite) -> list[tuple[str, Task]]:

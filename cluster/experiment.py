@@ -1,0 +1,332 @@
+"""`avsa experiment`: the papers' comparison at CPU scale, from a YAML plan, resumable, with progress.
+
+1. Data: synthetic training and held-out scenes (one clip each; every panorama turned by its own yaw)
+   and the labeled evaluation sets, preprocessed into shards on a local Ray.
+2. Every (arm, seed) unit: train the plan's number of optimizer steps with the arm's curriculum and
+   overrides, then evaluate the last checkpoint with the full suite. The report, with every per-item
+   value, is kept beside the run, so a rerun skips finished units.
+3. Pool: each arm over its seeds and the paired differences between arms, with 95 % intervals from a
+   bootstrap over seeds × held-out scenes, as markdown, CSV and a plot, logged to MLflow too.
+
+Folder of an experiment (``out`` in the plan)::
+
+    data/raw, data/raw-heldout, data/eval/{classification,doa}   generated
+    data/shards, data/shards-heldout                              preprocessed
+    runs/<arm>/seed<k>/checkpoints/ and report.json               trained and evaluated units
+    progress.json                                                 units done and an ETA
+    mlflow.db, mlartifacts/                                       the runs and the summary in MLflow
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trainer.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+Stages = Literal["none", "avc", "avsa", "curriculum"]
+PLAN = Path(__file__).with_name("experiments") / "science.yaml"
+REPORT = "report.json"
+
+
+@dataclass
+class DataPlan:
+    """What the experiment generates: scenes of ``seconds`` (one clip each) and the labeled sets."""
+
+    scenes: int = 320
+    held_out_scenes: int = 120
+    seconds: float = 2.0
+    size: tuple[int, int] = (256, 128)  # equirect pixels (width, height)
+    fps: int = 16
+    classification_clips: int = 30  # per class and split
+    doa_clips: int = 300  # per split
+
+
+@dataclass
+class Arm:
+    """One arm: which pretext stages it trains (``none``: the untrained model) and its own overrides."""
+
+    stages: Stages = "curriculum"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """An experiment: data, seeds, the step budget every trained arm gets, overrides for every arm,
+    the arms, and the differences to report."""
+
+    name: str = "science"
+    out: str = ".avsa/experiments/science"
+    results: str = "docs/results"
+    data: DataPlan = field(default_factory=DataPlan)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 400
+    overrides: dict[str, Any] = field(default_factory=dict)
+    arms: dict[str, Arm] = field(default_factory=dict)
+    differences: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out)
+
+
+def load_plan(path: str | Path = PLAN, **changes: Any) -> Plan:
+    """The plan in the YAML file at ``path`` (keys as in :class:`Plan`), with ``changes`` applied.
+
+    Unknown keys, unknown arms in ``differences`` and arms without a ``curriculum``-style reference
+    are refused with the file named.
+    """
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    known = set(Plan.__dataclass_fields__)
+    if unknown := set(raw) - known:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    data = DataPlan(**{k: tuple(v) if k == "size" else v for k, v in (raw.pop("data", None) or {}).items()})
+    arms = {name: Arm(**spec) for name, spec in (raw.pop("arms", None) or {}).items()}
+    differences = [tuple(pair) for pair in raw.pop("differences", None) or []]
+    plan = replace(Plan(**raw, data=data, arms=arms, differences=differences), **changes)  # type: ignore[arg-type]
+    for a, b in plan.differences:
+        if a not in plan.arms or b not in plan.arms:
+            raise ValueError(f"{path}: difference {a} - {b} names an arm that is not in arms")
+    if "random_init" in plan.arms and plan.arms["random_init"].stages != "none":
+        raise ValueError(f"{path}: the random_init arm trains nothing (stages: none)")
+    return plan
+
+
+def arm_config(plan: Plan, arm: str, seed: int, steps_per_pass: int) -> Config:
+    """The training config of ``arm`` at ``seed``: the plan's overrides, then the arm's, then its
+    curriculum as whole passes over the data, the seed, and the unit's folders. Arms therefore differ
+    only in the keys they name."""
+    spec = plan.arms[arm]
+    passes = 0 if spec.stages == "none" else max(1, round(plan.steps / steps_per_pass))
+    avc = {"none": 0, "avc": passes, "avsa": 0, "curriculum": passes // 2}[spec.stages]
+    unit = plan.folder / "runs" / arm / f"seed{seed}"
+    overrides = {
+        **plan.overrides,
+        **spec.overrides,
+        "data.url": str(plan.folder / "data" / "shards"),
+        "train.steps_per_epoch": steps_per_pass,
+        "train.avc_epochs": avc,
+        "train.avsa_epochs": passes - avc,
+        "train.seed": seed,
+        "data.seed": seed,
+        "train.checkpoint_url": str(unit / "checkpoints"),
+        "tracking.uri": f"sqlite:///{(plan.folder / 'mlflow.db').resolve()}",
+        "tracking.experiment": f"{plan.name}-runs",
+    }
+    return load_config(None, overrides)
+
+
+@dataclass
+class Unit:
+    """One trained and evaluated (arm, seed)."""
+
+    arm: str
+    seed: int
+
+    def folder(self, plan: Plan) -> Path:
+        return plan.folder / "runs" / self.arm / f"seed{self.seed}"
+
+
+def units(plan: Plan) -> list[Unit]:
+    """Every (arm, seed) that trains, seed-major: an interrupted experiment has whole seeds done."""
+    return [
+        Unit(arm, seed) for seed in plan.seeds for arm, spec in plan.arms.items() if spec.stages != "none"
+    ]
+
+
+class Progress:
+    """Units done, their durations and an ETA, on the console and in ``progress.json``."""
+
+    def __init__(self, plan: Plan, total: int) -> None:
+        self.path, self.total, self.started = plan.folder / "progress.json", total, time.time()
+        self.durations: list[float] = []
+        self.done = 0
+
+    def eta_s(self) -> float | None:
+        """Seconds left at the mean duration of the units run so far (None before the first)."""
+        if not self.durations:
+            return None
+        return (self.total - self.done) * sum(self.durations) / len(self.durations)
+
+    def record(self, unit: Unit, seconds: float | None, summary: str) -> None:
+        """A unit finished (``seconds`` None: it was already done before this run)."""
+        self.done += 1
+        if seconds is not None:
+            self.durations.append(seconds)
+        eta = self.eta_s()
+        when = "-" if eta is None else time.strftime("%H:%M", time.localtime(time.time() + eta))
+        log.info(
+            "[%d/%d] %s seed %d %s; ETA %s (%s left)",
+            *(self.done, self.total, unit.arm, unit.seed, summary, when, _duration(eta)),
+        )
+        state = {
+            "done": self.done,
+            "total": self.total,
+            "elapsed_s": round(time.time() - self.started),
+            "eta_s": None if eta is None else round(eta),
+            "last": f"{unit.arm} seed {unit.seed}",
+        }
+        self.path.write_text(json.dumps(state, indent=1))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return (
+        f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+        if seconds >= 3600
+        else f"{seconds / 60:.0f} min"
+    )
+
+
+def make_data(plan: Plan, base: Config) -> None:
+    """Generate and preprocess the experiment's data, skipping whatever is there already."""
+    from dataloading.synth.assets import build_catalog
+    from dataloading.synth.evalsets import classification_set, doa_set
+    from dataloading.synth.generate import SynthOptions, generate
+
+    data, root = plan.data, plan.folder / "data"
+    catalog = build_catalog()
+    for name, videos, seed in (("raw", data.scenes, 0), ("raw-heldout", data.held_out_scenes, 1000)):
+        if not (root / name / "synth.json").exists():
+            generate(
+                SynthOptions(str(root / name), videos, data.seconds, seed, size=data.size, fps=data.fps),
+                catalog,
+            )
+    labeled = root / "eval"
+    if not (labeled / "classification" / "manifest.json").exists():
+        classification_set(str(labeled / "classification"), catalog, data.classification_clips, 0)
+    if not (labeled / "doa" / "manifest.json").exists():
+        doa_set(str(labeled / "doa"), catalog, data.doa_clips, 0)
+    pre = preprocess_config(plan, base)
+    for raw, shards in (("raw", "shards"), ("raw-heldout", "shards-heldout")):
+        if not (root / shards / "manifest.json").exists():
+            # In a process of its own: a Ray started and shut down in this one cannot be started again
+            # here with token auth (the driver keeps the first token's state).
+            cmd = [sys.executable, "-m", "cluster.cli", "preprocess", "--input", str(root / raw)]
+            cmd += ["--output", str(root / shards), "--no-progress", *_flags(pre)]
+            subprocess.run(cmd, check=True)
+
+
+def _flags(pre: Any) -> list[str]:
+    """``avsa preprocess`` flags for the clip settings of ``pre``."""
+    width, height = pre.video_size
+    return ["--clip-seconds", str(pre.clip_seconds), "--size", f"{width}x{height}", "--fps", str(pre.fps)]
+
+
+def preprocess_config(plan: Plan, base: Config) -> Any:
+    """Preprocessing of the scenes into clips as long as the scenes: one clip per scene, so no batch
+    can hold two clips of one scene (a false negative of both pretext tasks)."""
+    data = plan.data
+    return replace(base.preprocess, clip_seconds=data.seconds, video_size=data.size, fps=data.fps)
+
+
+def steps_per_pass(plan: Plan, cfg: Config) -> int:
+    """Optimizer steps in one pass over the training shards."""
+    from dataloading.shards import list_shards
+
+    samples = sum(s.samples for s in list_shards(cfg.data.url, cfg.storage))
+    return max(1, samples // (cfg.data.batch_size * cfg.train.processes))
+
+
+def run_unit(plan: Plan, unit: Unit, cfg: Config, suite: Any, baselines: Any) -> Any:
+    """Train (or resume) and evaluate one unit; returns its report, which is also saved."""
+    from cluster.launch import run_local
+    from evaluation.suite import evaluate_checkpoint, report_to_json
+    from trainer.checkpoint import resolve
+
+    code = run_local(cfg, resume="auto")
+    if code != 0:
+        raise RuntimeError(f"training {unit.arm} seed {unit.seed} failed (exit {code}); rerun to resume it")
+    checkpoint = resolve("latest", cfg.train.checkpoint_url, cfg.storage)
+    assert checkpoint is not None
+    report = evaluate_checkpoint(checkpoint, suite, cfg.storage, "cpu", baselines)
+    (unit.folder(plan) / REPORT).write_text(json.dumps(report_to_json(report)))
+    return report
+
+
+def run(plan: Plan, base: Config | None = None, on_unit: Callable[[Unit, Any], None] | None = None) -> dict:
+    """Run (or continue) the experiment; returns ``{"rows", "markdown", "csv", "seconds"}``."""
+    from evaluation.suite import Baselines, report_from_json
+    from evaluation.tasks import Suite
+
+    started = time.time()
+    base = base or load_config()
+    make_data(plan, base)
+    data = plan.folder / "data"
+    suite = Suite(
+        clips_url=str(data / "shards-heldout"),
+        classification_url=str(data / "eval" / "classification"),
+        doa_url=str(data / "eval" / "doa"),
+        probe_epochs=base.eval.probe_epochs,
+    )
+    todo = units(plan)
+    progress = Progress(plan, len(todo))
+    baselines = Baselines()
+    reports: dict[str, list[Any]] = {}
+    per_pass = None
+    for unit in todo:
+        saved = unit.folder(plan) / REPORT
+        if saved.exists():
+            report = report_from_json(json.loads(saved.read_text()))
+            progress.record(unit, None, "done before")
+        else:
+            per_pass = per_pass or steps_per_pass(plan, arm_config(plan, unit.arm, unit.seed, 1))
+            cfg = arm_config(plan, unit.arm, unit.seed, per_pass)
+            t0 = time.time()
+            report = run_unit(plan, unit, cfg, suite, baselines)
+            progress.record(unit, time.time() - t0, _headline(report))
+        reports.setdefault(unit.arm, []).append(report)
+        if on_unit is not None:
+            on_unit(unit, report)
+    return summarise(plan, reports, time.time() - started)
+
+
+def _headline(report: Any) -> str:
+    """The primary metric of every task, for the progress line."""
+    from evaluation.suite import cell
+
+    return ", ".join(
+        f"{r.task} {cell(r.scores['model'][r.primary], r.primary)}"
+        for r in report.results
+        if "model" in r.scores
+    )
+
+
+def summarise(plan: Plan, reports: Mapping[str, list[Any]], seconds: float) -> dict:
+    """Pool the reports and write the results (markdown, CSV, plot) to ``plan.results`` and MLflow."""
+    from evaluation.aggregate import Source, pool, to_csv, to_markdown
+
+    sources = {arm: Source(runs) for arm, runs in reports.items()}
+    if "random_init" in plan.arms:
+        reference = next(a for a in ("curriculum", *reports) if a in reports)
+        sources = {"random_init": Source(reports[reference], "random_init"), **sources}
+    ordered = {arm: sources[arm] for arm in plan.arms if arm in sources}
+    rows = pool(ordered, [d for d in plan.differences if d[0] in ordered and d[1] in ordered])
+    markdown, table = to_markdown(rows), to_csv(rows)
+    results = Path(plan.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{plan.name}.md").write_text(_page(plan, markdown, seconds))
+    (results / f"{plan.name}.csv").write_text(table)
+    return {"rows": rows, "markdown": markdown, "csv": table, "seconds": seconds}
+
+
+def _page(plan: Plan, markdown: str, seconds: float) -> str:
+    seeds = ", ".join(map(str, plan.seeds))
+    return (
+        f"# {plan.name}: results\n\n"
+        f"`avsa experiment` with `cluster/experiments/{plan.name}.yaml`: {plan.data.scenes} training and "
+        f"{plan.data.held_out_scenes} held-out scenes of {plan.data.seconds:g} s, {plan.steps} optimizer "
+        f"steps per trained arm, seeds {seeds}; {seconds / 60:.0f} minutes on this machine.\n\n{markdown}"
+    )

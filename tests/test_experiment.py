@@ -1,0 +1,157 @@
+"""The science experiment's plan, its arms and the pooling of seeds; a tiny plan end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster import experiment
+from evaluation.aggregate import CSV_COLUMNS, Source, pool, to_csv, to_markdown
+from evaluation.bootstrap import Estimate
+from evaluation.suite import Report
+from evaluation.tasks import Scored, TaskResult
+from trainer.typed_config import flatten
+
+# What a trained arm's config may differ in from another's besides its own overrides: the curriculum.
+CURRICULUM_KEYS = {"train.avc_epochs", "train.avsa_epochs", "train.checkpoint_url"}
+
+
+def test_the_science_plan_has_every_arm_the_issue_names_and_valid_differences() -> None:
+    plan = experiment.load_plan()
+    assert set(plan.arms) >= {
+        "random_init", "avc_only", "curriculum", "avsa_scratch", "negative_control",
+        "curriculum_logmel", "curriculum_cardioids",
+    }  # fmt: skip
+    assert len(plan.seeds) >= 3 and plan.data.scenes >= 300
+    assert ("curriculum", "avc_only") in plan.differences and ("avc_only", "random_init") in plan.differences
+
+
+def test_unknown_keys_and_unknown_arms_are_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("seedz: [0]\n")
+    with pytest.raises(ValueError, match=r"unknown keys.*seedz"):
+        experiment.load_plan(bad)
+    bad.write_text("arms: {a: {stages: avc}}\ndifferences: [[a, b]]\n")
+    with pytest.raises(ValueError, match=r"a - b names an arm"):
+        experiment.load_plan(bad)
+
+
+def test_arms_differ_only_in_what_they_name_and_get_the_same_steps() -> None:
+    plan = experiment.load_plan()
+    per_pass = 40
+    configs = {arm: flatten(experiment.arm_config(plan, arm, 0, per_pass)) for arm in plan.arms}
+    reference = configs["curriculum"]
+    for arm, cfg in configs.items():
+        named = {f"{k}" for k in plan.arms[arm].overrides}
+        differing = {k for k in cfg if cfg[k] != reference[k]}
+        assert differing <= named | CURRICULUM_KEYS, (arm, differing - named - CURRICULUM_KEYS)
+        steps = (cfg["train.avc_epochs"] + cfg["train.avsa_epochs"]) * cfg["train.steps_per_epoch"]
+        assert steps == (0 if arm == "random_init" else plan.steps), arm
+    assert configs["avc_only"]["train.avsa_epochs"] == 0 and configs["avsa_scratch"]["train.avc_epochs"] == 0
+    assert configs["curriculum"]["train.avc_epochs"] == configs["curriculum"]["train.avsa_epochs"]
+    assert tuple(configs["negative_control"]["data.audio_yaw_offset_deg"]) == (90.0, 270.0)
+    # Seeds change the initial weights and the data order, nothing else.
+    other = flatten(experiment.arm_config(plan, "curriculum", 1, per_pass))
+    assert {k for k in other if other[k] != reference[k]} == {
+        "train.seed",
+        "data.seed",
+        "train.checkpoint_url",
+    }
+
+
+def test_one_clip_per_scene_so_no_batch_holds_a_same_scene_negative() -> None:
+    plan = experiment.load_plan()
+    pre = experiment.preprocess_config(plan, experiment.load_config())
+    assert pre.clip_seconds == plan.data.seconds  # each scene is cut into exactly one clip
+
+
+def _report(values: dict[str, np.ndarray], groups: np.ndarray) -> Report:
+    items = {"acc": Scored(groups, values)}
+    zero = Estimate(0, 0, 0, 0)
+    result = TaskResult("avsa_bin", "acc", {m: {"acc": zero} for m in values}, items=items)
+    return Report("ckpt", 1, None, [result], 0.0)
+
+
+def test_pooling_over_seeds_pairs_arms_by_seed_and_writes_the_issues_columns() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(50), 4)
+    base = [rng.random(200) for _ in range(3)]
+    better = [_report({"model": b + 0.1, "random_init": b}, groups) for b in base]
+    plain = [_report({"model": b, "random_init": b}, groups) for b in base]
+    sources = {
+        "random_init": Source(plain, "random_init"),
+        "curriculum": Source(better),
+        "avc_only": Source(plain),
+    }
+    rows = pool(sources, [("curriculum", "avc_only"), ("avc_only", "random_init")], resamples=200)
+    by_arm = {r.arm: r for r in rows}
+    assert by_arm["curriculum - avc_only"].estimate.mean == pytest.approx(0.1)
+    assert by_arm["curriculum - avc_only"].estimate.low == pytest.approx(0.1)  # paired: exactly the shift
+    assert by_arm["avc_only - random_init"].estimate.mean == pytest.approx(0.0)
+    assert all(r.seeds == 3 for r in rows)
+    lines = to_csv(rows).splitlines()
+    assert tuple(lines[0].split(",")) == CSV_COLUMNS and len(lines) == 1 + len(rows)
+    table = to_markdown(rows)
+    assert "| curriculum |" in table and "| curriculum - avc_only | +10.0 [+10.0, +10.0] |" in table
+
+
+TINY_PLAN = """
+name: tiny
+out: {out}
+results: {results}
+data:
+  scenes: 6
+  held_out_scenes: 6
+  seconds: 1.0
+  size: [128, 64]
+  fps: 8
+  classification_clips: 2
+  doa_clips: 8
+seeds: [0, 1]
+steps: 2
+overrides:
+  model.preset: tiny
+  data.batch_size: 2
+  data.viewpoints: 2
+  data.frames: 2
+  data.fps: 8
+  data.crop_size: 32
+  data.n_mels: 16
+  data.workers: 0
+  data.stats_clips: 4
+  eval.probe_epochs: 2
+arms:
+  random_init: {{stages: none}}
+  curriculum: {{stages: curriculum}}
+  avc_only: {{stages: avc}}
+differences: [[curriculum, avc_only], [curriculum, random_init]]
+"""
+
+
+@pytest.mark.integration
+def test_a_tiny_plan_runs_end_to_end_and_continues_where_it_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_PLAN.format(out=tmp_path / "work", results=tmp_path / "results"))
+    plan = experiment.load_plan(path)
+    seen: list[tuple[str, int]] = []
+    result = experiment.run(plan, on_unit=lambda unit, report: seen.append((unit.arm, unit.seed)))
+    assert seen == [("curriculum", 0), ("avc_only", 0), ("curriculum", 1), ("avc_only", 1)]
+    csv_rows = (tmp_path / "results" / "tiny.csv").read_text().splitlines()
+    arms = {line.split(",")[0] for line in csv_rows[1:]}
+    assert arms == {
+        "random_init",
+        "curriculum",
+        "avc_only",
+        "curriculum - avc_only",
+        "curriculum - random_init",
+    }
+    assert {line.split(",")[1] for line in csv_rows[1:]} >= {"avc_bin", "avsa_bin", "doa", "doa_steered"}
+    assert all(line.endswith(",2") for line in csv_rows[1:])  # two seeds behind every row
+    progress = json.loads((tmp_path / "work" / "progress.json").read_text())
+    assert progress["done"] == progress["total"] == 4
+    # A second run finds every unit's report and trains nothing again.
+    again = experiment.run(plan)
+    assert again["csv"] == result["csv"]
