@@ -1,4 +1,4 @@
-"""`avsa preprocess` (Ray actors, detection, shards) vs a PyAV-only transcode, in clips/s per CPU core."""
+"""`avsa preprocess` (actors, detection, shards) vs a PyAV-only transcode: clips/s a core, after start-up."""
 
 from __future__ import annotations
 
