@@ -199,11 +199,12 @@ class PaperStep:
     compiled."""
 
     def __init__(self, cfg: Any, device: torch.device, compiled: bool) -> None:
-        import deepspeed
-
         from dataloading.features import CHANNELS
         from trainer.deepspeed_config import deepspeed_config, resolve_precision
+        from trainer.deepspeed_env import import_deepspeed
         from trainer.models import AVSAModel
+
+        deepspeed = import_deepspeed()
 
         torch.manual_seed(cfg.train.seed)
         model = AVSAModel(cfg.model, CHANNELS[cfg.data.feature]).to(device)
