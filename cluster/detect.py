@@ -32,7 +32,11 @@ MERGE_RADIUS = math.radians(12.0)
 TILE_FOV = math.radians(90.0)
 TILE_RINGS = ((0.0, 8), (math.radians(55.0), 4), (math.radians(-55.0), 4))  # (elevation, tiles in ring)
 TILE_SCALE = 1.0  # tile pixels per equirect pixel at the tile centre: no upsampling, no detail lost
-MAX_OBJECTS = 16  # per clip, best first
+MAX_OBJECTS = 16  # per clip, each detector's best in turn
+# Detectors of upright objects (faces, cats, people: trained on eye-level photos) look only at the tiles
+# within this elevation of the horizon, i.e. the horizon ring: where such objects stand around a camera,
+# and where the tiles are upright. The other rings would double their cost, most of the detection's.
+UPRIGHT_MAX_ELEVATION = math.radians(30.0)
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,12 @@ class Detection:
 
 class Detector(Protocol):
     """Finds objects in one undistorted RGB tile. A ``motion`` detector also gets ``previous``, the same
-    tile earlier in the clip, and runs on each pair of sampled frames; others run on the first frame."""
+    tile earlier in the clip, and runs on each pair of sampled frames; others run on the first frame.
+    An ``upright`` detector runs only on the tiles near the horizon (:data:`UPRIGHT_MAX_ELEVATION`)."""
 
     name: str
     motion: bool
+    upright: bool
 
     def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]: ...
 
@@ -131,12 +137,22 @@ def angular_distance(az1: float, el1: float, az2: float, el2: float) -> float:
 
 
 # ----- detectors -------------------------------------------------------------------------------------
+# The face cascade finds faces from ~32 pixels across (scikit-image's astronaut, scaled): 11° of a
+# 256-pixel 90° tile, a face (~20 cm) about 1 m from the camera. In the 128-pixel tiles of the default
+# 512-pixel equirect such a face must be within ~0.5 m; there the two cascades cost ~0.2 CPU-s per clip,
+# most of the detection, and found none of the 57 objects (astronauts and cats among them) of the
+# synthetic preprocessing benchmark.
+HAAR_MIN_TILE = 256  # pixels
+
+
 class HaarDetector:
-    """An OpenCV bundled Haar cascade (faces, cat faces); score = the cascade's final stage weight."""
+    """An OpenCV bundled Haar cascade (faces, cat faces); score = the cascade's final stage weight.
+    Runs on tiles of :data:`HAAR_MIN_TILE` pixels and more."""
 
     def __init__(self, label: str, cascade: str, min_neighbors: int = 5) -> None:
         self.name = f"haar_{label}"
         self.motion = False
+        self.upright = True
         self.label = label
         self.cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, cascade))
         if self.cascade.empty():
@@ -144,6 +160,8 @@ class HaarDetector:
         self.min_neighbors = min_neighbors
 
     def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
+        if tile.shape[0] < HAAR_MIN_TILE:
+            return []
         gray = cv2.equalizeHist(cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY))
         rects, _, weights = self.cascade.detectMultiScale3(
             gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(20, 20), outputRejectLevels=True
@@ -159,6 +177,7 @@ class HogPeopleDetector:
 
     name = "hog_person"
     motion = False
+    upright = True
 
     def __init__(self, min_score: float = 0.5) -> None:
         self.hog = cv2.HOGDescriptor()
@@ -201,6 +220,7 @@ class SpectralSaliency:
 
     name = "saliency"
     motion = False
+    upright = False
 
     def __init__(self, work_size: int = 64, min_area: float = 0.004) -> None:
         self.work_size = work_size  # the method works at coarse scale; 64 px is the paper's choice
@@ -241,6 +261,7 @@ class MotionSaliency:
 
     name = "motion"
     motion = True
+    upright = False
 
     def __init__(self, min_change: float = 12.0, min_area: float = 0.002) -> None:
         self.min_change = min_change  # grey levels
@@ -272,6 +293,7 @@ class OnnxDetector:
             raise RuntimeError(f"ONNX detector not found: {path}")
         self.name = f"onnx:{os.path.basename(path)}"
         self.motion = False
+        self.upright = False  # a general (COCO) detector: every tile
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # actors scale across cores
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -346,7 +368,8 @@ class ObjectFinder:
         return self._maps[(width, height)]
 
     def find(self, frames: Sequence[tuple[float, np.ndarray]]) -> list[Detection]:
-        """Detections in RGB equirect ``frames`` given as (time in seconds, uint8 [H, W, 3]), best first.
+        """Detections in RGB equirect ``frames`` given as (time in seconds, uint8 [H, W, 3]): at most
+        :data:`MAX_OBJECTS`, each detector's best in turn (see :func:`take_in_turn`).
 
         Still-image detectors look at the first frame; motion detectors at each pair of consecutive frames.
         """
@@ -361,6 +384,8 @@ class ObjectFinder:
             ]
             hits: list[tuple[Box, float, str]] = []
             for detector in self.detectors:
+                if detector.upright and abs(tile.elevation) > UPRIGHT_MAX_ELEVATION:
+                    continue
                 if detector.motion:
                     for k in range(1, len(views)):
                         hits += [
@@ -375,7 +400,7 @@ class ObjectFinder:
             for (box, time, name), a, e in zip(hits, az, el, strict=True):
                 size = 2 * math.atan(box.w * half)
                 found.append(Detection(box.label, box.score, float(a), float(e), size, time, name))
-        return merge(found)[:MAX_OBJECTS]
+        return take_in_turn(merge(found), MAX_OBJECTS)
 
 
 def merge(detections: list[Detection], radius: float = MERGE_RADIUS) -> list[Detection]:
@@ -388,6 +413,21 @@ def merge(detections: list[Detection], radius: float = MERGE_RADIUS) -> list[Det
         ):
             kept.append(d)
     return kept
+
+
+def take_in_turn(detections: list[Detection], limit: int) -> list[Detection]:
+    """The first ``limit`` of ``detections`` (best first) taking each detector's next best in turn.
+
+    Scores of different detectors are not comparable (a saliency score is a mean saliency, a motion
+    score a mean grey-level change / 255), so one cut by score would let one detector crowd out the rest.
+    """
+    queues: dict[str, list[Detection]] = {}
+    for d in detections:
+        queues.setdefault(d.detector, []).append(d)
+    taken: list[Detection] = []
+    for rank in range(max(map(len, queues.values()), default=0)):
+        taken += [queue[rank] for queue in queues.values() if rank < len(queue)]
+    return taken[:limit]
 
 
 # ----- sound directions ------------------------------------------------------------------------------

@@ -362,7 +362,9 @@ class Stack:
             "--workers",
             "1",
         ]
-        env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+        # Job execution would start 7 huey consumers (~230 MB and ~6 CPU-s each) for MLflow features
+        # this project never uses.
+        env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         if state.mlflow_user:
             cmd += ["--app-name", "basic-auth"]
             env |= self._mlflow_auth_env(state)

@@ -29,7 +29,7 @@ class PreprocessConfig:
     input: str = ".avsa/demo/raw"
     output: str = ".avsa/demo/shards"
     clip_seconds: float = 10.0
-    shard_size: int = 64  # samples (clips) per tar shard
+    shard_size: int = 64  # most samples (clips) per tar shard; shards are cut equal, give or take one
     video_size: tuple[int, int] = (512, 256)  # equirect width, height in pixels (2:1)
     fps: int = 16
     codec: Literal["vp9", "vp8", "mjpeg"] = "vp9"  # DALI's CPU decoder has no H.264

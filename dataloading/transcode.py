@@ -3,7 +3,8 @@
 Video: equirectangular, ``fps`` constant frame rate (sample-and-hold of the source frames), scaled to
 ``video_size``, VP9 (or VP8/MJPEG) with a keyframe every ``gop`` frames, in mp4 — DALI decodes that on
 CPU and GPU. Audio: 4-channel FOA resampled to ``audio_rate`` Hz, converted to AmbiX if the input is
-FuMa, FLAC. Inputs that cannot become samples raise :class:`InputError` with a reason a person can act on.
+FuMa, FLAC of 16 bits, or 24 where the input is lossless with more than 16 (see :func:`flac_bits`).
+Inputs that cannot become samples raise :class:`InputError` with a reason a person can act on.
 All times are seconds; rates Hz; sizes pixels.
 """
 
@@ -33,6 +34,8 @@ ASPECT_TOLERANCE = 0.05
 MIN_SIZE = (64, 32)
 MAX_SIZE = (16384, 8192)
 FOA_CHANNELS = 4
+# One decoder and one encoder thread: actors scale across cores, and frame threads only added CPU time.
+CODEC_THREADS = 1
 _EPS = 1e-4  # seconds: slack when comparing frame times
 
 
@@ -52,6 +55,7 @@ class Probe:
     fps: float
     audio_rate: int
     input_format: str  # "ambix" or "fuma"
+    audio_bits: int  # bits per sample of the clips' FLAC (:func:`flac_bits`)
 
     def clip_starts(self, clip_seconds: float) -> list[float]:
         """Start times of the whole clips that fit in the input (a partial tail is dropped)."""
@@ -121,6 +125,14 @@ def _detect_format(container: av.container.InputContainer, stream: Any, requeste
     return "fuma" if "fuma" in text or "furse" in text else "ambix"
 
 
+def flac_bits(stream: Any) -> int:
+    """Bits per FLAC sample for audio ``stream``: 24 where it is lossless (PCM, FLAC, ALAC) with more than
+    16 bits per sample, else 16 — what 16-bit PCM and lossy codecs (AAC, Opus: the usual 360° video
+    audio) carry; more bits would only store their quantisation noise."""
+    context = stream.codec_context
+    return 24 if context.codec.lossless and context.format.bits > 16 else 16
+
+
 def probe(url: str, cfg: PreprocessConfig, storage: StorageConfig | None = None) -> Probe:
     """Inspect ``url`` (and a sidecar audio file beside it); raise InputError if it cannot be used."""
     with ExitStack() as stack:
@@ -178,6 +190,7 @@ def probe(url: str, cfg: PreprocessConfig, storage: StorageConfig | None = None)
             fps=fps,
             audio_rate=audio_stream.codec_context.sample_rate,
             input_format=_detect_format(audio_container, audio_stream, cfg.input_format),
+            audio_bits=flac_bits(audio_stream),
         )
 
 
@@ -251,17 +264,16 @@ def to_ambix(audio: np.ndarray, input_format: str) -> np.ndarray:
     return audio
 
 
-def flac_bytes(audio: np.ndarray, rate: int) -> bytes:
-    """``[C, N]`` float audio as 24-bit FLAC (24 bits keep quiet spatial cues above the noise floor)."""
+def flac_bytes(audio: np.ndarray, rate: int, bits: int = 24) -> bytes:
+    """``[C, N]`` float audio at ``rate`` Hz as FLAC of ``bits`` (16 or 24) bits per sample."""
     buf = io.BytesIO()
-    sf.write(buf, np.clip(audio.T, -1.0, 1.0), rate, format="FLAC", subtype="PCM_24")
+    sf.write(buf, np.clip(audio.T, -1.0, 1.0), rate, format="FLAC", subtype=f"PCM_{bits}")
     return buf.getvalue()
 
 
 def encoder_options(cfg: PreprocessConfig) -> dict[str, str]:
     """FFmpeg options of the video encoder: keyframe every ``cfg.gop`` frames, one thread."""
-    # One thread: actors scale across cores, so each encoder stays on its own.
-    options = {"threads": "1", "g": str(cfg.gop), "keyint_min": str(cfg.gop)}
+    options = {"threads": str(CODEC_THREADS), "g": str(cfg.gop), "keyint_min": str(cfg.gop)}
     if cfg.codec in ("vp9", "vp8"):
         # realtime + cpu-used 8 is libvpx's fastest preset; crf keeps quality constant per clip
         options |= {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "crf": "32", "b": "0"}
@@ -319,7 +331,7 @@ def transcode(
     with ExitStack() as stack:
         container = _container(_open(probe_.url, storage, stack), stack)
         video = container.streams.video[0]
-        video.thread_type = "AUTO"
+        video.codec_context.thread_count = CODEC_THREADS
         audio_container = _container(_open(probe_.audio_url, storage, stack), stack)
         audio = _AudioStream(audio_container, starts[0], cfg.audio_rate)
         container.seek(int(starts[0] / video.time_base), stream=video)
@@ -349,4 +361,5 @@ def transcode(
                 encoder.add(held)
             mp4 = encoder.finish()
             foa = to_ambix(audio.take(start, cfg.clip_seconds), probe_.input_format)
-            yield Clip(clip_index, start, mp4, flac_bytes(foa, cfg.audio_rate), foa, kept)
+            flac = flac_bytes(foa, cfg.audio_rate, probe_.audio_bits)
+            yield Clip(clip_index, start, mp4, flac, foa, kept)

@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from cluster.detect import (
+    HAAR_MIN_TILE,
+    UPRIGHT_MAX_ELEVATION,
+    Box,
     Detection,
+    HaarDetector,
     MotionSaliency,
     ObjectFinder,
     SpectralSaliency,
@@ -19,6 +23,7 @@ from cluster.detect import (
     make_detectors,
     merge,
     sound_directions,
+    take_in_turn,
     tiles_for,
 )
 from dataloading.foa import encode_plane_wave
@@ -107,6 +112,51 @@ def test_duplicates_from_overlapping_tiles_merge_keeping_the_best() -> None:
         "time_s": 0.0,
         "detector": "d",
     }
+
+
+class CountingDetector:
+    """Reports one box at every tile's centre and counts the tiles it was shown."""
+
+    motion = False
+
+    def __init__(self, name: str, upright: bool) -> None:
+        self.name, self.upright, self.calls = name, upright, 0
+
+    def detect(self, tile: np.ndarray, previous: np.ndarray | None) -> list[Box]:
+        self.calls += 1
+        return [Box(self.name, 1.0 if self.upright else 0.001, tile.shape[1] / 2, tile.shape[0] / 2, 8, 8)]
+
+
+def test_upright_detectors_look_at_the_horizon_ring_only_and_every_detector_keeps_a_share() -> None:
+    upright, everywhere = CountingDetector("upright", True), CountingDetector("everywhere", False)
+    found = ObjectFinder([upright, everywhere]).find([(0.0, scene_with_disk(0.0, 0.0))])
+    tiles = tiles_for(W)
+    assert everywhere.calls == len(tiles)
+    assert upright.calls == sum(abs(t.elevation) <= UPRIGHT_MAX_ELEVATION for t in tiles) == 8
+    assert all(abs(d.elevation) < UPRIGHT_MAX_ELEVATION for d in found if d.detector == "upright")
+    # the upright detector's scores are all higher, yet the cut leaves half of the places to the other
+    assert [d.detector for d in found] == ["upright", "everywhere"] * 8
+
+
+def test_the_face_cascade_runs_on_tiles_big_enough_for_faces() -> None:
+    from skimage import data
+
+    face = HaarDetector("face", "haarcascade_frontalface_default.xml")
+    photo = data.astronaut()  # her face is ~93 pixels across
+    small = cv2.resize(photo, None, fx=40 / 93, fy=40 / 93, interpolation=cv2.INTER_AREA)
+    tile = np.full((HAAR_MIN_TILE, HAAR_MIN_TILE, 3), 90, np.uint8)
+    tile[: small.shape[0], : small.shape[1]] = small
+    found = face.detect(tile, None)
+    assert len(found) == 1 and 30 < found[0].w < 50
+    assert face.detect(tile[: HAAR_MIN_TILE // 2, : HAAR_MIN_TILE // 2], None) == []
+
+
+def test_take_in_turn_alternates_detectors_best_first() -> None:
+    a = [Detection("x", s, 0.0, 0.0, 0.1, 0.0, "a") for s in (0.9, 0.8, 0.7)]
+    b = [Detection("y", s, 1.0, 0.0, 0.1, 0.0, "b") for s in (0.2, 0.1)]
+    assert take_in_turn([*a, *b], 4) == [a[0], b[0], a[1], b[1]]
+    assert take_in_turn([*a, *b], 10) == [a[0], b[0], a[1], b[1], a[2]]
+    assert take_in_turn([], 4) == []
 
 
 def test_detector_specs() -> None:

@@ -44,6 +44,9 @@ def check_running_stack(
     roots = [psutil.Process(s["pid"]) for s in state["services"].values()]
     ours = {p.pid for root in roots for p in process_tree(root)}
     assert len(ours) > 3  # weed, mlflow (+ workers), ray start and its daemons
+    # MLflow's job runner and its huey consumers (~1.6 GB, unused here) are switched off.
+    mlflow_tree = process_tree(psutil.Process(state["services"]["mlflow"]["pid"]))
+    assert not [p.pid for p in mlflow_tree if "mlflow.server.jobs" in " ".join(p.cmdline())]
 
     status = avsa("stack", "status", *overrides, cwd=tmp_path)
     assert status.returncode == 0, status.stdout

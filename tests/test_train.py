@@ -24,7 +24,7 @@ def test_deepspeed_config_follows_the_typed_config(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, **{"train.zero_stage": 2, "train.warmup_steps": 5, "train.grad_clip": 0.5})
     ds = deepspeed_config(cfg, "cpu")
     assert ds["train_micro_batch_size_per_gpu"] == 4
-    assert ds["zero_optimization"] == {"stage": 2}
+    assert ds["zero_optimization"] == {"stage": 2, "contiguous_gradients": False}
     assert ds["gradient_clipping"] == 0.5
     assert ds["bf16"] == {"enabled": False}  # auto on CPU
     adam = ds["optimizer"]["params"]

@@ -114,7 +114,9 @@ def test_clips_are_vp9_at_constant_rate_with_short_gop_and_4ch_24k_audio(synth) 
         assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 8]
         audio, rate = sf.read(io.BytesIO(clip.flac), always_2d=True)
         assert (rate, audio.shape) == (24000, (24000, 4))
-        assert np.abs(audio.T - clip.audio).max() < 1e-4  # 24-bit FLAC
+        # AAC carries no more than 16 bits: 16-bit FLAC, within half a step of the decoded audio
+        assert p.audio_bits == 16 and sf.info(io.BytesIO(clip.flac)).subtype == "PCM_16"
+        assert np.abs(audio.T - clip.audio).max() <= 2**-16
         assert sorted(clip.frames) == [4, 12] and clip.frames[4].shape == (64, 128, 3)
 
 
@@ -142,6 +144,10 @@ def test_sidecar_fuma_plane_wave_comes_out_ambix_from_the_same_direction(tmp_pat
     # SN3D: X = W·cosφ·cosν, so W is back at full level (FuMa's W is 3 dB down)
     w, x = clip.audio[0], clip.audio[3]
     assert np.std(x) / np.std(w) == pytest.approx(math.cos(az) * math.cos(el), rel=0.02)
+    # a lossless 32-bit float sidecar keeps 24 bits
+    assert p.audio_bits == 24 and sf.info(io.BytesIO(clip.flac)).subtype == "PCM_24"
+    decoded, _ = sf.read(io.BytesIO(clip.flac), always_2d=True)
+    assert np.abs(decoded.T - clip.audio).max() <= 2**-24
 
 
 def test_every_bad_input_is_rejected_with_its_reason(tmp_path) -> None:

@@ -43,7 +43,10 @@ def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
         "gradient_accumulation_steps": 1,
         "steps_per_print": _NEVER,
         "wall_clock_breakdown": False,
-        "zero_optimization": {"stage": t.zero_stage},
+        # contiguous_gradients (DeepSpeed's default) copies each gradient into one buffer as backward
+        # produces it, against memory fragmentation in models of billions of parameters; for ours the copy
+        # only cost time (ZeRO 1: ~20 of ~110 ms a step of the tiny model on 1 CPU rank; ZeRO 2 ~12 ms).
+        "zero_optimization": {"stage": t.zero_stage, "contiguous_gradients": False},
         "bf16": {"enabled": precision == "bf16"},
         "gradient_clipping": t.grad_clip,
         "optimizer": {
