@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,12 @@ from trainer.data import Batch
 from trainer.mlflow_ui import training_experiment, ui_url
 from trainer.typed_config import flatten
 
+if TYPE_CHECKING:  # mlflow is imported only where tracking is on
+    from mlflow.utils.async_logging.run_operations import RunOperations
+
 log = logging.getLogger(__name__)
+
+_MAX_PENDING = 64  # queued metric batches kept before the oldest are waited on
 
 
 def public_params(cfg: Config) -> dict[str, str]:
@@ -48,6 +53,10 @@ class Tracker:
         self.enabled = bool(cfg.tracking.uri)
         self.rank = rank
         self.client = None
+        # Futures of the metric batches sent without waiting; finish() waits on them. (The fluent
+        # mlflow.flush_async_logging() would resolve MLflow's *default* store, a sqlite mlflow.db in
+        # the working directory, rather than this client's server.)
+        self._pending: list[RunOperations] = []
         run_id = None
         if self.enabled and rank == 0:
             from mlflow.tracking import MlflowClient
@@ -86,7 +95,9 @@ class Tracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        if len(self._pending) > _MAX_PENDING:  # the oldest are long sent: keep the list short
+            self._wait(_MAX_PENDING // 2)
 
     def log_checkpoint(self, url: str, step: int) -> None:
         """Tag the run with its newest checkpoint (what `avsa export --run` and evaluation read)."""
@@ -104,11 +115,16 @@ class Tracker:
 
         plt.close(figure)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        if self.active:
-            import mlflow
+    def _wait(self, count: int) -> None:
+        """Block until the oldest ``count`` queued metric batches reached the server."""
+        done, self._pending = self._pending[:count], self._pending[count:]
+        for operations in done:
+            operations.wait()
 
-            mlflow.flush_async_logging()
+    def finish(self, status: str = "FINISHED") -> None:
+        """Flush the queued metrics to the configured server, then end the run with ``status``."""
+        if self.active:
+            self._wait(len(self._pending))
             self.client.set_terminated(self.run_id, status)
 
 
