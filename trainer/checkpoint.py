@@ -6,8 +6,9 @@ Layout under ``train.checkpoint_url`` (the *root*)::
     ROOT/step_00001000/              one folder (*tag*) per save
         mp_rank_00_model_states.pt   DeepSpeed: module weights and buffers (+ scheduler)
         zero_pp_rank_R_...optim_states.pt   DeepSpeed: rank R's ZeRO optimizer partition
-        rank_R.pt                    ours: rank R's RNG states (python, numpy, torch), loader position
-                                     and module buffers (BatchNorm statistics differ per rank)
+        rank_R.pt                    ours: rank R's RNG states (python, numpy, torch) and module buffers
+                                     (BatchNorm statistics differ per rank)
+        loader.json                  ours: every rank's loader position, in rank order
         config.yaml                  the resolved config of the run, credentials replaced by markers
         feature_stats.json           the audio features' normalisation statistics (none: used raw)
         meta.json                    step, epoch, world size, MLflow run id, files (written after them)
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 META = "meta.json"
+LOADER = "loader.json"
 CONFIG = "config.yaml"
 
 
@@ -165,7 +167,6 @@ class Checkpointer:
             engine.save_checkpoint(staging, tag=tag, save_latest=False)
             own = {
                 "rng": rng_state(),
-                "source": source.state_dict(),
                 "step": step,
                 "buffers": {k: v.detach().cpu() for k, v in engine.module.named_buffers()},
             }
@@ -179,14 +180,16 @@ class Checkpointer:
             files = sorted(os.listdir(local))
             for name in files:
                 upload_atomic(os.path.join(local, name), join(url, name), self.storage)
-            everyone = all_gather_object(files, self.world_size)
+            everyone = all_gather_object((files, source.state_dict()), self.world_size)
             if self.rank == 0:
+                positions = json.dumps([state for _, state in everyone]).encode()
+                write_bytes_atomic(join(url, LOADER), positions, self.storage)
                 meta = {
                     "step": step,
                     "epoch": epoch,
                     "world_size": self.world_size,
                     "run_id": run_id,
-                    "files": sorted({f for rank_files in everyone for f in rank_files}),
+                    "files": sorted({f for rank_files, _ in everyone for f in rank_files} | {LOADER}),
                 }
                 write_bytes_atomic(join(url, META), json.dumps(meta, indent=1).encode(), self.storage)
                 write_bytes_atomic(join(self.root, LATEST), tag.encode(), self.storage)
@@ -201,16 +204,22 @@ class Checkpointer:
         """Restore engine, RNG and loader state saved at ``tag_url`` by a run of the same world size."""
         meta = read_meta(tag_url, self.storage)
         if meta["world_size"] != self.world_size:
-            # ZeRO could re-partition the optimizer, but each rank's loader position and RNG streams
-            # belong to that rank: continuing "as if never interrupted" needs the same ranks.
+            # ZeRO could re-partition the optimizer, but each rank's RNG streams belong to that rank.
             raise ValueError(
                 f"{tag_url} was saved by {meta['world_size']} ranks; this run has {self.world_size}"
+            )
+        if LOADER not in meta["files"]:
+            raise ValueError(
+                f"{tag_url} was written by an older trainer (no {LOADER} with the loader positions): it "
+                "cannot be resumed; start a new run, or `avsa export` its weights"
             )
         tag = tag_url.rstrip("/").rsplit("/", 1)[-1]
         staging = tempfile.mkdtemp(prefix=f"avsa-resume-r{self.rank}-")
         try:
             download(tag_url, os.path.join(staging, tag), self.storage)
             safe_load.verify(os.path.join(staging, tag))  # DeepSpeed unpickles its files in full
+            with open(os.path.join(staging, tag, LOADER)) as fh:
+                positions = json.load(fh)
             path, _ = engine.load_checkpoint(staging, tag=tag)
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load the checkpoint at {tag_url}")
@@ -218,7 +227,7 @@ class Checkpointer:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         set_rng_state(own["rng"])
-        source.load_state_dict(own["source"])
+        source.load_state_dict(positions)
         # Buffers (BatchNorm running statistics) are not averaged across ranks like gradients, and
         # DeepSpeed saves rank 0's only: each rank restores its own.
         with torch.no_grad():
