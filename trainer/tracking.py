@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # mlflow is imported only where tracking is on
 
 log = logging.getLogger(__name__)
 
+PREEMPTED = "avsa.preempted"  # "true" while the run waits for `--resume` after a SIGTERM
+PREEMPTED_AT = "avsa.preempted_at_step"
 _MAX_PENDING = 64  # queued metric batches kept before the oldest are waited on
 
 
@@ -63,8 +65,10 @@ class Tracker:
 
             self.client = MlflowClient(cfg.tracking.uri)
             run_id = resume_run_id or self._create_run(cfg, world_size)
-            if resume_run_id:  # the interrupted attempt marked it FAILED; the job goes on in it
+            if resume_run_id:  # the interrupted attempt marked it FAILED or KILLED; the job goes on in it
                 self.client.update_run(run_id, status="RUNNING")
+                if self.client.get_run(run_id).data.tags.get(PREEMPTED) == "true":
+                    self.client.set_tag(run_id, PREEMPTED, "false")  # PREEMPTED_AT stays, as history
         self.run_id: str | None = broadcast_from_rank0(run_id)
 
     @property
@@ -120,6 +124,13 @@ class Tracker:
         done, self._pending = self._pending[:count], self._pending[count:]
         for operations in done:
             operations.wait()
+
+    def preempted(self, step: int) -> None:
+        """End the run as KILLED and tagged preempted after ``step`` (not FAILED: a resume continues it)."""
+        if self.active:
+            self.client.set_tag(self.run_id, PREEMPTED, "true")
+            self.client.set_tag(self.run_id, PREEMPTED_AT, str(step))
+        self.finish("KILLED")
 
     def finish(self, status: str = "FINISHED") -> None:
         """Flush the queued metrics to the configured server, then end the run with ``status``."""
