@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -53,6 +54,9 @@ LATEST = "latest"
 META = "meta.json"
 LOADER = "loader.json"
 CONFIG = "config.yaml"
+
+
+TAG_NAME = re.compile(r"step_\d+")  # what tag_for_step makes
 
 
 def tag_for_step(step: int) -> str:

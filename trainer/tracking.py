@@ -125,6 +125,13 @@ class Tracker:
         for operations in done:
             operations.wait()
 
+    def tags(self) -> dict[str, str] | None:
+        """The run's tags as the server has them now (the evaluation service's markers among them);
+        None without tracking."""
+        if not self.active:
+            return None
+        return dict(self.client.get_run(self.run_id).data.tags)
+
     def preempted(self, step: int) -> None:
         """End the run as KILLED and tagged preempted after ``step`` (not FAILED: a resume continues it)."""
         if self.active:

@@ -7,7 +7,8 @@ process group; everything else happens here. Called without either, it trains in
 The loop walks epochs, not a fixed step count: a resume on another world size (:mod:`trainer.elastic`)
 changes how many steps the rest of an epoch takes, while the step counter, the LR schedule and the
 curriculum (by epoch) go on. A SIGTERM stops every rank after the same step with a checkpoint
-(:mod:`trainer.preemption`).
+(:mod:`trainer.preemption`); after each checkpoint rank 0 applies ``train.keep_checkpoints``
+(:mod:`trainer.retention`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trainer.elastic import uses_universal
 from trainer.losses import pretext_loss, stage_for_epoch
 from trainer.models import AVSAModel
 from trainer.preemption import Preemption
+from trainer.retention import apply_retention
 from trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,8 @@ def train(
     and after the step a SIGTERM interrupted (then the run returns early with ``preempted``).
     """
     t = cfg.train
+    if t.keep_checkpoints < 0:
+        raise ValueError(f"train.keep_checkpoints must be 0 (keep all) or more; got {t.keep_checkpoints}")
     rank, world_size, device, created_group = setup_distributed()
     source = source or make_source(cfg, rank, world_size, device)
     epochs = t.avc_epochs + t.avsa_epochs
@@ -144,9 +148,11 @@ def train(
         how = f"resumed from {tag_url}" if resumed else "from scratch"
         log.info("training %d steps on %d ranks (%s), %s", total_steps, world_size, device.type, how)
 
-    def checkpoint(done: int, epoch: int, stage_end: str | None) -> None:
+    def checkpoint(done: int, epoch: int, stage_end: str | None, retain: bool = True) -> None:
         result.checkpoint = checkpointer.save(engine, done, epoch, source, tracker.run_id, stage_end)
         tracker.log_checkpoint(result.checkpoint, done)
+        if rank == 0 and t.keep_checkpoints and retain:
+            apply_retention(cfg, tracker)
 
     preemption = Preemption(t.preempt_grace_s)
     try:
@@ -186,7 +192,7 @@ def train(
                     stage_end = stage if last_of_stage and i == count - 1 else None
                     if stop:
                         preemption.begin()  # this rank's grace period, if a peer's SIGTERM started it
-                        checkpoint(done, epoch, stage_end)
+                        checkpoint(done, epoch, stage_end, retain=False)  # the grace time is short
                         result.preempted = True
                         break
                     if done % t.checkpoint_every == 0 or stage_end:
