@@ -4,8 +4,9 @@
   Under ``torchrun`` or the DeepSpeed launcher (``RANK`` already set) it trains in-process instead.
   A SIGTERM to it is passed on to every rank, which checkpoints and exits 0 (:mod:`trainer.preemption`).
 - :func:`run_ray`: ``ray job submit -- avsa train --ray --workers N`` — Ray Train's TorchTrainer
-  sets up the process group; Ray restarts the worker group after a failure (``--max-failures``)
-  and the restarted ranks resume from the newest checkpoint.
+  sets up the process group; Ray restarts the worker group after a failure (``--max-failures``),
+  with fewer workers if the cluster shrank and ``--min-workers`` allows it, and the restarted ranks
+  resume from the newest checkpoint on whatever world size they got (:mod:`trainer.elastic`).
 - :func:`run_hostfile`: ``avsa train --hostfile FILE`` — the DeepSpeed launcher (pdsh/ssh) for
   clusters without Ray; it re-runs ``avsa train`` on every host with the resolved config.
 
@@ -131,10 +132,11 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     os.environ.setdefault("LOCAL_RANK", str(context.get_local_rank()))
     log.info(  # where each rank landed: after a node is lost, the restarted group shows its new place
-        "rank %d of %d on node %s",
+        "rank %d of %d on node %s (pid %d)",
         context.get_world_rank(),
         context.get_world_size(),
         ray.util.get_node_ip_address(),
+        os.getpid(),
     )
     from trainer.train import train
 
@@ -148,12 +150,17 @@ def run_ray(
     max_failures: int = 0,
     resume: str | None = None,
     placement: str = "PACK",
+    min_workers: int | None = None,
 ) -> int:
     """Train with ``workers`` Ray Train workers on the Ray cluster this process is connected to,
     placed by the Ray placement strategy ``placement``.
 
     After a failure Ray restarts the whole worker group (up to ``max_failures`` times) wherever
-    ``placement`` allows: with SPREAD, on the nodes still alive when a node is gone.
+    ``placement`` allows: with SPREAD, on the nodes still alive when a node is gone. With
+    ``min_workers`` below ``workers`` the group is elastic (Ray Train v2's ``num_workers=(min,
+    max)``): a restart takes as many workers as the cluster has room for, at least ``min_workers``,
+    and Ray may restart a healthy group to grow it again when room appears. Each restart resumes
+    from the newest checkpoint on its own world size (:mod:`trainer.elastic`).
 
     A restarted worker group cannot know which checkpoint its predecessor reached, so without an
     explicit ``resume`` every attempt uses ``auto``: the newest checkpoint under
@@ -171,7 +178,7 @@ def run_ray(
         train_loop_config={"config": without_secrets(cfg), "resume": resume or "auto"},
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=workers,
+            num_workers=(min_workers, workers) if min_workers and min_workers < workers else workers,
             use_gpu=gpus_per_worker > 0,
             resources_per_worker=resources,
             placement_strategy=placement,
