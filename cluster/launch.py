@@ -2,9 +2,11 @@
 
 - :func:`run_local`: ``avsa train`` — ``train.processes`` processes on this machine (gloo on CPU).
   Under ``torchrun`` or the DeepSpeed launcher (``RANK`` already set) it trains in-process instead.
+  A SIGTERM to it is passed on to every rank, which checkpoints and exits 0 (:mod:`trainer.preemption`).
 - :func:`run_ray`: ``ray job submit -- avsa train --ray --workers N`` — Ray Train's TorchTrainer
-  sets up the process group; Ray restarts the worker group after a failure (``--max-failures``)
-  and the restarted ranks resume from the newest checkpoint.
+  sets up the process group; Ray restarts the worker group after a failure (``--max-failures``),
+  with fewer workers if the cluster shrank and ``--min-workers`` allows it, and the restarted ranks
+  resume from the newest checkpoint on whatever world size they got (:mod:`trainer.elastic`).
 - :func:`run_hostfile`: ``avsa train --hostfile FILE`` — the DeepSpeed launcher (pdsh/ssh) for
   clusters without Ray; it re-runs ``avsa train`` on every host with the resolved config.
 
@@ -13,13 +15,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -34,8 +39,6 @@ from trainer.typed_config import flatten, from_dict
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 10.0  # after one rank fails, how long the others get to exit on SIGTERM
-
 
 def launched_externally() -> bool:
     """True inside torchrun, the DeepSpeed launcher or similar: the rank's environment is set."""
@@ -43,6 +46,9 @@ def launched_externally() -> bool:
 
 
 def _local_rank_main(rank: int, world_size: int, port: int, cfg: Config, resume: str | None) -> None:
+    # Out of the launcher's process group: a SIGTERM to the whole group (a terminal, a container
+    # runtime) reaches the ranks once, forwarded by the launcher, not twice (twice means "at once").
+    os.setpgrp()
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -68,7 +74,8 @@ def run_local(cfg: Config, resume: str | None = None) -> int:
     """Train with ``cfg.train.processes`` local ranks; returns the exit status (0 = every rank finished).
 
     If any rank fails the others are stopped at once (they would block in their next collective),
-    so the caller can resume from the last checkpoint.
+    so the caller can resume from the last checkpoint. A SIGTERM is forwarded to every rank: they finish
+    the step, checkpoint and exit 0 (a second one: at once).
     """
     if launched_externally():
         from trainer.train import train
@@ -81,6 +88,15 @@ def run_local(cfg: Config, resume: str | None = None) -> int:
     procs = [ctx.Process(target=_local_rank_main, args=(r, n, port, cfg, resume)) for r in range(n)]
     for p in procs:
         p.start()
+
+    def forward(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.exitcode is None and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    os.kill(p.pid, signum)
+
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, forward) if main else None
     try:
         while any(p.exitcode is None for p in procs):
             failed = [p for p in procs if p.exitcode not in (None, 0)]
@@ -91,21 +107,21 @@ def run_local(cfg: Config, resume: str | None = None) -> int:
                 break
             time.sleep(0.2)
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         _stop(procs)
     codes = [p.exitcode for p in procs]
     return next((c for c in codes if c != 0), 0)
 
 
 def _stop(procs: list[Any]) -> None:
+    """Kill the ranks still running: after a rank failed they would only block in a collective (a
+    SIGTERM would have them try a checkpoint with the peer that is gone)."""
     for p in procs:
-        if p.exitcode is None:
-            p.terminate()
-    deadline = time.monotonic() + STOP_GRACE_S
-    for p in procs:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
         if p.exitcode is None:
             p.kill()
-            p.join()
+    for p in procs:
+        p.join()
 
 
 def _ray_worker(loop_config: dict[str, Any]) -> None:
@@ -116,10 +132,11 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     os.environ.setdefault("LOCAL_RANK", str(context.get_local_rank()))
     log.info(  # where each rank landed: after a node is lost, the restarted group shows its new place
-        "rank %d of %d on node %s",
+        "rank %d of %d on node %s (pid %d)",
         context.get_world_rank(),
         context.get_world_size(),
         ray.util.get_node_ip_address(),
+        os.getpid(),
     )
     from trainer.train import train
 
@@ -133,12 +150,17 @@ def run_ray(
     max_failures: int = 0,
     resume: str | None = None,
     placement: str = "PACK",
+    min_workers: int | None = None,
 ) -> int:
     """Train with ``workers`` Ray Train workers on the Ray cluster this process is connected to,
     placed by the Ray placement strategy ``placement``.
 
     After a failure Ray restarts the whole worker group (up to ``max_failures`` times) wherever
-    ``placement`` allows: with SPREAD, on the nodes still alive when a node is gone.
+    ``placement`` allows: with SPREAD, on the nodes still alive when a node is gone. With
+    ``min_workers`` below ``workers`` the group is elastic (Ray Train v2's ``num_workers=(min,
+    max)``): a restart takes as many workers as the cluster has room for, at least ``min_workers``,
+    and Ray may restart a healthy group to grow it again when room appears. Each restart resumes
+    from the newest checkpoint on its own world size (:mod:`trainer.elastic`).
 
     A restarted worker group cannot know which checkpoint its predecessor reached, so without an
     explicit ``resume`` every attempt uses ``auto``: the newest checkpoint under
@@ -156,7 +178,7 @@ def run_ray(
         train_loop_config={"config": without_secrets(cfg), "resume": resume or "auto"},
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=workers,
+            num_workers=(min_workers, workers) if min_workers and min_workers < workers else workers,
             use_gpu=gpus_per_worker > 0,
             resources_per_worker=resources,
             placement_strategy=placement,

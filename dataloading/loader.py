@@ -7,7 +7,7 @@
             ...
         state = loader.state_dict()     # saved with a checkpoint; load_state_dict resumes mid-epoch
 
-Each rank reads its stream of samples (:class:`dataloading.shards.EpochPlan`); loader worker w of
+Each rank reads its stream of samples (:class:`dataloading.epoch.EpochPlan`); loader worker w of
 ``cfg.workers`` prepares positions p ≡ w (mod workers): one ranged read, JSON, DALI decode of the FOA
 window (and, without a GPU, of the frame window plus the K crops), viewpoints from the configured
 sampler. ``torch.utils.data.DataLoader`` hands the workers' items back round-robin, so the main
@@ -16,9 +16,11 @@ are assembled; with a GPU the video is decoded and cropped by DALI on the device
 truncated, undecodable, bad JSON) are counted, logged once with key and shard, and replaced by the
 next position of the stream, so every rank still yields exactly ``len(loader)`` batches.
 
-All randomness of a sample is seeded by (seed, epoch, rank, position) and that of a batch's
-augmentations by (seed, epoch, rank, batch), so ``state_dict`` only needs the epoch, the batch count
-and the stream position.
+All randomness of a sample is seeded by its identity in the epoch, and that of a batch's augmentations on
+the GPU by its first sample's (see :mod:`dataloading.epoch`), never by the rank. So ``state_dict`` needs
+only the epoch, the batch count, this rank's stream position and what earlier segments of the epoch
+consumed; ``load_state_dict`` takes every saving rank's state and resumes on any world size: the same
+world size continues each rank's own stream exactly, another splits the samples not consumed yet.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +50,9 @@ from dataloading.batch import (
 )
 from dataloading.config import DataConfig, StorageConfig
 from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder, trim_window
+from dataloading.epoch import EpochPlan
 from dataloading.feature_stats import FeatureStats
-from dataloading.shards import BadSample, CompletePlan, EpochPlan, ShardReader, list_shards
+from dataloading.shards import BadSample, CompletePlan, ShardReader, list_shards
 from dataloading.viewpoints import sample_viewpoints
 
 log = logging.getLogger(__name__)
@@ -288,9 +291,12 @@ def complete_pass(
 class Loader:
     """One rank's resumable stream of :class:`dataloading.batch.Batch` (see the module docstring).
 
-    ``len(loader)`` batches per epoch on every rank: one pass over the dataset (samples // global batch),
-    or ``batches_per_epoch`` when > 0 (e.g. for resampled training; past the rank's share it wraps).
-    ``counters`` (``samples``, ``skipped``, ``truncated_shards``) accumulate across epochs and resumes.
+    ``len(loader)`` batches per whole epoch on every rank: one pass over the dataset (samples // global
+    batch), or ``batches_per_epoch`` when > 0 (e.g. for resampled training; past the rank's share it
+    substitutes). ``batches_left()`` says how many the current epoch still has (after a resume on another
+    world size, what the samples not consumed yet fill). ``counters`` (``samples``, ``skipped``,
+    ``truncated_shards``) accumulate across epochs and resumes; a resume on another world size hands old
+    rank r's counters to new rank r mod world_size, so their sum over the ranks is kept.
     """
 
     def __init__(
@@ -312,47 +318,86 @@ class Loader:
         self.augment = augment
         self._batches_override = batches_per_epoch
         self.epoch, self.batch, self.position = 0, 0, 0
+        # The epoch's current segment: what earlier segments consumed, and the batch it started at.
+        self._consumed: list[list[int]] = []
+        self._segment = 0
         self.counters = {"samples": 0, "skipped": 0, "truncated_shards": 0}
         self._logged: set[tuple[str, str]] = set()
         self._gpu_decoder: GpuCropDecoder | None = None
         self._bad_run = 0
         self._plan = self._make_plan()
+        self._epoch_batches = self._plan.batches  # a whole epoch's, on this world size
 
-    def _make_plan(self) -> EpochPlan:
+    def _make_plan(self, world_size: int | None = None) -> EpochPlan:
+        """This rank's plan for the current segment; with ``world_size``, rank 0's of a segment of that
+        many ranks (to work out what a saving run of that size consumed)."""
         cfg = self.cfg
         return EpochPlan(
-            self.shards, cfg.batch_size, self.rank, self.world_size, cfg.seed, self.epoch, cfg.resampled
+            self.shards,
+            cfg.batch_size,
+            0 if world_size else self.rank,
+            world_size or self.world_size,
+            cfg.seed,
+            self.epoch,
+            cfg.resampled,
+            self._consumed,
+            self._segment,
         )
 
     def __len__(self) -> int:
-        return self._batches_override or self._plan.batches
+        return self._batches_override or self._epoch_batches
+
+    def batches_left(self) -> int:
+        """Batches that iterating still yields in the current epoch (the same on every rank)."""
+        if self._batches_override or self.cfg.resampled:
+            return max(len(self) - self.batch, 0)
+        return max(self._plan.batches - (self.batch - self._segment), 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Position the loader at the start of ``epoch`` (no-op if already inside it)."""
         if epoch != self.epoch:
             self.epoch, self.batch, self.position = epoch, 0, 0
+            self._consumed, self._segment = [], 0
             self._plan = self._make_plan()
 
     def state_dict(self) -> dict[str, Any]:
-        """The position after the last batch handed out, and the counters."""
+        """The position after the last batch handed out (plain JSON types), and the counters."""
         return {
             "epoch": self.epoch,
-            "batch": self.batch,
-            "position": self.position,
+            "batch": self.batch,  # global steps of the epoch so far: the same on every rank
+            "position": self.position,  # this rank's, within the segment
+            "segment": {"consumed": self._consumed, "batch": self._segment},
+            "seed": self.cfg.seed,
+            "samples": self._plan.order.total,
             "counters": dict(self.counters),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.batch, self.position = (
-            int(state["epoch"]),
-            int(state["batch"]),
-            int(state["position"]),
-        )
-        self.counters = dict(state["counters"])
+    def load_state_dict(self, states: Sequence[dict[str, Any]]) -> None:
+        """Resume from the states of every rank of the saving run, in rank order (see the class doc)."""
+        first = states[0]
+        if len({(s["epoch"], s["batch"]) for s in states}) != 1:
+            raise ValueError("the saved loader states disagree on the epoch and batch: not one checkpoint")
+        if (first["seed"], first["samples"]) != (self.cfg.seed, self._plan.order.total):
+            raise ValueError(
+                f"the checkpoint's loader position is for data.seed {first['seed']} and {first['samples']} "
+                f"samples, this run has data.seed {self.cfg.seed} and {self._plan.order.total} samples at "
+                f"{self.cfg.url!r}: resume with the same data, or start a new run"
+            )
+        self.epoch, self.batch = int(first["epoch"]), int(first["batch"])
+        self._consumed, self._segment = first["segment"]["consumed"], int(first["segment"]["batch"])
+        if len(states) == self.world_size:  # continue this rank's own stream
+            own = states[self.rank]
+            self.position, self.counters = int(own["position"]), dict(own["counters"])
+        else:  # a new segment: the samples the saving ranks had not consumed, split among these
+            saved = self._make_plan(world_size=len(states))
+            self._consumed = [list(i) for i in saved.consumed_after([int(s["position"]) for s in states])]
+            self._segment, self.position = self.batch, 0
+            mine = [s["counters"] for r, s in enumerate(states) if r % self.world_size == self.rank]
+            self.counters = {k: sum(c[k] for c in mine) for k in self.counters}
         self._plan = self._make_plan()
 
     def __iter__(self) -> Iterator[Batch]:
-        if self.batch >= len(self):
+        if self.batches_left() == 0:
             return
         gpu = self.device.type == "cuda"
         workers = self.cfg.workers
@@ -367,7 +412,7 @@ class Loader:
         )
         items = iter(stream)
         self._bad_run = 0  # bad positions since the last readable one
-        while self.batch < len(self):
+        while self.batches_left() > 0:
             clips: list[Clip] = []
             crops: list[torch.Tensor] = []
             while len(clips) < self.cfg.batch_size:
@@ -378,18 +423,19 @@ class Loader:
                     else:
                         clips.append(clip)
                         crops.append(video)
-            batch = self.builder(clips, torch.stack(crops), self._device_augment_generator(gpu))
+            augment = self._device_augment_generator(gpu, clips[0].position)
+            batch = self.builder(clips, torch.stack(crops), augment)
             self.batch += 1
             self.counters["samples"] += len(clips)
             yield batch
 
-    def _device_augment_generator(self, gpu: bool) -> torch.Generator | None:
-        """For GPU decoding, the generator of this batch's augmentations, seeded by (seed, epoch, rank,
-        batch); None when the workers augmented each clip already (CPU path) or augmentation is off."""
+    def _device_augment_generator(self, gpu: bool, first: int) -> torch.Generator | None:
+        """For GPU decoding, the generator of this batch's augmentations, seeded by the identity of the
+        sample at position ``first`` (the batch's first); None when the workers augmented each clip already
+        (CPU path) or augmentation is off."""
         if not (gpu and self.augment):
             return None
-        seed = np.random.SeedSequence([self.cfg.seed, self.epoch, self.rank, self.batch, 2]).generate_state(1)
-        return torch.Generator().manual_seed(int(seed[0]))
+        return torch.Generator().manual_seed(int(self._plan.sample_rng(first, 2).integers(2**62)))
 
     def _pull(self, items: Iterator[Clip | Skipped], count: int) -> list[Clip]:
         """The next ``count`` readable clips of the stream, skipping (and counting) bad positions."""

@@ -1,20 +1,10 @@
-"""Which samples a rank reads, in which order, for an epoch: shard listing, index parsing, the epoch plan.
+"""Reading samples from shards: shard listing, DALI index parsing, one ranged read per sample.
 
-The plan works on samples, not shards, because the DALI index (``.idx``) of every shard says where each
-sample's bytes are: a sample is read with one ranged request, so a rank can start, stop and resume at
-any sample, and every rank gets exactly the same number of samples however uneven the shards are.
-
-Fixed-epoch mode (the default): shards are shuffled by (seed, epoch) and concatenated; the first
-``batches · world_size · batch_size`` samples are cut into one contiguous slice per rank (few shards each),
-and a rank reads its slice in an order shuffled by (seed, epoch, rank). Samples past the last full global
-batch are left out of that epoch; the shard shuffle leaves out different ones each epoch. Positions past
-the slice wrap around it: they supply substitutes for bad samples, so a rank never runs short.
-
-Resampled mode (open-ended training): each position draws a sample uniformly from the whole dataset,
-with replacement, seeded by (seed, epoch, rank, position).
-
-Within a rank, position p is read by loader worker ``p mod workers``; the order of the rank's stream
-does not depend on the number of workers.
+The DALI index (``.idx``) of every shard says where each sample's bytes are, so a sample is read with one
+ranged request: a rank can start, stop and resume at any sample, and every rank gets exactly the same
+number of samples however uneven the shards are. Which sample each rank reads at each position of a
+training epoch is :mod:`dataloading.epoch`'s job; :class:`CompletePlan` here is the plan of a pass that
+reads every sample once (evaluation, statistics).
 """
 
 from __future__ import annotations
@@ -130,66 +120,6 @@ def list_shards(url: str, storage: StorageConfig | None = None) -> list[Shard]:
     if not shards:
         raise FileNotFoundError(f"no readable shards at {url!r} (no manifest.json, no .tar with a .idx)")
     return shards
-
-
-class EpochPlan:
-    """The sample at each position of one rank's stream for one epoch (see the module docstring).
-
-    ``batches`` is the same on every rank: ``total_samples // (world_size · batch_size)``.
-    Positions ``< batches · batch_size`` are the rank's share; later ones wrap around it (substitutes).
-    """
-
-    def __init__(
-        self,
-        shards: list[Shard],
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        epoch: int,
-        resampled: bool = False,
-    ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        self.shards, self.rank, self.seed, self.epoch, self.resampled = shards, rank, seed, epoch, resampled
-        counts = np.array([s.samples for s in shards], dtype=np.int64)
-        total = int(counts.sum())
-        self.batches = total // (world_size * batch_size)
-        if self.batches == 0:
-            raise ValueError(
-                f"{total} samples cannot fill one batch of {batch_size} on each of {world_size} ranks"
-            )
-        self.quota = self.batches * batch_size
-        if resampled:
-            self._starts = np.concatenate(([0], np.cumsum(counts)))
-            self._total = total
-            return
-        order = np.random.default_rng([seed, epoch]).permutation(len(shards))
-        # (shard, index) of every sample in shuffled shard order; this rank's contiguous slice of it.
-        shard_ids = np.repeat(order, counts[order])
-        within = np.concatenate([np.arange(counts[i]) for i in order])
-        lo = rank * self.quota
-        mine = np.random.default_rng([seed, epoch, rank]).permutation(self.quota) + lo
-        self._shard_ids, self._within = shard_ids[mine], within[mine]
-
-    def __getitem__(self, position: int) -> SampleRef:
-        if position < 0:
-            raise IndexError(position)
-        if self.resampled:
-            flat = int(
-                np.random.default_rng([self.seed, self.epoch, self.rank, position]).integers(self._total)
-            )
-            shard = int(np.searchsorted(self._starts, flat, side="right")) - 1
-            return SampleRef(shard, flat - int(self._starts[shard]))
-        i = position % self.quota
-        return SampleRef(int(self._shard_ids[i]), int(self._within[i]))
-
-    def sample_rng(self, position: int) -> np.random.Generator:
-        """The generator for everything random about the sample at ``position`` (window, viewpoints, ...).
-
-        Seeded by (seed, epoch, rank, position) only, so a resumed run draws exactly the same.
-        """
-        return np.random.default_rng([self.seed, self.epoch, self.rank, position, 1])
 
 
 class BadSample(Exception):

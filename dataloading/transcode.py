@@ -205,13 +205,24 @@ def audio_frame_array(frame: av.AudioFrame) -> np.ndarray:
     return data.astype(np.float32, copy=False)
 
 
+def _non_finite(frame: av.AudioFrame) -> int:
+    """How many samples of a decoded frame are NaN or infinite (only float formats can hold them)."""
+    if not frame.format.name.startswith(("flt", "dbl")):
+        return 0
+    return int(np.count_nonzero(~np.isfinite(frame.to_ndarray())))
+
+
 class _AudioStream:
     """Decoded audio of one stream, resampled by FFmpeg to ``rate`` Hz, as a sample timeline read forward
-    clip by clip. The resampler keeps the input's channel layout, so it never mixes channels."""
+    clip by clip. The resampler keeps the input's channel layout, so it never mixes channels.
 
-    def __init__(self, container: av.container.InputContainer, start: float, rate: int) -> None:
+    Raises InputError naming ``url`` if the stream holds NaN or infinite samples: FFmpeg would smear
+    them over the resampled neighbours and the FLAC encoder refuses them.
+    """
+
+    def __init__(self, container: av.container.InputContainer, start: float, rate: int, url: str) -> None:
         self.stream = container.streams.audio[0]
-        self.rate = rate
+        self.rate, self.url = rate, url
         container.seek(int(max(0.0, start) / self.stream.time_base), stream=self.stream)
         self._frames = container.decode(self.stream)
         self._resampler: av.AudioResampler | None = None
@@ -232,6 +243,14 @@ class _AudioStream:
         if self._resampler is None:  # no audio at all
             self._ended = True
             return False
+        if frame is not None and (bad := _non_finite(frame)):
+            # Count the rest too (audio only, on this error path): the reason says how much is broken.
+            bad += sum(_non_finite(f) for f in self._frames)
+            raise InputError(
+                f"{self.url}: {bad} non-finite audio samples (NaN or Inf), the first "
+                f"in the frame at {frame.time or 0.0:.2f} s; "
+                "every sample must be a finite number: re-export the audio"
+            )
         chunks = self._resampler.resample(frame)  # None at the end flushes the resampler's tail
         self._ended = frame is None
         for chunk in chunks:
@@ -333,7 +352,7 @@ def transcode(
         video = container.streams.video[0]
         video.codec_context.thread_count = CODEC_THREADS
         audio_container = _container(_open(probe_.audio_url, storage, stack), stack)
-        audio = _AudioStream(audio_container, starts[0], cfg.audio_rate)
+        audio = _AudioStream(audio_container, starts[0], cfg.audio_rate, probe_.audio_url)
         container.seek(int(starts[0] / video.time_base), stream=video)
 
         def frames() -> Iterator[tuple[float, av.VideoFrame]]:

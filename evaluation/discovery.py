@@ -10,7 +10,6 @@ shared by several runs yields each run only its own checkpoints.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,12 +19,11 @@ from mlflow.tracking import MlflowClient
 from dataloading.config import StorageConfig
 from dataloading.storage import filesystem, join
 from evaluation.markers import Marker, marker_key
-from trainer.checkpoint import read_meta
+from trainer.checkpoint import TAG_NAME, read_meta
 
 log = logging.getLogger(__name__)
 
 LATEST_TAG = "checkpoint.latest"
-TAG_NAME = re.compile(r"step_\d+")
 
 
 @dataclass

@@ -9,6 +9,9 @@ One tag per checkpoint, ``eval.step_00001000``, holding JSON::
 No tag means queued. A ``running`` marker whose lease ran out, or whose owner is a dead process on
 this host, belongs to an interrupted evaluation and may be claimed again; ``done`` and ``failed``
 are final (a broken checkpoint stays broken: rerun it by hand with ``avsa eval``).
+
+The trainer's retention (:mod:`trainer.retention`) relies on that: it deletes a checkpoint only once
+its marker is final, since the service reads a checkpoint only between its claim and that marker.
 """
 
 from __future__ import annotations
@@ -22,16 +25,10 @@ from typing import Literal
 
 import psutil
 
-from trainer.checkpoint import tag_for_step
+from trainer.retention import marker_key as marker_key  # the trainer's retention reads the same tags
 
-PREFIX = "eval."
 State = Literal["running", "done", "failed"]
 REASON_CHARS = 2000  # MLflow tag values are capped; a traceback's last lines say enough
-
-
-def marker_key(step: int) -> str:
-    """The tag key of the checkpoint saved after ``step`` steps, e.g. ``eval.step_00001000``."""
-    return PREFIX + tag_for_step(step)
 
 
 def this_owner() -> str:

@@ -159,8 +159,10 @@ def train_config(cluster: Cluster, tmp: Path, name: str) -> tuple[Config, Path]:
     return cfg, path
 
 
-def ray_train(cluster: Cluster, config: Path) -> subprocess.Popen:
-    entry = ["avsa", "train", "--ray", "--workers", "2", "--placement", "SPREAD", "--max-failures", "2"]
+def ray_train(cluster: Cluster, config: Path, *workers: str) -> subprocess.Popen:
+    """`avsa train --ray` with 2 workers spread over the hosts (or the ``workers`` flags given)."""
+    workers = workers or ("--workers", "2")
+    entry = ["avsa", "train", "--ray", *workers, "--placement", "SPREAD", "--max-failures", "2"]
     return cluster.submit(*entry, "--config", str(config))
 
 
@@ -173,6 +175,18 @@ def final_state(cluster: Cluster, cfg: Config) -> dict[str, torch.Tensor]:
 def ranks_on(logs: str) -> list[tuple[int, str]]:
     """(rank, node address) of every rank start, in order."""
     return [(int(r), node) for r, node in re.findall(r"rank (\d) of 2 on node ([\d.]+)", logs)]
+
+
+def worker_groups(logs: str) -> list[list[str]]:
+    """The node address of each rank of every worker group Ray Train started, in order, from the
+    controller's listing (Ray's log deduplication folds the ranks' own lines of bigger groups)."""
+    groups: list[list[str]] = []
+    for line in logs.splitlines():
+        if "Started training worker group of size" in line:
+            groups.append([])
+        elif groups and (found := re.search(r"- \(ip=([\d.]+), pid=\d+\) world_rank=\d+", line)):
+            groups[-1].append(found.group(1))
+    return groups
 
 
 @dataclass
@@ -257,6 +271,36 @@ def test_host_b_dies_mid_training_and_the_restarted_run_ends_where_an_uninterrup
     assert {node for _, node in placements[2:]} == {cluster.a.address}  # restarted where it could
     resumed = final_state(cluster, cfg)
     assert all(torch.equal(resumed[k], uninterrupted.state[k]) for k in uninterrupted.state)
+
+
+def test_host_b_dies_and_the_elastic_group_goes_on_with_the_ranks_left(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """4 workers (2 per host) with --min-workers 2: after host b is lost Ray restarts the group with the
+    2 workers host a has room for, and they resume the 4-rank checkpoint (world size 4 -> 2)."""
+    cfg, path = train_config(cluster, tmp_path, f"elastic-{uuid.uuid4().hex[:6]}")
+    job = ray_train(cluster, path, "--workers", "4", "--min-workers", "2")
+    try:
+        first = f"{cfg.train.checkpoint_url}/latest"
+        assert wait_for(lambda: cluster.exists(first), timeout_s=JOB_TIMEOUT_S, interval_s=0.5), first
+        cluster.stack.kill_node("b")
+        logs = finish(job)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        cluster.stack.restart_node("b")
+    groups = worker_groups(logs)
+    assert sorted(groups[0]) == sorted([cluster.a.address] * 2 + [cluster.b.address] * 2)
+    assert groups[-1] == [cluster.a.address] * 2  # what was left
+    assert "training 9 steps on 4 ranks" in logs and "(saved by 4 ranks, now 2)" in logs
+    assert read_text(f"{cfg.train.checkpoint_url}/latest", cluster.stack.storage()) == "step_00000009"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cluster.env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert run.info.status == "FINISHED"  # one run across both attempts
+    # Rank 0 may have been on host b: its last unsent metrics went with it. The resumed steps are there.
+    assert set(range(4, 10)) <= {m.step for m in client.get_metric_history(run.info.run_id, "loss")}
 
 
 def test_host_b_dies_mid_preprocessing_and_its_shards_are_redone(cluster: Cluster, raw: str) -> None:

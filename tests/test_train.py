@@ -52,10 +52,13 @@ def test_synthetic_source_is_deterministic_resumable_and_rank_specific(tmp_path:
     assert b.directions[..., 0].abs().max() <= torch.pi
 
     again = SyntheticSource(data, batches_per_epoch=3, rank=1, world_size=2)
-    again.load_state_dict({"epoch": 1, "index": 1})
+    again.load_state_dict([{"epoch": 1, "index": 1}] * 2)
     again.set_epoch(1)  # positioned inside epoch 1 already: continues there
+    assert again.batches_left() == 2
     rest = list(again)
     assert len(rest) == 2 and torch.equal(rest[0].video, batches[1].video)
+    with pytest.raises(ValueError, match="disagree"):
+        again.load_state_dict([{"epoch": 1, "index": 1}, {"epoch": 1, "index": 2}])
     other_rank = SyntheticSource(data, batches_per_epoch=3, rank=0, world_size=2)
     other_rank.set_epoch(1)
     assert not torch.equal(next(iter(other_rank)).audio, b.audio)

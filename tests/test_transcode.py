@@ -155,3 +155,27 @@ def test_every_bad_input_is_rejected_with_its_reason(tmp_path) -> None:
         with pytest.raises(InputError) as info:
             probe(url, CFG)
         assert re.search(reason, str(info.value)), (url, str(info.value))
+
+
+def test_non_finite_sidecar_audio_is_rejected_naming_the_file_and_the_count(tmp_path) -> None:
+    """NaN and Inf samples in a float WAV: the reason names the audio file and counts them (before the
+    fix, the FLAC encoder's bare AssertionError was all the manifest said)."""
+    from cluster.preprocess import PreprocessWorker, plan_shards
+    from dataloading.config import StorageConfig
+
+    audio = (0.1 * np.random.default_rng(3).standard_normal((2 * 48000, 4))).astype(np.float32)
+    audio[1000:1010, 2] = np.nan
+    audio[50000, 0] = np.inf
+    video = write_video(tmp_path / "take.mp4", channels=None)
+    sf.write(tmp_path / "take.wav", audio, 48000, subtype="FLOAT")
+    expected = rf"{re.escape(str(tmp_path / 'take.wav'))}: 11 non-finite audio samples \(NaN or Inf\)"
+    p = probe(str(video), CFG)  # the header is fine; the samples are not
+    with pytest.raises(InputError, match=expected):
+        list(transcode(p, [0, 1], CFG))
+
+    prep = PreprocessConfig(input=str(tmp_path), output=str(tmp_path / "out"), clip_seconds=1.0)
+    worker = PreprocessWorker(prep, StorageConfig())
+    (plan,) = plan_shards({str(video): p}, prep.clip_seconds, prep.shard_size)
+    result = worker.make_shard(plan, {str(video): p}, prep.output, None)
+    assert result["status"] == "empty" and result["written"] == {}
+    assert re.fullmatch(f"transcode failed: InputError: {expected}.*", result["failed"][str(video)])

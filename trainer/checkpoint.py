@@ -1,4 +1,4 @@
-"""Checkpoints to any storage URL (local or ``s3://``), saved by every rank, resumed exactly.
+"""Checkpoints to any storage URL (local or ``s3://``), saved by every rank, resumed on any world size.
 
 Layout under ``train.checkpoint_url`` (the *root*)::
 
@@ -6,16 +6,21 @@ Layout under ``train.checkpoint_url`` (the *root*)::
     ROOT/step_00001000/              one folder (*tag*) per save
         mp_rank_00_model_states.pt   DeepSpeed: module weights and buffers (+ scheduler)
         zero_pp_rank_R_...optim_states.pt   DeepSpeed: rank R's ZeRO optimizer partition
-        rank_R.pt                    ours: rank R's RNG states (python, numpy, torch), loader position
-                                     and module buffers (BatchNorm statistics differ per rank)
+        rank_R.pt                    ours: rank R's RNG states (python, numpy, torch) and module buffers
+                                     (BatchNorm statistics differ per rank)
+        loader.json                  ours: every rank's loader position, in rank order
         config.yaml                  the resolved config of the run, credentials replaced by markers
         feature_stats.json           the audio features' normalisation statistics (none: used raw)
-        meta.json                    step, epoch, world size, MLflow run id, files (written after them)
+        meta.json                    step, epoch, world size, MLflow run id, files, and which stage the
+                                     checkpoint ends if it is a stage's last step (written after them)
 
 Each rank has DeepSpeed write its files into a private local staging folder, then uploads each file
 atomically (:func:`dataloading.storage.upload_atomic`); after a barrier rank 0 writes ``meta.json``
 and then the ``latest`` pointer. A run killed at any moment therefore leaves ``latest`` naming a
 complete checkpoint, and a half-written tag is simply overwritten by the next save of that step.
+
+Resuming on the saving world size restores everything exactly; on another, :mod:`trainer.elastic`
+says what comes back and how (DeepSpeed's universal checkpoint for the ZeRO partitions).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +46,17 @@ from dataloading.storage import filesystem, join, upload_atomic, write_bytes_ato
 from trainer import safe_load
 from trainer.config import Config, dump_config
 from trainer.data import BatchSource
+from trainer.elastic import load_resharded
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
 META = "meta.json"
+LOADER = "loader.json"
 CONFIG = "config.yaml"
+
+
+TAG_NAME = re.compile(r"step_\d+")  # what tag_for_step makes
 
 
 def tag_for_step(step: int) -> str:
@@ -144,7 +156,10 @@ class Resumed:
     """What a loaded checkpoint tells the training loop."""
 
     step: int
+    epoch: int
     run_id: str | None
+    world_size: int  # the saving run's
+    seconds: float  # from the first byte downloaded to the state restored
 
 
 class Checkpointer:
@@ -155,8 +170,18 @@ class Checkpointer:
         self.root = cfg.train.checkpoint_url
         self.storage = cfg.storage
 
-    def save(self, engine: Any, step: int, epoch: int, source: BatchSource, run_id: str | None) -> str:
-        """Write the state after ``step`` optimizer steps; returns the tag URL once it is committed."""
+    def save(
+        self,
+        engine: Any,
+        step: int,
+        epoch: int,
+        source: BatchSource,
+        run_id: str | None,
+        stage_end: str | None = None,
+    ) -> str:
+        """Write the state after ``step`` optimizer steps; returns the tag URL once it is committed.
+
+        ``stage_end`` names the curriculum stage whose last step this is (retention keeps those)."""
         tag = tag_for_step(step)
         url = join(self.root, tag)
         staging = tempfile.mkdtemp(prefix=f"avsa-ckpt-r{self.rank}-")
@@ -165,7 +190,6 @@ class Checkpointer:
             engine.save_checkpoint(staging, tag=tag, save_latest=False)
             own = {
                 "rng": rng_state(),
-                "source": source.state_dict(),
                 "step": step,
                 "buffers": {k: v.detach().cpu() for k, v in engine.module.named_buffers()},
             }
@@ -179,14 +203,17 @@ class Checkpointer:
             files = sorted(os.listdir(local))
             for name in files:
                 upload_atomic(os.path.join(local, name), join(url, name), self.storage)
-            everyone = all_gather_object(files, self.world_size)
+            everyone = all_gather_object((files, source.state_dict()), self.world_size)
             if self.rank == 0:
+                positions = json.dumps([state for _, state in everyone]).encode()
+                write_bytes_atomic(join(url, LOADER), positions, self.storage)
                 meta = {
                     "step": step,
                     "epoch": epoch,
                     "world_size": self.world_size,
                     "run_id": run_id,
-                    "files": sorted({f for rank_files in everyone for f in rank_files}),
+                    "stage_end": stage_end,
+                    "files": sorted({f for rank_files, _ in everyone for f in rank_files} | {LOADER}),
                 }
                 write_bytes_atomic(join(url, META), json.dumps(meta, indent=1).encode(), self.storage)
                 write_bytes_atomic(join(self.root, LATEST), tag.encode(), self.storage)
@@ -198,33 +225,56 @@ class Checkpointer:
         return url
 
     def load(self, engine: Any, tag_url: str, source: BatchSource) -> Resumed:
-        """Restore engine, RNG and loader state saved at ``tag_url`` by a run of the same world size."""
+        """Restore engine, RNG and loader state saved at ``tag_url`` by a run of any world size.
+
+        An engine resuming a ZeRO checkpoint of another world size must have been configured with
+        ``checkpoint.load_universal`` (:func:`trainer.elastic.uses_universal` says when)."""
+        started = time.perf_counter()
         meta = read_meta(tag_url, self.storage)
-        if meta["world_size"] != self.world_size:
-            # ZeRO could re-partition the optimizer, but each rank's loader position and RNG streams
-            # belong to that rank: continuing "as if never interrupted" needs the same ranks.
+        if LOADER not in meta["files"]:
             raise ValueError(
-                f"{tag_url} was saved by {meta['world_size']} ranks; this run has {self.world_size}"
+                f"{tag_url} was written by an older trainer (no {LOADER} with the loader positions): it "
+                "cannot be resumed; start a new run, or `avsa export` its weights"
             )
+        resharded = int(meta["world_size"]) != self.world_size
         tag = tag_url.rstrip("/").rsplit("/", 1)[-1]
         staging = tempfile.mkdtemp(prefix=f"avsa-resume-r{self.rank}-")
         try:
             download(tag_url, os.path.join(staging, tag), self.storage)
             safe_load.verify(os.path.join(staging, tag))  # DeepSpeed unpickles its files in full
-            path, _ = engine.load_checkpoint(staging, tag=tag)
-            if path is None:
-                raise RuntimeError(f"DeepSpeed could not load the checkpoint at {tag_url}")
-            own = safe_load.load(os.path.join(staging, tag, f"rank_{self.rank}.pt"))
+            with open(os.path.join(staging, tag, LOADER)) as fh:
+                positions = json.load(fh)
+            if resharded:
+                seed = self.cfg.train.seed
+                load_resharded(engine, staging, tag, meta, seed, self.rank, self.world_size)
+            else:
+                path, _ = engine.load_checkpoint(staging, tag=tag)
+                if path is None:
+                    raise RuntimeError(f"DeepSpeed could not load the checkpoint at {tag_url}")
+                own = safe_load.load(os.path.join(staging, tag, f"rank_{self.rank}.pt"))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        set_rng_state(own["rng"])
-        source.load_state_dict(own["source"])
-        # Buffers (BatchNorm running statistics) are not averaged across ranks like gradients, and
-        # DeepSpeed saves rank 0's only: each rank restores its own.
-        with torch.no_grad():
-            for name, buffer in engine.module.named_buffers():
-                buffer.copy_(own["buffers"][name])
-        return Resumed(step=int(meta["step"]), run_id=meta.get("run_id"))
+        if not resharded:
+            set_rng_state(own["rng"])
+            # Buffers (BatchNorm running statistics) are not averaged across ranks like gradients, and
+            # DeepSpeed saves rank 0's only: each rank restores its own.
+            with torch.no_grad():
+                for name, buffer in engine.module.named_buffers():
+                    buffer.copy_(own["buffers"][name])
+        source.load_state_dict(positions)
+        seconds = time.perf_counter() - started
+        if self.rank == 0:
+            log.info(
+                "resumed step %d from %s (saved by %d ranks, now %d) in %.1f s",
+                *(meta["step"], tag_url, meta["world_size"], self.world_size, seconds),
+            )
+        return Resumed(
+            step=int(meta["step"]),
+            epoch=int(meta["epoch"]),
+            run_id=meta.get("run_id"),
+            world_size=int(meta["world_size"]),
+            seconds=seconds,
+        )
 
 
 def distributed() -> bool:

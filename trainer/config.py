@@ -71,6 +71,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     checkpoint_url: str = ".avsa/checkpoints"
     checkpoint_every: int = 1000  # steps
+    # Newest checkpoints kept (0 = all); stage ends and those not evaluated yet are kept as well.
+    keep_checkpoints: int = 0
+    preempt_grace_s: float = 25.0  # after a SIGTERM; below Kubernetes' default 30 s termination grace
     processes: int = 1  # ranks on this machine for `avsa train`
     seed: int = 0
 

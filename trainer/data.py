@@ -3,13 +3,14 @@
 The trainer is written against :class:`BatchSource`, a small protocol: the shard loader
 (:class:`dataloading.loader.Loader`) and :class:`SyntheticSource` (tests, benchmarks,
 ``--data.url synthetic://``) both satisfy it, yielding :class:`dataloading.batch.Batch`. Resuming
-needs only ``state_dict``/``load_state_dict``: the position inside the epoch, so a resumed run
-sees exactly the batches an uninterrupted run would have seen.
+needs only ``state_dict``/``load_state_dict``: the position inside the epoch. On the same world size
+a resumed run sees exactly the batches an uninterrupted run would have seen; on another, the loader
+goes on with the samples the epoch has not consumed yet (:mod:`dataloading.epoch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,11 +43,13 @@ class BatchSource(Protocol):
     """An epoch-structured, resumable stream of :class:`Batch` for one rank.
 
     ``set_epoch(e)`` then iterating yields epoch ``e``'s batches, the same number on every rank
-    (``len(source)``, so no rank waits in a collective for a peer that ran out). If the source was
-    positioned inside epoch ``e`` by ``load_state_dict``, iteration continues from there.
-    ``state_dict()`` describes the position after the last batch handed out. ``stats`` are the
-    normalisation statistics the audio features were standardised with (None: used as they are), saved
-    with every checkpoint so evaluation and export normalise the same way.
+    (``batches_left()``; ``len(source)`` for a whole epoch), so no rank waits in a collective for a
+    peer that ran out. If the source was positioned inside epoch ``e`` by ``load_state_dict``,
+    iteration continues from there. ``state_dict()`` describes this rank's position after the last
+    batch handed out, in plain JSON types; ``load_state_dict`` takes the states of every rank of the
+    saving run, in rank order, whatever the world size was. ``stats`` are the normalisation statistics
+    the audio features were standardised with (None: used as they are), saved with every checkpoint so
+    evaluation and export normalise the same way.
     """
 
     stats: FeatureStats | None
@@ -55,11 +58,13 @@ class BatchSource(Protocol):
 
     def __iter__(self) -> Iterator[Batch]: ...
 
+    def batches_left(self) -> int: ...
+
     def set_epoch(self, epoch: int) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, states: Sequence[dict[str, Any]]) -> None: ...
 
 
 def audio_frames(data: DataConfig) -> int:
@@ -75,6 +80,9 @@ class SyntheticSource:
     ``z`` plus independent noise. So matching audio to video within a batch (AVC) is learnable from
     the clip part and telling a clip's viewpoints apart (AVSA) from the viewpoint part; a model
     that learned nothing scores chance: 1 / (global batch) on AVC, 1 / K on AVSA.
+
+    Every epoch has ``batches_per_epoch`` steps on any world size; the position is the step count,
+    the same on every rank, so a resume on another world size simply goes on from it.
     """
 
     def __init__(
@@ -109,6 +117,9 @@ class SyntheticSource:
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    def batches_left(self) -> int:
+        return self.batches_per_epoch - self.index
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch, self.index = epoch, 0
@@ -116,8 +127,10 @@ class SyntheticSource:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "index": self.index}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+    def load_state_dict(self, states: Sequence[dict[str, Any]]) -> None:
+        if len({(s["epoch"], s["index"]) for s in states}) != 1:
+            raise ValueError("the saved source states disagree on the epoch and batch: not one checkpoint")
+        self.epoch, self.index = int(states[0]["epoch"]), int(states[0]["index"])
 
     def __iter__(self) -> Iterator[Batch]:
         while self.index < self.batches_per_epoch:

@@ -25,14 +25,15 @@ def resolve_precision(precision: str, device_type: str) -> Precision:
     return precision  # type: ignore[return-value]
 
 
-def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, device_type: str, load_universal: bool = False) -> dict[str, Any]:
     """DeepSpeed config for one data-parallel rank of batch ``cfg.data.batch_size`` clips.
 
     Optimiser: Adam with L2 weight decay as in the paper (``adam_w_mode: False``: DeepSpeed's "Adam"
     is AdamW unless told otherwise), the torch implementation (``torch_adam``) so no CUDA kernel has
     to be JIT-built; DeepSpeedCPUAdam would only pay off with optimizer offload, which we do not use.
     Schedule: linear warm-up over ``train.warmup_steps`` to ``train.lr``, then constant (the paper's
-    constant rate); no scheduler at all when there is no warm-up.
+    constant rate); no scheduler at all when there is no warm-up. ``load_universal``: the engine will
+    load a universal checkpoint (a resume on another world size, :mod:`trainer.elastic`).
     """
     t = cfg.train
     if t.zero_stage not in (0, 1, 2, 3):
@@ -61,6 +62,8 @@ def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
             },
         },
     }
+    if load_universal:
+        ds["checkpoint"] = {"load_universal": True}
     if t.warmup_steps > 0:
         ds["scheduler"] = {
             "type": "WarmupLR",

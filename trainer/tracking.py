@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,14 @@ from trainer.data import Batch
 from trainer.mlflow_ui import training_experiment, ui_url
 from trainer.typed_config import flatten
 
+if TYPE_CHECKING:  # mlflow is imported only where tracking is on
+    from mlflow.utils.async_logging.run_operations import RunOperations
+
 log = logging.getLogger(__name__)
+
+PREEMPTED = "avsa.preempted"  # "true" while the run waits for `--resume` after a SIGTERM
+PREEMPTED_AT = "avsa.preempted_at_step"
+_MAX_PENDING = 64  # queued metric batches kept before the oldest are waited on
 
 
 def public_params(cfg: Config) -> dict[str, str]:
@@ -48,14 +55,20 @@ class Tracker:
         self.enabled = bool(cfg.tracking.uri)
         self.rank = rank
         self.client = None
+        # Futures of the metric batches sent without waiting; finish() waits on them. (The fluent
+        # mlflow.flush_async_logging() would resolve MLflow's *default* store, a sqlite mlflow.db in
+        # the working directory, rather than this client's server.)
+        self._pending: list[RunOperations] = []
         run_id = None
         if self.enabled and rank == 0:
             from mlflow.tracking import MlflowClient
 
             self.client = MlflowClient(cfg.tracking.uri)
             run_id = resume_run_id or self._create_run(cfg, world_size)
-            if resume_run_id:  # the interrupted attempt marked it FAILED; the job goes on in it
+            if resume_run_id:  # the interrupted attempt marked it FAILED or KILLED; the job goes on in it
                 self.client.update_run(run_id, status="RUNNING")
+                if self.client.get_run(run_id).data.tags.get(PREEMPTED) == "true":
+                    self.client.set_tag(run_id, PREEMPTED, "false")  # PREEMPTED_AT stays, as history
         self.run_id: str | None = broadcast_from_rank0(run_id)
 
     @property
@@ -86,7 +99,9 @@ class Tracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        if len(self._pending) > _MAX_PENDING:  # the oldest are long sent: keep the list short
+            self._wait(_MAX_PENDING // 2)
 
     def log_checkpoint(self, url: str, step: int) -> None:
         """Tag the run with its newest checkpoint (what `avsa export --run` and evaluation read)."""
@@ -104,11 +119,30 @@ class Tracker:
 
         plt.close(figure)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        if self.active:
-            import mlflow
+    def _wait(self, count: int) -> None:
+        """Block until the oldest ``count`` queued metric batches reached the server."""
+        done, self._pending = self._pending[:count], self._pending[count:]
+        for operations in done:
+            operations.wait()
 
-            mlflow.flush_async_logging()
+    def tags(self) -> dict[str, str] | None:
+        """The run's tags as the server has them now (the evaluation service's markers among them);
+        None without tracking."""
+        if not self.active:
+            return None
+        return dict(self.client.get_run(self.run_id).data.tags)
+
+    def preempted(self, step: int) -> None:
+        """End the run as KILLED and tagged preempted after ``step`` (not FAILED: a resume continues it)."""
+        if self.active:
+            self.client.set_tag(self.run_id, PREEMPTED, "true")
+            self.client.set_tag(self.run_id, PREEMPTED_AT, str(step))
+        self.finish("KILLED")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Flush the queued metrics to the configured server, then end the run with ``status``."""
+        if self.active:
+            self._wait(len(self._pending))
             self.client.set_terminated(self.run_id, status)
 
 

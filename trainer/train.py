@@ -3,6 +3,12 @@
 Launchers (:mod:`cluster.launch`: local processes, Ray Train, the DeepSpeed launcher) only set up
 the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or the
 process group; everything else happens here. Called without either, it trains in one process.
+
+The loop walks epochs, not a fixed step count: a resume on another world size (:mod:`trainer.elastic`)
+changes how many steps the rest of an epoch takes, while the step counter, the LR schedule and the
+curriculum (by epoch) go on. A SIGTERM stops every rank after the same step with a checkpoint
+(:mod:`trainer.preemption`); after each checkpoint rank 0 applies ``train.keep_checkpoints``
+(:mod:`trainer.retention`).
 """
 
 from __future__ import annotations
@@ -10,21 +16,25 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import torch
 import torch.distributed as dist
 
 from dataloading.features import CHANNELS
-from trainer.checkpoint import Checkpointer, resolve
+from trainer.checkpoint import Checkpointer, read_meta, resolve
 from trainer.config import Config
-from trainer.data import BatchSource, make_source
+from trainer.data import Batch, BatchSource, make_source
 from trainer.deepspeed_config import deepspeed_config, resolve_precision
 from trainer.deepspeed_env import import_deepspeed
+from trainer.elastic import uses_universal
 from trainer.losses import pretext_loss, stage_for_epoch
 from trainer.models import AVSAModel
+from trainer.preemption import Preemption
+from trainer.retention import apply_retention
 from trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -35,14 +45,17 @@ EXTENSIONS_CACHE = "~/.cache/avsa/torch_extensions"  # DeepSpeed JIT-builds a sm
 
 @dataclass
 class TrainResult:
-    """What one rank saw: the last step, per-step metrics, the newest checkpoint, the MLflow run and
-    the trained module (whole on ZeRO 0–2; ZeRO 3 leaves each rank only its partition)."""
+    """What one rank saw: the last step, per-step metrics, the newest checkpoint, the MLflow run, the
+    trained module (whole on ZeRO 0–2; ZeRO 3 leaves each rank only its partition), whether a SIGTERM
+    stopped it early, and how long loading the checkpoint it resumed from took (seconds)."""
 
     step: int
     model: torch.nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: str | None = None
     run_id: str | None = None
+    preempted: bool = False
+    resume_seconds: float = 0.0
 
 
 def setup_distributed() -> tuple[int, int, torch.device, bool]:
@@ -81,95 +94,125 @@ def mean_over_ranks(values: dict[str, torch.Tensor], world_size: int) -> dict[st
     return dict(zip(values, (stacked / world_size).tolist(), strict=True))
 
 
+def make_engine(cfg: Config, device: torch.device, load_universal: bool = False) -> Any:
+    """The model in a DeepSpeed engine, with identical initial weights on every rank; ``load_universal``
+    when it will resume a ZeRO checkpoint saved on another world size."""
+    deepspeed = import_deepspeed()
+    torch.manual_seed(cfg.train.seed)
+    model = AVSAModel(cfg.model, CHANNELS[cfg.data.feature])
+    ds_config = deepspeed_config(cfg, device.type, load_universal=load_universal)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    return engine
+
+
 def train(
     cfg: Config,
     source: BatchSource | None = None,
     *,
     resume: str | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_resume: Callable[[Any], None] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on this rank: AVC for ``train.avc_epochs`` epochs, then AVSA for ``train.avsa_epochs``.
 
     ``source`` defaults to the one ``data.url`` names. ``resume`` is ``latest``, ``auto`` or a
-    checkpoint URL (see :func:`trainer.checkpoint.resolve`). ``on_step(step, metrics)`` runs on every
-    rank after each optimizer step (progress display, fault-injection tests). A checkpoint is
-    written every ``train.checkpoint_every`` steps and after the last.
+    checkpoint URL (see :func:`trainer.checkpoint.resolve`), saved on any world size. ``on_step(step,
+    metrics)`` runs on every rank after each optimizer step (progress display, fault-injection tests);
+    ``on_resume(engine)`` once the checkpoint is loaded, before the first step (checks of the state).
+    A checkpoint is written every ``train.checkpoint_every`` steps, after the last step of each stage,
+    and after the step a SIGTERM interrupted (then the run returns early with ``preempted``).
     """
-    deepspeed = import_deepspeed()
-    rank, world_size, device, created_group = setup_distributed()
     t = cfg.train
+    if t.keep_checkpoints < 0:
+        raise ValueError(f"train.keep_checkpoints must be 0 (keep all) or more; got {t.keep_checkpoints}")
+    rank, world_size, device, created_group = setup_distributed()
     source = source or make_source(cfg, rank, world_size, device)
-    steps_per_epoch = t.steps_per_epoch or len(source)
-    total_steps = (t.avc_epochs + t.avsa_epochs) * steps_per_epoch
+    epochs = t.avc_epochs + t.avsa_epochs
     clips_per_step = cfg.data.batch_size * world_size
     dtype = torch.bfloat16 if resolve_precision(t.precision, device.type) == "bf16" else torch.float32
 
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    model = AVSAModel(cfg.model, CHANNELS[cfg.data.feature])
-    ds_config = deepspeed_config(cfg, device.type)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     checkpointer = Checkpointer(cfg, rank, world_size)
     tag_url = resolve(resume, t.checkpoint_url, cfg.storage) if resume else None
+    meta = read_meta(tag_url, cfg.storage) if tag_url else None
+    engine = make_engine(cfg, device, meta is not None and uses_universal(meta, world_size))
     resumed = checkpointer.load(engine, tag_url, source) if tag_url else None
+    if resumed and on_resume is not None:
+        on_resume(engine)
     start = resumed.step if resumed else 0
     tracker = Tracker(cfg, rank, world_size, resumed.run_id if resumed else None)
     result = TrainResult(step=start, model=engine.module, checkpoint=tag_url, run_id=tracker.run_id)
+    result.resume_seconds = resumed.seconds if resumed else 0.0
+    first_epoch = resumed.epoch if resumed else 0
+    total_steps = start + source.batches_left() + len(source) * max(epochs - first_epoch - 1, 0)
     if rank == 0:
         how = f"resumed from {tag_url}" if resumed else "from scratch"
         log.info("training %d steps on %d ranks (%s), %s", total_steps, world_size, device.type, how)
 
-    batches = None
+    def checkpoint(done: int, epoch: int, stage_end: str | None, retain: bool = True) -> None:
+        result.checkpoint = checkpointer.save(engine, done, epoch, source, tracker.run_id, stage_end)
+        tracker.log_checkpoint(result.checkpoint, done)
+        if rank == 0 and t.keep_checkpoints and retain:
+            apply_retention(cfg, tracker)
+
+    preemption = Preemption(t.preempt_grace_s)
     try:
-        for step in range(start, total_steps):
-            epoch = step // steps_per_epoch
-            if batches is None or step % steps_per_epoch == 0:
+        with preemption:
+            done = start
+            for epoch in range(first_epoch, epochs):
                 source.set_epoch(epoch)
-                batches = iter(source)
-            stage = stage_for_epoch(epoch, t.avc_epochs)
-
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                raise RuntimeError(f"the data source ran out in epoch {epoch} after {step} steps")
-            video = batch.video.to(device, dtype, non_blocking=True)
-            audio = batch.audio.to(device, dtype, non_blocking=True)
-            directions = batch.directions.to(device, non_blocking=True)
-            t_data = time.perf_counter() - t0
-
-            out = engine(video, audio, directions)
-            loss, metrics = pretext_loss(out, stage, t.tau)
-            engine.backward(loss)
-            engine.step()
-
-            metrics = mean_over_ranks(metrics, world_size)  # the all-reduce also waits for the step
-            dt, done = time.perf_counter() - t0, step + 1
-            metrics |= {
-                "lr": engine.get_lr()[0],
-                "epoch": epoch,
-                "stage_avsa": float(stage == "avsa"),
-                "clips_per_s": clips_per_step / dt,
-                "data_wait_fraction": t_data / dt,
-                "memory_gib": memory_gib(device),
-            }
-            result.step = done
-            result.history.append(metrics)
-            tracker.log_metrics(metrics, done)
-            if step == start or step % steps_per_epoch == 0:
-                tracker.log_samples(batch, done)
-            if rank == 0 and (done % LOG_EVERY == 0 or done == total_steps):
-                log.info(
-                    "step %d/%d %s loss %.4f avc_acc %.3f avsa_acc %.3f %.1f clips/s data %.0f%%",
-                    *(done, total_steps, stage, metrics["loss"], metrics["avc_acc"], metrics["avsa_acc"]),
-                    *(metrics["clips_per_s"], 100 * metrics["data_wait_fraction"]),
-                )
-            if done % t.checkpoint_every == 0 or done == total_steps:
-                result.checkpoint = checkpointer.save(engine, done, epoch, source, tracker.run_id)
-                tracker.log_checkpoint(result.checkpoint, done)
-            if on_step is not None:
-                on_step(done, metrics)
-        tracker.finish()
-        # Every rank leaves together: a 2-rank gloo run otherwise sometimes aborts at exit.
-        dist.barrier()
+                stage = stage_for_epoch(epoch, t.avc_epochs)
+                last_of_stage = epoch in (t.avc_epochs - 1, epochs - 1)
+                batches, count = iter(source), source.batches_left()
+                for i in range(count):
+                    metrics, batch = _step(engine, batches, stage, cfg, device, dtype, epoch, done)
+                    # One all-reduce: the metrics' mean, and whether any rank got a SIGTERM.
+                    metrics["preempt"] = torch.tensor(float(preemption.requested))
+                    metrics = mean_over_ranks(metrics, world_size)  # it also waits for the step
+                    stop = metrics.pop("preempt") > 0
+                    done += 1
+                    metrics |= {
+                        "lr": engine.get_lr()[0],
+                        "epoch": epoch,
+                        "stage_avsa": float(stage == "avsa"),
+                        "clips_per_s": clips_per_step / metrics.pop("seconds"),
+                        "memory_gib": memory_gib(device),
+                    }
+                    result.step = done
+                    result.history.append(metrics)
+                    tracker.log_metrics(metrics, done)
+                    if done == start + 1 or i == 0:
+                        tracker.log_samples(batch, done)
+                    if rank == 0 and (done % LOG_EVERY == 0 or done == total_steps):
+                        log.info(
+                            "step %d/%d %s loss %.4f avc_acc %.3f avsa_acc %.3f %.1f clips/s data %.0f%%",
+                            *(done, total_steps, stage, metrics["loss"], metrics["avc_acc"]),
+                            *(metrics["avsa_acc"], metrics["clips_per_s"]),
+                            100 * metrics["data_wait_fraction"],
+                        )
+                    stage_end = stage if last_of_stage and i == count - 1 else None
+                    if stop:
+                        preemption.begin()  # this rank's grace period, if a peer's SIGTERM started it
+                        checkpoint(done, epoch, stage_end, retain=False)  # the grace time is short
+                        result.preempted = True
+                        break
+                    if done % t.checkpoint_every == 0 or stage_end:
+                        checkpoint(done, epoch, stage_end)
+                    if on_step is not None:
+                        on_step(done, metrics)
+                if result.preempted:
+                    break
+            if result.preempted:
+                if rank == 0:
+                    log.warning(
+                        "preempted: stopped after step %d with checkpoint %s; `--resume auto` continues",
+                        done,
+                        result.checkpoint,
+                    )
+                tracker.preempted(done)
+            else:
+                tracker.finish()
+            # Every rank leaves together: a 2-rank gloo run otherwise sometimes aborts at exit.
+            dist.barrier()
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -177,3 +220,31 @@ def train(
         if created_group and dist.is_initialized():
             dist.destroy_process_group()
     return result
+
+
+def _step(
+    engine: Any,
+    batches: Iterator[Batch],
+    stage: str,
+    cfg: Config,
+    device: torch.device,
+    dtype: torch.dtype,
+    epoch: int,
+    done: int,
+) -> tuple[dict[str, torch.Tensor | float], Batch]:
+    """One optimizer step on the next batch → (this rank's metrics, the batch). The metrics include
+    ``seconds`` (the step's wall time) and ``data_wait_fraction``."""
+    t0 = time.perf_counter()
+    batch = next(batches, None)
+    if batch is None:
+        raise RuntimeError(f"the data source ran out in epoch {epoch} after {done} steps")
+    video = batch.video.to(device, dtype, non_blocking=True)
+    audio = batch.audio.to(device, dtype, non_blocking=True)
+    directions = batch.directions.to(device, non_blocking=True)
+    t_data = time.perf_counter() - t0
+    out = engine(video, audio, directions)
+    loss, metrics = pretext_loss(out, stage, cfg.train.tau)
+    engine.backward(loss)
+    engine.step()
+    dt = time.perf_counter() - t0
+    return metrics | {"seconds": torch.tensor(dt), "data_wait_fraction": torch.tensor(t_data / dt)}, batch

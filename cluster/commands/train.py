@@ -13,6 +13,7 @@ examples:
   avsa train --train.processes 2 --data.url synthetic:// --model.preset tiny
   avsa train --resume latest --train.checkpoint_url s3://avsa/runs/a
   ray job submit -- avsa train --ray --workers 8 --gpus-per-worker 1 --max-failures 3
+  ray job submit -- avsa train --ray --workers 8 --min-workers 4 --max-failures 3   # elastic
   avsa train --hostfile hosts.txt          # lines like "node-1 slots=8"; DeepSpeed launcher
 """
 
@@ -51,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (default 2)")
     parser.add_argument(
+        "--min-workers",
+        type=int,
+        metavar="M",
+        help="with --ray: restart on as few as M workers when the cluster shrank (elastic; default: "
+        "always --workers); each restart resumes the newest checkpoint on its world size",
+    )
+    parser.add_argument(
         "--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per Ray worker (default 0)"
     )
     parser.add_argument(
@@ -76,7 +84,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     if args.ray:
         return launch.run_ray(
-            cfg, args.workers, args.gpus_per_worker, args.max_failures, args.resume, args.placement
+            cfg,
+            args.workers,
+            args.gpus_per_worker,
+            args.max_failures,
+            args.resume,
+            args.placement,
+            args.min_workers,
         )
     if args.hostfile:
         return launch.run_hostfile(cfg, args.hostfile, args.resume, shlex.split(args.launcher_args))
