@@ -15,6 +15,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Before any test imports ray: otherwise a driver swaps 127.0.0.1 for the machine's address
 # and cannot join the loopback-only heads the tests start.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray reads its auth mode once, when ray._raylet is first imported (collecting a test module that
+# imports ray does it). Every head the tests start uses tokens, so the mode is pinned to that before
+# any import; the token itself is read later, from the environment each fixture sets.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     auth = running.ray_auth_env()
     before = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
+    reset_ray_token_cache()
     try:
         yield running
     finally:
@@ -35,3 +40,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        reset_ray_token_cache()
+
+
+def reset_ray_token_cache() -> None:
+    """Make in-process Ray clients read the token from the environment again (Ray caches it)."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()

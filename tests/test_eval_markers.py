@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 
-import numpy as np
-
+from evaluation.bootstrap import Estimate
 from evaluation.markers import Marker, marker_key, this_owner
 from evaluation.suite import Report, format_table
 from evaluation.tasks import TaskResult
@@ -36,30 +36,52 @@ def test_only_running_markers_without_a_live_owner_go_stale() -> None:
 
 
 def test_table_lists_checkpoints_then_baselines_in_percent_and_degrees() -> None:
+    def est(mean: float) -> Estimate:
+        return Estimate(mean, mean - 0.01, mean + 0.01, 10)
+
     def report(step: int, avsa: float, err: float) -> Report:
         results = [
-            TaskResult("avsa_bin", "acc", {"model": {"acc": avsa}, "random_init": {"acc": 0.5}}),
+            TaskResult(
+                "avsa_bin",
+                "acc",
+                {"model": {"acc": est(avsa)}, "random_init": {"acc": est(0.5)}},
+                {"model": {"acc": est(avsa - 0.5)}},
+                chance={"acc": 0.5},
+            ),
             TaskResult(
                 "doa",
                 "mean_error_deg",
                 {
-                    "model": {"mean_error_deg": err, "acc20": 0.25},
-                    "random_init": {"mean_error_deg": 90.0, "acc20": 0.0},
-                    "intensity": {"mean_error_deg": 12.5, "acc20": 0.75},
+                    "model": {"mean_error_deg": est(err)},
+                    "random_init": {"mean_error_deg": est(90.0)},
+                    "intensity": {"mean_error_deg": est(12.5)},
                 },
-                directions=np.zeros((1, 2)),
+                {"model": {"mean_error_deg": est(err - 90.0)}},
             ),
         ]
         return Report(f"ckpt/{step}", step, "run", results, 1.0)
 
     table = format_table({"AVC stage": report(40, 0.6, 50.0), "AVSA stage": report(80, 0.8125, 30.0)})
-    lines = table.splitlines()
-    header = "method avsa_bin acc% ↑ doa acc20% ↑ doa mean_error° ↓"
-    assert lines[0].split() == header.split()
-    rows = {line[:12].strip(): line[12:].split() for line in lines[2:]}
-    assert rows == {
-        "AVC stage": ["60.0", "25.0", "50.0"],
-        "AVSA stage": ["81.2", "25.0", "30.0"],
-        "random init": ["50.0", "0.0", "90.0"],
-        "intensity": ["-", "75.0", "12.5"],
-    }
+    scores, differences = table.split("\n\n")
+
+    def cells(block: str) -> list[list[str]]:
+        return [re.split(r"\s{2,}", line.strip()) for line in block.splitlines()[2:]]
+
+    assert re.split(r"\s{2,}", scores.splitlines()[0]) == [
+        "metric", "AVC stage", "AVSA stage", "random init", "intensity", "chance"
+    ]  # fmt: skip
+    assert cells(scores) == [
+        ["avsa_bin acc% ↑", "60.0 [59.0, 61.0]", "81.2 [80.2, 82.2]", "50.0 [49.0, 51.0]", "-", "50.0"],
+        [
+            "doa mean_error° ↓",
+            "50.0 [50.0, 50.0]",
+            "30.0 [30.0, 30.0]",
+            "90.0 [90.0, 90.0]",
+            "12.5 [12.5, 12.5]",
+            "-",
+        ],
+    ]
+    assert cells(differences) == [
+        ["avsa_bin acc% ↑", "+10.0 [+9.0, +11.0]", "+31.2 [+30.2, +32.2]"],
+        ["doa mean_error° ↓", "-40.0 [-40.0, -40.0]", "-60.0 [-60.0, -60.0]"],
+    ]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from dataloading.features import CHANNELS
 from tests.distributed import run_distributed
 from trainer.config import Config, load_config
 from trainer.data import TINY, BatchSource, SyntheticSource
@@ -47,7 +48,7 @@ def test_synthetic_source_is_deterministic_resumable_and_rank_specific(tmp_path:
     assert len(batches) == 3
     b = batches[0]
     assert b.video.shape == (4, 2, 3, 4, 32, 32)
-    assert b.audio.shape == (4, 2, 4, 32, 33)
+    assert b.audio.shape == (4, 2, CHANNELS[data.feature], 32, 33)
     assert b.directions.shape == (4, 2, 2)
     assert b.directions[..., 0].abs().max() <= torch.pi
 

@@ -121,13 +121,18 @@ def connect(address: str | None, workers: int) -> None:
     if address is None or is_loopback(address):
         # otherwise Ray rewrites 127.0.0.1 to the machine's network address, where a loopback head is not
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if address is None and "RAY_AUTH_MODE" not in os.environ:
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if address is None and os.environ.get("RAY_AUTH_MODE", "token") == "token" and not has_token:
         # A throwaway cluster on loopback, which any user of the machine could join (and run code as
         # you) without a token. Ray's own default would write one to ~/.ray/auth_token, which then
         # turns token auth on for every later Ray head of yours (their clients meet 401s); this token
         # lives only in this process and the Ray processes it starts.
         os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     import ray
+    from ray._raylet import AuthenticationTokenLoader
+
+    # Ray loads its token once per process; a process that joins a second cluster needs that one's.
+    AuthenticationTokenLoader.instance().reset_cache()
 
     if address:
         ray.init(address=address, log_to_driver=True)
