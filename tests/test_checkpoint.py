@@ -76,7 +76,7 @@ def test_rng_states_round_trip() -> None:
 def _train(rank: int, world_size: int, cfg: Any, resume: str | None, kill_after: int) -> dict[str, Any]:
     from trainer.train import train
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
+    def on_step(step: int) -> None:
         if rank == 1 and step == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no goodbye: like a lost node
 

@@ -59,8 +59,9 @@ def _whole_state(engine: Any) -> State:
 def _run(
     rank: int, world_size: int, cfg: Config, resume: str | None, stop_after: int, source: BatchSource | None
 ) -> dict[str, Any]:
-    """One rank of a training run; a SIGTERM on the last rank during step ``stop_after`` - 1 stops every
-    rank after step ``stop_after`` with a checkpoint (0: no stop)."""
+    """One rank of a training run; a SIGTERM on the last rank after step ``stop_after`` - 2 stops every
+    rank after step ``stop_after`` with a checkpoint (the ranks' vote is read one step late; 0: no
+    stop)."""
     from trainer.train import train
 
     loaded: dict[str, Any] = {}
@@ -71,8 +72,8 @@ def _run(
         loaded["adam_steps"] = {float(s["step"]) for s in adam.state.values()}
         loaded["buffers"] = {k: v.clone() for k, v in engine.module.named_buffers()}
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        if step == stop_after - 1 and rank == world_size - 1:
+    def on_step(step: int) -> None:
+        if step == stop_after - 2 and rank == world_size - 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
     result = train(cfg, source, resume=resume, on_step=on_step, on_resume=on_resume)

@@ -98,7 +98,7 @@ def _train(rank: int, world_size: int, cfg: Config, hold: tuple[str, int]) -> li
     step-1 checkpoint and is reading the step-2 one, so the next saves' retention runs during that read."""
     from trainer.train import train
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
+    def on_step(step: int) -> None:
         if step != hold[1]:
             return
         client, deadline = MlflowClient(hold[0]), time.monotonic() + 400

@@ -16,8 +16,9 @@ from trainer.deepspeed_config import deepspeed_config, resolve_precision
 
 
 def tiny_config(tmp: Path, **overrides: Any) -> Config:
-    """Tiny model and inputs on synthetic data, no tracking, checkpoints under ``tmp``."""
-    base = {**TINY, "train.checkpoint_url": str(tmp / "ckpt"), "tracking.uri": ""}
+    """Tiny model and inputs on synthetic data, no tracking, metrics of every step, checkpoints under
+    ``tmp``."""
+    base = {**TINY, "train.checkpoint_url": str(tmp / "ckpt"), "tracking.uri": "", "tracking.log_every": 1}
     return load_config(None, base | overrides)
 
 
@@ -94,3 +95,40 @@ def test_loss_falls_and_accuracies_rise_above_chance_on_two_ranks(tmp_path: Path
     last = history[0][-1]
     assert last["lr"] == pytest.approx(1e-3) and last["clips_per_s"] > 0
     assert 0 <= last["data_wait_fraction"] < 1 and last["memory_gib"] > 0
+
+
+def _window_rows(rank: int, world_size: int, cfg: Config) -> list[dict[str, float]]:
+    from trainer.train import train
+
+    return train(cfg).history
+
+
+@pytest.mark.integration
+def test_metrics_are_the_mean_over_each_logging_window_and_both_ranks(tmp_path: Path) -> None:
+    """With tracking.log_every 4 the rows are steps 1-4, 5-6 (the AVC stage ends), 7-8 and 9-12 (logged
+    at multiples of 4), each the mean of the per-step rows over its steps and both ranks."""
+    schedule = {"train.steps_per_epoch": 6, "train.avc_epochs": 1, "train.avsa_epochs": 1, "train.lr": 1e-3}
+    every = run_distributed(_window_rows, 2, tiny_config(tmp_path / "a", **schedule), timeout_s=400)[0]
+    windowed = tiny_config(tmp_path / "b", **schedule, **{"tracking.log_every": 4})
+    rows = run_distributed(_window_rows, 2, windowed, timeout_s=400)[0]
+    assert len(every) == 12 and len(rows) == 4
+    for row, (first, last) in zip(rows, ((0, 4), (4, 6), (6, 8), (8, 12)), strict=True):
+        for key in ("loss", "avc_acc", "avsa_acc"):
+            mean = sum(r[key] for r in every[first:last]) / (last - first)
+            assert row[key] == pytest.approx(mean, rel=1e-5)
+        assert row["stage_avsa"] == every[last - 1]["stage_avsa"] and row["clips_per_s"] > 0
+        assert 0 <= row["data_wait_fraction"] <= 1
+
+
+def _votes(rank: int, world_size: int, wants: list[bool]) -> list[bool]:
+    from trainer.preemption import StopVote
+
+    vote = StopVote(world_size)
+    seen = [vote.cast(rank == 1 and want) for want in wants]
+    return [*seen, vote.close()]
+
+
+def test_a_stop_vote_is_seen_by_every_rank_one_step_later() -> None:
+    wants = [False, False, True, False]
+    seen = run_distributed(_votes, 2, wants, timeout_s=120)
+    assert seen[0] == seen[1] == [False, False, False, True, False]

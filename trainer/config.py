@@ -84,6 +84,10 @@ class TrackingConfig:
 
     uri: str = "sqlite:///.avsa/mlflow.db"
     experiment: str = "avsa"
+    # Steps between logged metrics (their mean over the steps and ranks since the last, one all-reduce)
+    # and console lines.
+    log_every: int = 10
+    samples_every: int = 500  # steps between sample figures (also the first step of a run); 0: first only
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Graceful preemption: on SIGTERM every rank finishes its step, writes a checkpoint and exits 0.
 
 SIGTERM is what Kubernetes, Ray's autoscaler and spot reclaims send before they kill. The first one on
-any rank sets :attr:`Preemption.requested`; the training loop shares the flag with the other ranks in
-the all-reduce it makes after every step anyway, so all of them stop after the same step, checkpoint
-it together and return (the MLflow run is ended as KILLED and tagged ``avsa.preempted``). ``--resume
-auto`` then continues.
+any rank sets :attr:`Preemption.requested`; the training loop shares the flag with the other ranks by a
+:class:`StopVote` after every step, so all of them stop after the same step (the one after the SIGTERM
+at the latest), checkpoint it together and return (the MLflow run is ended as KILLED and tagged
+``avsa.preempted``). ``--resume auto`` then continues.
 
 It must not hang: from the first SIGTERM (or from the step at which a rank learns of a peer's) each rank
 has ``grace_s`` seconds; when they run out, or at a second SIGTERM, the process exits at once with
@@ -24,6 +24,10 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +100,38 @@ def _exit_now(why: str) -> None:
     # Not through logging: the main thread may hold its lock. os._exit: no cleanup may block either.
     os.write(2, f"preemption: {why}; exiting now without a checkpoint\n".encode())
     os._exit(EXIT_AT_ONCE)
+
+
+class StopVote:
+    """Whether any rank wants to stop, agreed by all of them one step late, so that no step waits for it.
+
+    Each step's vote is an asynchronous all-reduce on a CPU (gloo) group, read at the next step, by when
+    it has long arrived: the GPU stream is never synchronised for it. Every rank casts one vote per step,
+    so all of them see the same outcome after the same step.
+    """
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self._group: Any = None
+        if world_size > 1:
+            # NCCL reduces only device tensors; the vote lives on the host. All ranks create the group.
+            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        self._pending: tuple[torch.Tensor, Any] | None = None
+
+    def cast(self, stop: bool) -> bool:
+        """This rank's vote after a step → whether any rank voted to stop after the step before."""
+        outcome = self.close()
+        flag = torch.tensor([float(stop)])
+        work = dist.all_reduce(flag, group=self._group, async_op=True) if self.world_size > 1 else None
+        self._pending = (flag, work)
+        return outcome
+
+    def close(self) -> bool:
+        """Wait for the last vote cast (before leaving the loop) → its outcome; False if none is pending."""
+        if self._pending is None:
+            return False
+        flag, work = self._pending
+        if work is not None:
+            work.wait()
+        self._pending = None
+        return bool(flag.item() > 0)

@@ -8,7 +8,8 @@ The loop walks epochs, not a fixed step count: a resume on another world size (:
 changes how many steps the rest of an epoch takes, while the step counter, the LR schedule and the
 curriculum (by epoch) go on. A SIGTERM stops every rank after the same step with a checkpoint
 (:mod:`trainer.preemption`); after each checkpoint rank 0 applies ``train.keep_checkpoints``
-(:mod:`trainer.retention`).
+(:mod:`trainer.retention`). Metrics stay on the device and are averaged over steps and ranks once per
+``tracking.log_every`` steps (:mod:`trainer.window`), so no other step waits for the device or a peer.
 """
 
 from __future__ import annotations
@@ -33,21 +34,22 @@ from trainer.deepspeed_env import import_deepspeed
 from trainer.elastic import uses_universal
 from trainer.losses import pretext_loss, stage_for_epoch
 from trainer.models import AVSAModel
-from trainer.preemption import Preemption
+from trainer.preemption import Preemption, StopVote
 from trainer.retention import apply_retention
 from trainer.tracking import Tracker
+from trainer.window import MetricWindow
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY = 10  # steps between console lines (MLflow gets every step)
 EXTENSIONS_CACHE = "~/.cache/avsa/torch_extensions"  # DeepSpeed JIT-builds a small op once (~35 s)
 
 
 @dataclass
 class TrainResult:
-    """What one rank saw: the last step, per-step metrics, the newest checkpoint, the MLflow run, the
-    trained module (whole on ZeRO 0–2; ZeRO 3 leaves each rank only its partition), whether a SIGTERM
-    stopped it early, and how long loading the checkpoint it resumed from took (seconds)."""
+    """What one rank saw: the last step, the metrics logged (one row per ``tracking.log_every`` steps,
+    each stage's last step and the last), the newest checkpoint, the MLflow run, the trained module
+    (whole on ZeRO 0–2; ZeRO 3 leaves each rank only its partition), whether a SIGTERM stopped it early,
+    and how long loading the checkpoint it resumed from took (seconds)."""
 
     step: int
     model: torch.nn.Module
@@ -86,14 +88,6 @@ def memory_gib(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def mean_over_ranks(values: dict[str, torch.Tensor], world_size: int) -> dict[str, float]:
-    """Average scalar tensors over ranks in one all-reduce (gloo has no AVG, so SUM / world size)."""
-    stacked = torch.stack([v.detach().float() for v in values.values()])
-    if world_size > 1:
-        dist.all_reduce(stacked)
-    return dict(zip(values, (stacked / world_size).tolist(), strict=True))
-
-
 def make_engine(cfg: Config, device: torch.device, load_universal: bool = False) -> Any:
     """The model in a DeepSpeed engine, with identical initial weights on every rank; ``load_universal``
     when it will resume a ZeRO checkpoint saved on another world size."""
@@ -110,25 +104,24 @@ def train(
     source: BatchSource | None = None,
     *,
     resume: str | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     on_resume: Callable[[Any], None] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on this rank: AVC for ``train.avc_epochs`` epochs, then AVSA for ``train.avsa_epochs``.
 
     ``source`` defaults to the one ``data.url`` names. ``resume`` is ``latest``, ``auto`` or a
-    checkpoint URL (see :func:`trainer.checkpoint.resolve`), saved on any world size. ``on_step(step,
-    metrics)`` runs on every rank after each optimizer step (progress display, fault-injection tests);
+    checkpoint URL (see :func:`trainer.checkpoint.resolve`), saved on any world size. ``on_step(step)``
+    runs on every rank after each optimizer step (progress display, fault-injection tests);
     ``on_resume(engine)`` once the checkpoint is loaded, before the first step (checks of the state).
     A checkpoint is written every ``train.checkpoint_every`` steps, after the last step of each stage,
     and after the step a SIGTERM interrupted (then the run returns early with ``preempted``).
     """
-    t = cfg.train
+    t, tr = cfg.train, cfg.tracking
     if t.keep_checkpoints < 0:
         raise ValueError(f"train.keep_checkpoints must be 0 (keep all) or more; got {t.keep_checkpoints}")
     rank, world_size, device, created_group = setup_distributed()
     source = source or make_source(cfg, rank, world_size, device)
     epochs = t.avc_epochs + t.avsa_epochs
-    clips_per_step = cfg.data.batch_size * world_size
     dtype = torch.bfloat16 if resolve_precision(t.precision, device.type) == "bf16" else torch.float32
 
     checkpointer = Checkpointer(cfg, rank, world_size)
@@ -154,7 +147,8 @@ def train(
         if rank == 0 and t.keep_checkpoints and retain:
             apply_retention(cfg, tracker)
 
-    preemption = Preemption(t.preempt_grace_s)
+    preemption, vote = Preemption(t.preempt_grace_s), StopVote(world_size)
+    window = MetricWindow(world_size, cfg.data.batch_size * world_size)
     try:
         with preemption:
             done = start
@@ -165,31 +159,27 @@ def train(
                 batches, count = iter(source), source.batches_left()
                 for i in range(count):
                     metrics, batch = _step(engine, batches, stage, cfg, device, dtype, epoch, done)
-                    # One all-reduce: the metrics' mean, and whether any rank got a SIGTERM.
-                    metrics["preempt"] = torch.tensor(float(preemption.requested))
-                    metrics = mean_over_ranks(metrics, world_size)  # it also waits for the step
-                    stop = metrics.pop("preempt") > 0
-                    done += 1
-                    metrics |= {
-                        "lr": engine.get_lr()[0],
-                        "epoch": epoch,
-                        "stage_avsa": float(stage == "avsa"),
-                        "clips_per_s": clips_per_step / metrics.pop("seconds"),
-                        "memory_gib": memory_gib(device),
-                    }
-                    result.step = done
-                    result.history.append(metrics)
-                    tracker.log_metrics(metrics, done)
-                    if done == start + 1 or i == 0:
-                        tracker.log_samples(batch, done)
-                    if rank == 0 and (done % LOG_EVERY == 0 or done == total_steps):
-                        log.info(
-                            "step %d/%d %s loss %.4f avc_acc %.3f avsa_acc %.3f %.1f clips/s data %.0f%%",
-                            *(done, total_steps, stage, metrics["loss"], metrics["avc_acc"]),
-                            *(metrics["avsa_acc"], metrics["clips_per_s"]),
-                            100 * metrics["data_wait_fraction"],
-                        )
+                    window.add(metrics)
+                    stop = vote.cast(preemption.requested)  # whether any rank got a SIGTERM a step ago
+                    done = result.step = done + 1
                     stage_end = stage if last_of_stage and i == count - 1 else None
+                    if done % tr.log_every == 0 or done == total_steps or stop or stage_end:
+                        row = window.summary() | {
+                            "lr": engine.get_lr()[0],
+                            "epoch": epoch,
+                            "stage_avsa": float(stage == "avsa"),
+                            "memory_gib": memory_gib(device),
+                        }
+                        result.history.append(row)
+                        tracker.log_metrics(row, done)
+                        if rank == 0:
+                            log.info(
+                                "step %d/%d %s loss %.4f avc_acc %.3f avsa_acc %.3f %.1f clips/s data %.0f%%",
+                                *(done, total_steps, stage, row["loss"], row["avc_acc"], row["avsa_acc"]),
+                                *(row["clips_per_s"], 100 * row["data_wait_fraction"]),
+                            )
+                    if done == start + 1 or (tr.samples_every and done % tr.samples_every == 0):
+                        tracker.log_samples(batch, done)
                     if stop:
                         preemption.begin()  # this rank's grace period, if a peer's SIGTERM started it
                         checkpoint(done, epoch, stage_end, retain=False)  # the grace time is short
@@ -198,9 +188,10 @@ def train(
                     if done % t.checkpoint_every == 0 or stage_end:
                         checkpoint(done, epoch, stage_end)
                     if on_step is not None:
-                        on_step(done, metrics)
+                        on_step(done)
                 if result.preempted:
                     break
+            vote.close()  # the last vote every rank cast
             if result.preempted:
                 if rank == 0:
                     log.warning(
@@ -231,9 +222,9 @@ def _step(
     dtype: torch.dtype,
     epoch: int,
     done: int,
-) -> tuple[dict[str, torch.Tensor | float], Batch]:
-    """One optimizer step on the next batch → (this rank's metrics, the batch). The metrics include
-    ``seconds`` (the step's wall time) and ``data_wait_fraction``."""
+) -> tuple[dict[str, torch.Tensor], Batch]:
+    """One optimizer step on the next batch → (this rank's metrics as tensors, not read yet; the batch).
+    The metrics include ``data_s``, the seconds spent waiting for the batch."""
     t0 = time.perf_counter()
     batch = next(batches, None)
     if batch is None:
@@ -241,10 +232,9 @@ def _step(
     video = batch.video.to(device, dtype, non_blocking=True)
     audio = batch.audio.to(device, dtype, non_blocking=True)
     directions = batch.directions.to(device, non_blocking=True)
-    t_data = time.perf_counter() - t0
+    data_s = torch.tensor(time.perf_counter() - t0)
     out = engine(video, audio, directions)
     loss, metrics = pretext_loss(out, stage, cfg.train.tau)
     engine.backward(loss)
     engine.step()
-    dt = time.perf_counter() - t0
-    return metrics | {"seconds": torch.tensor(dt), "data_wait_fraction": torch.tensor(t_data / dt)}, batch
+    return metrics | {"data_s": data_s.to(loss.device)}, batch
