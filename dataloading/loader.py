@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing as mp
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,36 +152,56 @@ class ClipStream(IterableDataset):
     ) -> None:
         self.cfg, self.plan, self.start, self.storage = cfg, plan, start, storage
         self.crops, self.augment = crops, augment
+        # Built in each worker on first use and kept for its life (a DALI pipeline takes a while).
+        self._decoder: SampleDecoder | None = None
+        self._shard_reader: tuple[tuple[str, ...], ShardReader] | None = None
 
     def __iter__(self) -> Iterator[Clip | Skipped]:
+        yield from self._items(self.plan, self.start)
+
+    def _items(self, plan: EpochPlan | CompletePlan, start: int) -> Iterator[Clip | Skipped]:
+        """This worker's items of ``plan`` from stream position ``start`` on."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if info is not None:
             torch.set_num_threads(1)  # the workers share the cores with each other and the trainer
-        reader = ShardReader(self.plan.shards, self.storage)
-        decoder = SampleDecoder(self.cfg.sample_rate, self.cfg.frames, video=self.crops, max_batch=_GROUP)
-        end = len(self.plan) if isinstance(self.plan, CompletePlan) else None
-        position = self.start + worker
+        reader = self._reader(plan)
+        end = len(plan) if isinstance(plan, CompletePlan) else None
+        position = start + worker
         while end is None or position < end:
             positions = range(position, position + _GROUP * workers, workers)
-            yield from self._prepare([p for p in positions if end is None or p < end], reader, decoder)
+            yield from self._prepare(plan, [p for p in positions if end is None or p < end], reader)
             position += _GROUP * workers
 
+    def _sample_decoder(self) -> SampleDecoder:
+        if self._decoder is None:
+            self._decoder = SampleDecoder(
+                self.cfg.sample_rate, self.cfg.frames, video=self.crops, max_batch=_GROUP
+            )
+        return self._decoder
+
+    def _reader(self, plan: EpochPlan | CompletePlan) -> ShardReader:
+        """A reader of the plan's shards, kept while the shards stay the same (every epoch of a run)."""
+        urls = tuple(shard.url for shard in plan.shards)
+        if self._shard_reader is None or self._shard_reader[0] != urls:
+            self._shard_reader = (urls, ShardReader(plan.shards, self.storage))
+        return self._shard_reader[1]
+
     def _prepare(
-        self, positions: list[int], reader: ShardReader, decoder: SampleDecoder
+        self, plan: EpochPlan | CompletePlan, positions: list[int], reader: ShardReader
     ) -> list[Clip | Skipped]:
         """One item per position: read and plan each sample, decode them as one DALI batch, finish each."""
         items: dict[int, Clip | Skipped] = {}
         samples = []
         for position in positions:
-            item = self._read(position, reader)
+            item = self._read(plan, position, reader)
             if isinstance(item, Skipped):
                 items[position] = item
             else:
                 samples.append(item)
         length = round(self.cfg.audio_seconds * self.cfg.sample_rate)
         video = self.crops
-        decoded = decoder.decode(
+        decoded = self._sample_decoder().decode(
             [s.flac for s in samples],
             [(s.audio_start, length) for s in samples],
             [s.mp4 for s in samples] if video else [],
@@ -196,13 +217,13 @@ class ClipStream(IterableDataset):
                 items[sample.position] = self._finish(sample, *result)
         return [items[p] for p in positions]
 
-    def _read(self, position: int, reader: ShardReader) -> _Sample | Skipped:
-        ref = self.plan[position]
-        shard = self.plan.shards[ref.shard].url
+    def _read(self, plan: EpochPlan | CompletePlan, position: int, reader: ShardReader) -> _Sample | Skipped:
+        ref = plan[position]
+        shard = plan.shards[ref.shard].url
         key = "?"
         try:
             key, members = reader.read(ref)
-            return _Sample.plan(self.cfg, position, key, shard, members, self.plan.sample_rng(position))
+            return _Sample.plan(self.cfg, position, key, shard, members, plan.sample_rng(position))
         except BadSample as exc:
             return Skipped(position, exc.key, shard, str(exc), exc.truncated)
         except av.FFmpegError as exc:
@@ -263,6 +284,30 @@ class ClipStream(IterableDataset):
                 np.radians(rng.uniform(low, high, self.cfg.viewpoints))
             ).float()
         return clip
+
+
+class LiveClipStream(ClipStream):
+    """A :class:`ClipStream` for workers that live as long as the loader: each iteration's (plan, start)
+    reaches every worker through its own queue, so one pool of processes (and their DALI pipelines)
+    serves every epoch and resume. Each iteration of the DataLoader takes exactly one job per worker
+    (every worker is asked for items as soon as an iteration begins), in the order they were submitted.
+    """
+
+    def __init__(
+        self, cfg: DataConfig, storage: StorageConfig | None, crops: bool, augment: bool, context: Any
+    ) -> None:
+        super().__init__(cfg, None, 0, storage, crops, augment)  # type: ignore[arg-type]
+        self.jobs = [context.Queue() for _ in range(max(cfg.workers, 1))]
+
+    def submit(self, plan: EpochPlan, start: int) -> None:
+        """The next iteration reads ``plan`` from stream position ``start``."""
+        for queue in self.jobs:
+            queue.put((plan, start))
+
+    def __iter__(self) -> Iterator[Clip | Skipped]:
+        info = get_worker_info()
+        plan, start = self.jobs[info.id if info else 0].get()
+        yield from self._items(plan, start)
 
 
 def identity(item: Any) -> Any:
@@ -327,6 +372,25 @@ class Loader:
         self._bad_run = 0
         self._plan = self._make_plan()
         self._epoch_batches = self._plan.batches  # a whole epoch's, on this world size
+        self._stream, self._workers = self._worker_pool()
+
+    def _worker_pool(self) -> tuple[LiveClipStream, DataLoader]:
+        """The loader workers, started at the first iteration and kept to the end (spawned with a GPU:
+        CUDA does not survive a fork)."""
+        workers, gpu = self.cfg.workers, self.device.type == "cuda"
+        context = mp.get_context("spawn" if gpu and workers else None)
+        stream = LiveClipStream(self.cfg, self.storage, not gpu, self.augment, context)
+        pool = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=identity,
+            # Items are single clips: let the workers run a whole batch ahead of the trainer.
+            prefetch_factor=max(2, math.ceil(self.cfg.batch_size / workers)) if workers else None,
+            multiprocessing_context=context if workers else None,
+            persistent_workers=workers > 0,
+        )
+        return stream, pool
 
     def _make_plan(self, world_size: int | None = None) -> EpochPlan:
         """This rank's plan for the current segment; with ``world_size``, rank 0's of a segment of that
@@ -400,17 +464,8 @@ class Loader:
         if self.batches_left() == 0:
             return
         gpu = self.device.type == "cuda"
-        workers = self.cfg.workers
-        stream = DataLoader(
-            ClipStream(self.cfg, self._plan, self.position, self.storage, not gpu, self.augment),
-            batch_size=None,
-            num_workers=workers,
-            collate_fn=identity,
-            # Items are single clips: let the workers run a whole batch ahead of the trainer.
-            prefetch_factor=max(2, math.ceil(self.cfg.batch_size / workers)) if workers else None,
-            multiprocessing_context="spawn" if gpu and workers else None,
-        )
-        items = iter(stream)
+        self._stream.submit(self._plan, self.position)
+        items = iter(self._workers)
         self._bad_run = 0  # bad positions since the last readable one
         while self.batches_left() > 0:
             clips: list[Clip] = []

@@ -89,7 +89,7 @@ def _train(rank: int, world_size: int, cfg: Any, resume: str | None, kill_after:
 def test_run_killed_by_sigkill_resumes_from_s3_exactly(tmp_path: Path, stack: Stack) -> None:
     """2n steps straight == n steps, SIGKILL of one rank, resume from s3:// for the remaining steps;
     the resumed attempt continues the interrupted one's MLflow run."""
-    schedule = {"train.steps_per_epoch": 2, "train.avc_epochs": 2, "train.avsa_epochs": 1, "train.lr": 1e-3}
+    schedule = {"train.steps_per_epoch": 3, "train.avc_epochs": 1, "train.avsa_epochs": 1, "train.lr": 1e-3}
     straight = run_distributed(_train, 2, tiny_config(tmp_path, **schedule), None, -1, timeout_s=300)
 
     s = stack.storage()
@@ -97,7 +97,7 @@ def test_run_killed_by_sigkill_resumes_from_s3_exactly(tmp_path: Path, stack: St
     on_s3 = tiny_config(
         tmp_path,
         **schedule,
-        **{"train.checkpoint_url": url, "train.checkpoint_every": 3},
+        **{"train.checkpoint_url": url, "train.checkpoint_every": 2},
         **{
             "tracking.uri": stack.client_env()["MLFLOW_TRACKING_URI"],
             "tracking.experiment": url.rsplit("/")[-1],
@@ -107,15 +107,16 @@ def test_run_killed_by_sigkill_resumes_from_s3_exactly(tmp_path: Path, stack: St
             for k in ("endpoint_url", "access_key_id", "secret_access_key", "region")
         },
     )
-    # Step 3 is mid-epoch (2 steps per epoch): the loader position matters. Rank 1 dies after step 4.
+    # Checkpoints at steps 2, 3 (the AVC stage's end) and 4, which is mid-epoch (3 steps per epoch): the
+    # loader position matters. Rank 1 dies after step 5, before any checkpoint has it.
     with pytest.raises(DistributedError):
-        run_distributed(_train, 2, on_s3, None, 4, timeout_s=300)
-    assert read_text(f"{url}/latest", s) == "step_00000003"
+        run_distributed(_train, 2, on_s3, None, 5, timeout_s=300)
+    assert read_text(f"{url}/latest", s) == "step_00000004"
 
     resumed = run_distributed(_train, 2, on_s3, "latest", -1, timeout_s=300)
     assert resumed[0]["step"] == straight[0]["step"] == 6
     for rank in range(2):
-        assert resumed[rank]["losses"] == straight[rank]["losses"][3:]  # steps 4, 5 (AVSA), 6: bit-equal
+        assert resumed[rank]["losses"] == straight[rank]["losses"][4:]  # steps 5 and 6 (AVSA): bit-equal
         for name, tensor in straight[rank]["state"].items():
             assert torch.equal(resumed[rank]["state"][name], tensor), name
 

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,32 @@ def test_resume_mid_epoch_continues_with_the_same_batches(dataset: tuple[str, li
     assert list(resumed) == []  # the epoch is over until set_epoch moves on
     resumed.set_epoch(2)
     assert len(_run(resumed, 1)) == 1
+
+
+def test_one_pool_of_workers_serves_every_epoch_and_resume(dataset: tuple[str, list[str]]) -> None:
+    """The worker processes started by the first epoch read the later ones (and an abandoned epoch's
+    rest after a resume), and what they read is what a new loader reads."""
+    url, _ = dataset
+    loader = build_loader(small(url, workers=2), epoch=0)
+    _run(loader, 2)  # abandoned mid-epoch
+    workers = {p.pid for p in psutil.Process().children()}
+    assert len(workers) >= 2
+    loader.set_epoch(1)
+    second = _run(loader)
+    state = loader.state_dict()
+    loader.set_epoch(2)
+    third = _run(loader, 3)
+    assert {p.pid for p in psutil.Process().children()} == workers
+    for got, fresh in (
+        (second, _run(build_loader(small(url), epoch=1))),
+        (third, _run(build_loader(small(url), epoch=2), 3)),
+    ):
+        assert [keys for keys, _, _ in got] == [keys for keys, _, _ in fresh]
+        for (_, video, audio), (_, video_f, audio_f) in zip(got, fresh, strict=True):
+            torch.testing.assert_close(video, video_f, rtol=0, atol=0)
+            torch.testing.assert_close(audio, audio_f, rtol=0, atol=0)
+    loader.load_state_dict([state])  # back to the end of epoch 1: nothing left
+    assert list(loader) == []
 
 
 def _keys(loader: Loader, count: int | None = None) -> list[str]:

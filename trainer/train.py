@@ -158,7 +158,7 @@ def train(
                 last_of_stage = epoch in (t.avc_epochs - 1, epochs - 1)
                 batches, count = iter(source), source.batches_left()
                 for i in range(count):
-                    metrics, batch = _step(engine, batches, stage, cfg, device, dtype, epoch, done)
+                    metrics, batch = train_step(engine, batches, stage, cfg, device, dtype, epoch, done)
                     window.add(metrics)
                     stop = vote.cast(preemption.requested)  # whether any rank got a SIGTERM a step ago
                     done = result.step = done + 1
@@ -213,7 +213,7 @@ def train(
     return result
 
 
-def _step(
+def train_step(
     engine: Any,
     batches: Iterator[Batch],
     stage: str,
