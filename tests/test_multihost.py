@@ -81,6 +81,14 @@ class Cluster:
             text=True,
         )
 
+    def free_cpus(self) -> float:
+        """CPUs no task or actor holds, as `ray status` reports them (0 when it cannot say)."""
+        out = subprocess.run(
+            [BIN / "ray", "status"], env=self.env, capture_output=True, text=True, timeout=60
+        ).stdout
+        used = re.search(r"([\d.]+)/([\d.]+) CPU", out)
+        return float(used.group(2)) - float(used.group(1)) if used else 0.0
+
 
 def finish(job: subprocess.Popen) -> str:
     """Wait for a submitted job; its logs, after asserting it succeeded."""
@@ -279,6 +287,9 @@ def test_host_b_dies_and_the_elastic_group_goes_on_with_the_ranks_left(
     """4 workers (2 per host) with --min-workers 2: after host b is lost Ray restarts the group with the
     2 workers host a has room for, and they resume the 4-rank checkpoint (world size 4 -> 2)."""
     cfg, path = train_config(cluster, tmp_path, f"elastic-{uuid.uuid4().hex[:6]}")
+    # An elastic group starts with the workers there is room for: wait until the previous test's
+    # actors have let go of their CPUs (a restarted host registers before they do).
+    assert wait_for(lambda: cluster.free_cpus() >= 4, timeout_s=120, interval_s=2), "4 CPUs never free"
     job = ray_train(cluster, path, "--workers", "4", "--min-workers", "2")
     try:
         first = f"{cfg.train.checkpoint_url}/latest"

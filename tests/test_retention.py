@@ -133,6 +133,8 @@ def test_retention_never_deletes_what_the_running_service_has_not_evaluated(
         str(tmp_path / "doa"),
         "--experiment",
         experiment,
+        "--eval.trusted_roots",
+        f"[{tmp_path}]",
     ]
     suite = Suite(
         clips=16, classification_url=str(tmp_path / "cls"), doa_url=str(tmp_path / "doa"), probe_epochs=10
@@ -158,7 +160,7 @@ def test_retention_never_deletes_what_the_running_service_has_not_evaluated(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
         # The service needs the run to exist: it is started once training logged its first checkpoint.
-        trained = Trained(uri, "", env, experiment, [*SERVICE_ARGS, *data], suite)
+        trained = Trained(uri, "", env, experiment, [*SERVICE_ARGS, *data], suite, str(tmp_path))
         service = _start(trained, service_log)
         (run_id,) = run_distributed(_train, 1, cfg, (uri, 2), timeout_s=900)[0]
         client = MlflowClient(uri)
