@@ -86,7 +86,7 @@ def load_or_compute(
                 f"`avsa stats --data.url {data.url} --recompute`"
             )
         return stats, url
-    log.info("computing feature statistics of %s (%d clips) -> %s", data.url, data.stats_clips, url)
+    log.info("computing feature statistics of %s (up to %d clips) -> %s", data.url, data.stats_clips, url)
     stats = compute_dataset_stats(data, storage)
     stats.save(url, storage)
     return stats, url
