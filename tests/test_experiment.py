@@ -123,11 +123,10 @@ overrides:
   data.workers: 0
   data.stats_clips: 4
   eval.probe_epochs: 2
-arms:
+arms:  # one trained arm: each costs two `avsa train` starts (~20 s) on 2 cores
   random_init: {{stages: none}}
   curriculum: {{stages: curriculum}}
-  avc_only: {{stages: avc}}
-differences: [[curriculum, avc_only], [curriculum, random_init]]
+differences: [[curriculum, random_init]]
 """
 
 
@@ -138,20 +137,14 @@ def test_a_tiny_plan_runs_end_to_end_and_continues_where_it_stopped(tmp_path: Pa
     plan = experiment.load_plan(path)
     seen: list[tuple[str, int]] = []
     result = experiment.run(plan, on_unit=lambda unit, report: seen.append((unit.arm, unit.seed)))
-    assert seen == [("curriculum", 0), ("avc_only", 0), ("curriculum", 1), ("avc_only", 1)]
+    assert seen == [("curriculum", 0), ("curriculum", 1)]
     csv_rows = (tmp_path / "results" / "tiny.csv").read_text().splitlines()
     arms = {line.split(",")[0] for line in csv_rows[1:]}
-    assert arms == {
-        "random_init",
-        "curriculum",
-        "avc_only",
-        "curriculum - avc_only",
-        "curriculum - random_init",
-    }
+    assert arms == {"random_init", "curriculum", "curriculum - random_init"}
     assert {line.split(",")[1] for line in csv_rows[1:]} >= {"avc_bin", "avsa_bin", "doa", "doa_steered"}
     assert all(line.endswith(",2") for line in csv_rows[1:])  # two seeds behind every row
     progress = json.loads((tmp_path / "work" / "progress.json").read_text())
-    assert progress["done"] == progress["total"] == 4
+    assert progress["done"] == progress["total"] == 2
     # A second run finds every unit's report and trains nothing again.
     again = experiment.run(plan)
     assert again["csv"] == result["csv"]

@@ -79,6 +79,28 @@ def test_a_second_sigterm_exits_at_once_even_inside_a_blocked_collective() -> No
         _stop(rank0, peer)
 
 
+LEAVE_WITH_A_CHILD = """
+import multiprocessing, signal, time
+from trainer.preemption import Preemption
+
+def worker():
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # so that the exit's terminate() ends it
+    time.sleep(60)
+
+with Preemption(60.0):
+    child = multiprocessing.get_context("fork").Process(target=worker, daemon=True)
+    child.start()  # like a loader worker: it holds a copy of the watcher's pipe and outlives the loop
+print("left", flush=True)
+"""
+
+
+def test_leaving_does_not_wait_for_processes_forked_inside() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LEAVE_WITH_A_CHILD], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "left", out.stderr
+
+
 def test_the_grace_time_running_out_exits_at_once() -> None:
     rank0, peer = _blocked_pair(grace_s=3)
     try:

@@ -32,6 +32,7 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 EXIT_AT_ONCE = 128 + signal.SIGTERM  # the status a shell reports for a process killed by SIGTERM
+_STOP = 0  # what __exit__ writes to the watcher's pipe; signal numbers start at 1
 
 
 class Preemption:
@@ -64,7 +65,10 @@ class Preemption:
             return
         signal.signal(signal.SIGTERM, self._old_handler)
         signal.set_wakeup_fd(self._old_wakeup)
-        os.close(self._write)  # the watcher's read returns b"" and it ends
+        # A byte no signal number has, not end-of-file: processes forked meanwhile (loader workers,
+        # which live as long as the loader) hold copies of the write end, so closing ours ends nothing.
+        os.write(self._write, bytes([_STOP]))
+        os.close(self._write)
         self._watcher.join()
         os.close(self._read)
         with self._lock:
@@ -78,6 +82,8 @@ class Preemption:
     def _watch(self) -> None:
         while data := os.read(self._read, 64):
             for signum in data:
+                if signum == _STOP:
+                    return
                 if signum != signal.SIGTERM:
                     continue
                 self._signals += 1
