@@ -91,19 +91,20 @@ def main(argv: list[str]) -> float:
     foa_t = torch.from_numpy(foa).to(device).unsqueeze(1)  # one clip, K viewpoints
     az_t, el_t = torch.from_numpy(azimuth).to(device), torch.from_numpy(elevation).to(device)
 
-    def ours() -> torch.Tensor:
-        with torch.inference_mode():
-            out = extractor(foa_t, az_t, el_t)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
+    def synced(compute: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """``compute`` without autograd, returning only once the device has finished it."""
 
-    def floor() -> torch.Tensor:
-        with torch.inference_mode():
-            out = stft(foa_t, N_FFT, HOP)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                out = compute()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        return run
+
+    ours = synced(lambda: extractor(foa_t, az_t, el_t))
+    floor = synced(lambda: stft(foa_t, N_FFT, HOP))
 
     # The two implementations must agree before their timings mean anything: exactly in float64; in
     # float32 a cancellation in the quadratic forms moves a few very quiet bins (< 0.01 % of them).

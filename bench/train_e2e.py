@@ -18,7 +18,7 @@ from cluster.stack import Stack, free_stack_config
 from dataloading.dataset_stats import shared_stats
 from dataloading.loader import build_loader
 from trainer.config import Config, load_config
-from trainer.deepspeed_config import resolve_precision
+from trainer.deepspeed_config import input_dtype
 from trainer.losses import stage_for_epoch
 from trainer.train import make_engine, setup_distributed, train, train_step
 
@@ -33,7 +33,7 @@ def engine_only(cfg: Config, steps: int) -> float:
     )
     batches = [batch for _, batch in zip(range(steps), cycle(loader), strict=False)]
     engine = make_engine(cfg, device)
-    dtype = torch.bfloat16 if resolve_precision(cfg.train.precision, "cpu") == "bf16" else torch.float32
+    dtype = input_dtype(cfg.train.precision, device.type)
     stage = stage_for_epoch(0, cfg.train.avc_epochs)
     stream = iter(batches)
     for done in range(WARMUP_STEPS):

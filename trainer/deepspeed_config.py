@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
+
 from trainer.config import Config
 
 Precision = Literal["fp32", "bf16"]
@@ -23,6 +25,11 @@ def resolve_precision(precision: str, device_type: str) -> Precision:
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be auto, fp32 or bf16; got {precision!r}")
     return precision  # type: ignore[return-value]
+
+
+def input_dtype(precision: str, device_type: str) -> torch.dtype:
+    """The dtype batches are cast to for the engine: bf16 when :func:`resolve_precision` says so."""
+    return torch.bfloat16 if resolve_precision(precision, device_type) == "bf16" else torch.float32
 
 
 def deepspeed_config(cfg: Config, device_type: str, load_universal: bool = False) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from dataloading.features import CHANNELS
 from trainer.checkpoint import Checkpointer, read_meta, resolve
 from trainer.config import Config
 from trainer.data import Batch, BatchSource, make_source
-from trainer.deepspeed_config import deepspeed_config, resolve_precision
+from trainer.deepspeed_config import deepspeed_config, input_dtype
 from trainer.deepspeed_env import import_deepspeed
 from trainer.elastic import uses_universal
 from trainer.losses import pretext_loss, stage_for_epoch
@@ -122,7 +122,7 @@ def train(
     rank, world_size, device, created_group = setup_distributed()
     source = source or make_source(cfg, rank, world_size, device)
     epochs = t.avc_epochs + t.avsa_epochs
-    dtype = torch.bfloat16 if resolve_precision(t.precision, device.type) == "bf16" else torch.float32
+    dtype = input_dtype(t.precision, device.type)
 
     checkpointer = Checkpointer(cfg, rank, world_size)
     tag_url = resolve(resume, t.checkpoint_url, cfg.storage) if resume else None
