@@ -50,10 +50,10 @@ class MetricWindow:
         share of that time spent waiting for batches (mean over ranks); then a new window begins."""
         if self.steps == 0:
             raise RuntimeError("no step since the last summary")
-        sums = dict(self.sums)
-        means = {k: v / self.steps for k, v in mean_over_ranks(sums, self.world_size).items()}
+        sums = mean_over_ranks(self.sums, self.world_size)  # each rank's window sum, averaged
+        data_s = sums.pop("data_s")
+        means = {k: v / self.steps for k, v in sums.items()}
         elapsed = time.perf_counter() - self.started
-        data_s = means.pop("data_s") * self.steps
         means["clips_per_s"] = self.clips_per_step * self.steps / elapsed
         means["data_wait_fraction"] = min(data_s / elapsed, 1.0)
         self._restart()
