@@ -27,6 +27,10 @@ class PreprocessConfig:
     """Raw 360° videos -> WebDataset shards (the training sample format)."""
 
     input: str = ".avsa/demo/raw"
+    # How --input is read: "files" takes every video under it (audio in the video or a sidecar beside
+    # it); "starss23" and "yt360" read the published tree of that dataset, pairing video, audio and
+    # labels by stem (dataloading.layouts) and adding labels/split to each clip's JSON.
+    layout: Literal["files", "starss23", "yt360"] = "files"
     output: str = ".avsa/demo/shards"
     clip_seconds: float = 10.0
     shard_size: int = 64  # most samples (clips) per tar shard; shards are cut equal, give or take one
