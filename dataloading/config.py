@@ -57,7 +57,9 @@ class DataConfig:
     fov_deg: tuple[float, float] = (25.0, 76.0)  # horizontal field of view range, degrees
     max_elevation_deg: float = 30.0
     min_separation_deg: float = 36.0
-    viewpoint_sampler: Literal["random", "audio", "objects", "mix"] = "mix"
+    # "labels": toward the labelled sound events of the clip (datasets with labels: STARSS23); "mix" takes
+    # labels first where a clip has them, then detected objects, then sound peaks.
+    viewpoint_sampler: Literal["random", "audio", "objects", "labels", "mix"] = "mix"
     audio_seconds: float = 1.0
     sample_rate: int = 24000  # Hz
     n_fft: int = 512
