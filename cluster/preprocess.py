@@ -161,8 +161,10 @@ class PreprocessWorker:
         # detection frames at 1/3 and 2/3 of the clip: far enough apart for slow objects to show motion
         self.keep = sorted({round(n * (k + 1) / (DETECT_FRAMES + 1)) for k in range(DETECT_FRAMES)})
 
-    def probe(self, url: str, parts: InputParts) -> Probe | str:
-        """The probe of ``url`` with the labels of its recording read, or the reason it is rejected."""
+    def probe(self, url: str, parts: InputParts | None = None) -> Probe | str:
+        """The probe of ``url`` with the labels of its recording read, or the reason it is rejected
+        (``parts`` None: a plain input, its audio in the video or a sidecar, no labels)."""
+        parts = parts or InputParts()
         try:
             found = probe(url, self.cfg, self.storage, parts.audio)
             labels = read_labels(parts.labels, self.storage) if parts.labels else None
