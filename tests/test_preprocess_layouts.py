@@ -23,11 +23,12 @@ from cluster.preprocess import run
 from dataloading.config import PreprocessConfig
 from dataloading.dcase import CLASSES, FRAME_SECONDS
 from dataloading.foa import mono_decode, steer
-from dataloading.layouts import MIC_REFUSED, Layout
+from dataloading.layouts import MIC_REFUSED, STARSS_STEM, Layout
 from dataloading.synth.assets import Catalog, build_catalog, load_background
-from dataloading.synth.generate import SynthOptions, generate, layout_files, render
-from dataloading.synth.scene import Scene, Source, sample_room
-from dataloading.synth.trees import STARSS_RATE, scene_events
+from dataloading.synth.evalsets import held_out_sources
+from dataloading.synth.generate import SynthOptions, generate, layout_files, render, scene_for
+from dataloading.synth.scene import Scene, Source, ground_truth, sample_room
+from dataloading.synth.trees import STARSS_CLASS_OF_LABEL, STARSS_RATE, scene_events, starss_stem
 
 pytestmark = pytest.mark.integration
 
@@ -127,13 +128,15 @@ def test_starss23_clips_carry_the_labels_of_their_100ms_frames(starss_tree: Path
     for sample in found:
         meta = json.loads(sample["json"])
         stem = meta["dataset"]["stem"]
-        fold, room = int(stem.split("fold")[1][0]), int(stem.split("_room")[1].split("_")[0])
+        folder, name = stem.split("/")
+        match = STARSS_STEM.fullmatch(name)
+        assert match and (folder, match["fold"]) in (("dev-train-sony", "3"), ("dev-test-sony", "4"))
         assert meta["dataset"] == {
             "layout": "starss23",
             "stem": stem,
-            "split": stem.split("-sony")[0],
-            "fold": fold,
-            "room": room,
+            "split": folder.removesuffix("-sony"),
+            "fold": int(match["fold"]),
+            "room": int(match["room"]),
         }
         first = round(meta["start_s"] / FRAME_SECONDS)
         expected = [  # the CSV's rows inside the clip, frames counted from its start, cm as metres
@@ -150,11 +153,6 @@ def test_starss23_clips_carry_the_labels_of_their_100ms_frames(starss_tree: Path
 def test_the_label_csv_is_the_scene_ground_truth(starss_tree: Path, catalog: Catalog) -> None:
     """Each sounding source is labelled in the 100-ms frames whose middle its events cover, at its
     trajectory's direction, as the class its sound maps onto; nothing else is labelled."""
-    from dataloading.synth.evalsets import held_out_sources
-    from dataloading.synth.generate import scene_for
-    from dataloading.synth.scene import ground_truth
-    from dataloading.synth.trees import STARSS_CLASS_OF_LABEL, starss_stem
-
     opts = options(starss_tree, "starss23")
     for index in range(SCENES):
         scene = scene_for(index, opts, catalog, frozenset(held_out_sources(catalog)))
