@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import ray
@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from cluster.detect import ObjectFinder, make_detectors, sound_directions
 from dataloading.config import PreprocessConfig, StorageConfig
+from dataloading.dcase import LabelError, clip_rows
+from dataloading.layouts import Layout, LayoutError, listing, read_labels
 from dataloading.schema import (
     INPUT_ACCEPTED,
     INPUT_REJECTED,
@@ -89,6 +91,38 @@ def list_inputs(spec: str, storage: StorageConfig | None = None) -> list[str]:
     raise PreprocessError(f"input {spec} does not exist")
 
 
+@dataclass(frozen=True)
+class InputParts:
+    """What an actor needs of an input beside its video URL: the audio file its dataset layout pairs with
+    it (``None``: the video's own track, or a sidecar beside it), its label CSV, and the ``dataset``
+    block of its clips' JSON."""
+
+    audio: str | None = None
+    labels: str | None = None
+    dataset: dict[str, Any] | None = None
+
+
+def layout_inputs(
+    layout: Layout, spec: str, storage: StorageConfig | None = None
+) -> tuple[dict[str, InputParts], dict[str, str]]:
+    """The inputs of ``spec`` read as ``layout``: video URL -> :class:`InputParts` of each input to probe,
+    and URL -> reason for each file of the layout that cannot be one (unpaired, misnamed, mic_dev).
+
+    ``files`` is :func:`list_inputs`; ``starss23`` and ``yt360`` pair files by stem
+    (:func:`dataloading.layouts.listing`): a recording needs a video and an audio file, labels are optional.
+    """
+    if layout == "files":
+        return {url: InputParts() for url in list_inputs(spec, storage)}, {}
+    try:
+        found = listing(layout, spec, storage)
+    except LayoutError as exc:
+        raise PreprocessError(str(exc)) from exc
+    usable = {
+        r.video: InputParts(r.audio, r.labels, r.dataset_json(layout)) for r in found.usable() if r.video
+    }
+    return usable, found.rejected()
+
+
 @dataclass
 class ShardPlan:
     """Shard ``name`` holds clips ``(input URL, clip index)`` in this order."""
@@ -113,7 +147,7 @@ def plan_shards(probes: dict[str, Probe], clip_seconds: float, shard_size: int) 
 def settings_of(cfg: PreprocessConfig) -> dict[str, Any]:
     """The settings that determine the samples (a resumed run must match them)."""
     keys = ("clip_seconds", "shard_size", "fps", "codec", "gop", "audio_rate", "input_format", "detector")
-    return {k: getattr(cfg, k) for k in keys} | {"video_size": list(cfg.video_size)}
+    return {k: getattr(cfg, k) for k in keys} | {"video_size": list(cfg.video_size), "layout": cfg.layout}
 
 
 # ----- the actor -------------------------------------------------------------------------------------
@@ -127,11 +161,15 @@ class PreprocessWorker:
         # detection frames at 1/3 and 2/3 of the clip: far enough apart for slow objects to show motion
         self.keep = sorted({round(n * (k + 1) / (DETECT_FRAMES + 1)) for k in range(DETECT_FRAMES)})
 
-    def probe(self, url: str) -> Probe | str:
-        """The probe of ``url``, or the reason it is rejected."""
+    def probe(self, url: str, parts: InputParts | None = None) -> Probe | str:
+        """The probe of ``url`` with the labels of its recording read, or the reason it is rejected
+        (``parts`` None: a plain input, its audio in the video or a sidecar, no labels)."""
+        parts = parts or InputParts()
         try:
-            return probe(url, self.cfg, self.storage)
-        except InputError as exc:
+            found = probe(url, self.cfg, self.storage, parts.audio)
+            labels = read_labels(parts.labels, self.storage) if parts.labels else None
+            return replace(found, labels=labels, dataset=parts.dataset)
+        except (InputError, LabelError) as exc:
             return str(exc)
         except Exception as exc:  # an unexpected failure still only rejects this input
             return f"probe failed: {type(exc).__name__}: {exc}"
@@ -190,6 +228,9 @@ class PreprocessWorker:
         """The sample's JSON, with the viewpoint candidates found in ``clip``."""
         frames = [(i / self.cfg.fps, clip.frames[i]) for i in self.keep if i in clip.frames]
         objects = [d.as_json() for d in self.finder.find(frames)]
+        labels = (
+            None if source.labels is None else clip_rows(source.labels, clip.start, self.cfg.clip_seconds)
+        )
         meta = sample_json(
             key=key,
             source_url=url,
@@ -203,6 +244,8 @@ class PreprocessWorker:
             objects=objects,
             detector=self.finder.name,
             sounds=sound_directions(clip.audio, self.cfg.audio_rate),
+            labels=labels,
+            dataset=source.dataset,
         )
         return json.dumps(meta, sort_keys=True).encode()
 
@@ -286,8 +329,9 @@ def run(
             f"{output} holds a dataset made with other settings ({previous['settings']}); "
             "use another --output or the same settings"
         )
-    urls = list_inputs(input_spec, storage)
-    if not urls:
+    parts, refused = layout_inputs(cfg.layout, input_spec, storage)
+    urls = sorted(parts)
+    if not urls and not refused:
         raise PreprocessError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found in {input_spec}")
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -307,7 +351,12 @@ def run(
         found[k] = f"probe failed: {error}" if result is None else result
 
     run_on_pool(
-        pool, len(urls), lambda actor, k: actor.probe.remote(urls[k]), probed_one, new_actor, urls.__getitem__
+        pool,
+        len(urls),
+        lambda actor, k: actor.probe.remote(urls[k], parts[urls[k]]),
+        probed_one,
+        new_actor,
+        urls.__getitem__,
     )
     probed = time.time() - started  # includes the actors' start-up
     probes = {u: p for u, p in zip(urls, found, strict=True) if isinstance(p, Probe)}
@@ -318,6 +367,10 @@ def run(
         else:
             manifest["inputs"][url] = {"status": INPUT_REJECTED, "reason": result}
             log.warning("rejected %s: %s", url, result)
+    for url, reason in refused.items():  # files of the layout that are no input: accounted for all the same
+        manifest["inputs"][url] = {"status": INPUT_REJECTED, "reason": reason}
+        log.warning("rejected %s: %s", url, reason)
+    manifest["inputs"] = dict(sorted(manifest["inputs"].items()))
     plans = plan_shards(probes, cfg.clip_seconds, cfg.shard_size)
     recorded = (previous or {}).get("shards", {})
 

@@ -27,6 +27,10 @@ class PreprocessConfig:
     """Raw 360° videos -> WebDataset shards (the training sample format)."""
 
     input: str = ".avsa/demo/raw"
+    # How --input is read: "files" takes every video under it (audio in the video or a sidecar beside
+    # it); "starss23" and "yt360" read the published tree of that dataset, pairing video, audio and
+    # labels by stem (dataloading.layouts) and adding labels/split to each clip's JSON.
+    layout: Literal["files", "starss23", "yt360"] = "files"
     output: str = ".avsa/demo/shards"
     clip_seconds: float = 10.0
     shard_size: int = 64  # most samples (clips) per tar shard; shards are cut equal, give or take one
@@ -53,7 +57,9 @@ class DataConfig:
     fov_deg: tuple[float, float] = (25.0, 76.0)  # horizontal field of view range, degrees
     max_elevation_deg: float = 30.0
     min_separation_deg: float = 36.0
-    viewpoint_sampler: Literal["random", "audio", "objects", "mix"] = "mix"
+    # "labels": toward the labelled sound events of the clip (datasets with labels: STARSS23); "mix" takes
+    # labels first where a clip has them, then detected objects, then sound peaks.
+    viewpoint_sampler: Literal["random", "audio", "objects", "labels", "mix"] = "mix"
     audio_seconds: float = 1.0
     sample_rate: int = 24000  # Hz
     n_fft: int = 512

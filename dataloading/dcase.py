@@ -110,3 +110,18 @@ def frames_of(events: Iterable[Event]) -> dict[int, list[Event]]:
     for e in events:
         grouped.setdefault(e.frame, []).append(e)
     return grouped
+
+
+def clip_rows(events: Iterable[Event], start: float, seconds: float) -> list[list[float]]:
+    """The label rows of the clip ``[start, start + seconds)`` (seconds into the recording) for the sample
+    JSON: ``[frame, class, source, azimuth°, elevation°]`` plus distance in metres where the event has
+    one, with ``frame`` counting 100-ms label frames from the clip's start, in :func:`format_labels` order.
+    """
+    first, end = round(start / FRAME_SECONDS), round((start + seconds) / FRAME_SECONDS)
+    inside = [e for e in events if first <= e.frame < end]
+    rows: list[list[float]] = []
+    for e in sorted(inside, key=lambda e: (e.frame, e.class_index, e.source)):
+        row: list[float] = [e.frame - first, e.class_index, e.source]
+        row += [round(math.degrees(e.azimuth), 2), round(math.degrees(e.elevation), 2)]
+        rows.append(row + ([round(e.distance, 3)] if e.distance is not None else []))
+    return rows

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dataloading.config import StorageConfig
+from dataloading.dcase import Event, LabelError, parse_labels
 from dataloading.storage import filesystem, join
 
 Layout = Literal["files", "starss23", "yt360"]
@@ -191,6 +192,17 @@ def yt360(root: str, storage: StorageConfig | None = None) -> Listing:
             problem = f"{stem} is listed in {YT_SEGMENTS} but neither {YT_VIDEO}/ nor {YT_AUDIO}/ has it"
         recordings.append(Recording(stem, url_video, url_audio, None, split, problem=problem))
     return Listing(recordings)
+
+
+def read_labels(url: str, storage: StorageConfig | None = None) -> list[Event]:
+    """The events of the DCASE label CSV at ``url`` (radians, 100-ms frames); raises
+    :class:`~dataloading.dcase.LabelError` naming ``url`` and the line for a file that cannot be used."""
+    fs, path = filesystem(url, storage)
+    try:
+        text = fs.cat_file(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{url}: cannot read the label file ({type(exc).__name__}: {exc})") from exc
+    return parse_labels(text, url)
 
 
 def listing(layout: Layout, root: str, storage: StorageConfig | None = None) -> Listing:

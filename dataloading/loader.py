@@ -131,6 +131,17 @@ def _objects(meta: dict[str, Any]) -> np.ndarray:
     return np.radians(np.asarray(directions, dtype=np.float64).reshape(-1, 2))
 
 
+def _labels(meta: dict[str, Any]) -> np.ndarray:
+    """Directions ``[M, 2]`` (azimuth, elevation) in radians of the labelled sound events in a sample's
+    JSON (rows ``[frame, class, source, az°, el°, …]``): one per labelled source (class, source index),
+    where it is at the middle of its frames in the clip; ``[0, 2]`` for an unlabelled clip."""
+    rows: dict[tuple[int, int], list[list[float]]] = {}
+    for row in meta.get("labels", []):
+        rows.setdefault((int(row[1]), int(row[2])), []).append(row)
+    directions = [track[len(track) // 2][3:5] for track in rows.values()]
+    return np.radians(np.asarray(directions, dtype=np.float64).reshape(-1, 2))
+
+
 class ClipStream(IterableDataset):
     """Positions ``start + w + i·workers`` of a plan, prepared in loader worker w, one item each.
 
@@ -245,6 +256,7 @@ class ClipStream(IterableDataset):
                 math.radians(cfg.min_separation_deg),
                 objects=_objects(sample.meta),
                 foa=audio,
+                labels=_labels(sample.meta),
             )
         )
         clip = Clip(

@@ -63,6 +63,8 @@ def sample_json(
     objects: list[dict[str, Any]],
     detector: str,
     sounds: list[dict[str, Any]],
+    labels: list[list[float]] | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``KEY.json`` of one sample.
 
@@ -70,8 +72,15 @@ def sample_json(
     ``audio_rate`` Hz. ``objects`` entries (best first): ``{"label", "score", "direction": [az°, el°],
     "size_deg", "time_s", "detector"}``; ``sounds`` entries (loudest first): ``{"direction": [az°, el°],
     "time_s", "level_db"}``; times are seconds into the clip.
+
+    Inputs from a dataset layout (``avsa preprocess --layout``) add ``dataset``, where the clip comes
+    from (``{"layout", "stem", "split", "fold", "room"}``, see :meth:`dataloading.layouts.Recording.
+    dataset_json`), and where the recording is labelled (STARSS23) ``labels``: the events in the clip as
+    rows ``[frame, class, source, azimuth°, elevation°(, distance m)]``, ``frame`` in 100-ms label frames
+    from the clip's start, a frame repeated per overlapping event (:func:`dataloading.dcase.clip_rows`).
+    Both keys are absent otherwise: no ``labels`` means unlabelled, ``[]`` means labelled silent.
     """
-    return {
+    meta = {
         "schema_version": SCHEMA_VERSION,
         "key": key,
         "source": source_url,
@@ -84,6 +93,7 @@ def sample_json(
         "detector": detector,
         "sounds": sounds,
     }
+    return meta | {k: v for k, v in (("labels", labels), ("dataset", dataset)) if v is not None}
 
 
 def new_manifest(settings: dict[str, Any]) -> dict[str, Any]:

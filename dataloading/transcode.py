@@ -24,6 +24,7 @@ import soundfile as sf
 import torch
 
 from dataloading.config import PreprocessConfig, StorageConfig
+from dataloading.dcase import Event
 from dataloading.foa import fuma_to_ambix
 from dataloading.schema import AUDIO_SIDECAR_SUFFIXES
 from dataloading.storage import filesystem
@@ -45,7 +46,9 @@ class InputError(Exception):
 
 @dataclass
 class Probe:
-    """What a raw input holds. ``audio_url`` is the input itself or its sidecar."""
+    """What a raw input holds. ``audio_url`` is the input itself, its sidecar or the audio file its
+    dataset layout pairs with it; ``labels`` (the recording's label events, 100-ms frames) and
+    ``dataset`` (the sample JSON's ``dataset`` block) are set for inputs of a layout that has them."""
 
     url: str
     audio_url: str
@@ -56,6 +59,8 @@ class Probe:
     audio_rate: int
     input_format: str  # "ambix" or "fuma"
     audio_bits: int  # bits per sample of the clips' FLAC (:func:`flac_bits`)
+    labels: list[Event] | None = None
+    dataset: dict[str, Any] | None = None
 
     def clip_starts(self, clip_seconds: float) -> list[float]:
         """Start times of the whole clips that fit in the input (a partial tail is dropped)."""
@@ -133,8 +138,37 @@ def flac_bits(stream: Any) -> int:
     return 24 if context.codec.lossless and context.format.bits > 16 else 16
 
 
-def probe(url: str, cfg: PreprocessConfig, storage: StorageConfig | None = None) -> Probe:
-    """Inspect ``url`` (and a sidecar audio file beside it); raise InputError if it cannot be used."""
+def _audio_source(
+    url: str,
+    container: av.container.InputContainer,
+    audio_url: str | None,
+    storage: StorageConfig | None,
+    stack: ExitStack,
+) -> tuple[str, av.container.InputContainer, Any]:
+    """(URL, container, stream) of the audio of video ``url``: ``audio_url`` where a dataset layout names
+    the recording's audio file, else the video's own audio track, else a sidecar beside it."""
+    if audio_url is None and container.streams.audio:
+        return url, container, container.streams.audio[0]
+    if audio_url is None:
+        audio_url = _sidecar(url, storage)
+        if audio_url is None:
+            raise InputError(
+                f"no audio: no audio stream and no sidecar {'/'.join(AUDIO_SIDECAR_SUFFIXES)} file"
+            )
+    audio_container = _container(_open(audio_url, storage, stack), stack)
+    if not audio_container.streams.audio:
+        raise InputError(f"audio file {audio_url} has no audio stream")
+    return audio_url, audio_container, audio_container.streams.audio[0]
+
+
+def probe(
+    url: str, cfg: PreprocessConfig, storage: StorageConfig | None = None, audio_url: str | None = None
+) -> Probe:
+    """Inspect video ``url`` and its audio; raise InputError if they cannot be used.
+
+    The audio is ``audio_url`` when given (a dataset layout pairs the files: STARSS23 ``foa_dev/*.wav``,
+    YT-360 ``audio/*.m4a``), else the video's own audio track, else a sidecar ``.flac``/``.wav`` beside it.
+    """
     with ExitStack() as stack:
         container = _container(_open(url, storage, stack), stack)
         if not container.streams.video:
@@ -157,23 +191,12 @@ def probe(url: str, cfg: PreprocessConfig, storage: StorageConfig | None = None)
         except (StopIteration, av.FFmpegError) as exc:
             raise InputError(f"video does not decode: {exc or 'no frames'}") from exc
 
-        audio_url = url
-        audio_container, audio_stream = container, (container.streams.audio or [None])[0]
-        if audio_stream is None:
-            sidecar = _sidecar(url, storage)
-            if sidecar is None:
-                raise InputError(
-                    f"no audio: no audio stream and no sidecar {'/'.join(AUDIO_SIDECAR_SUFFIXES)} file"
-                )
-            audio_url = sidecar
-            audio_container = _container(_open(sidecar, storage, stack), stack)
-            if not audio_container.streams.audio:
-                raise InputError(f"sidecar {sidecar} has no audio stream")
-            audio_stream = audio_container.streams.audio[0]
+        audio_url, audio_container, audio_stream = _audio_source(url, container, audio_url, storage, stack)
         channels = audio_stream.codec_context.channels
         if channels != FOA_CHANNELS:
+            where = f"{audio_url}: " if audio_url != url else ""  # a separate audio file is named
             raise InputError(
-                f"audio has {channels} channel{'s' if channels != 1 else ''}; "
+                f"{where}audio has {channels} channel{'s' if channels != 1 else ''}; "
                 f"first-order ambisonics needs {FOA_CHANNELS}"
             )
         duration = min(video_seconds, _stream_duration(audio_stream, audio_container))

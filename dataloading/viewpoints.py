@@ -1,4 +1,5 @@
-"""Choosing K viewpoints per clip: random, toward sound sources, toward detected objects, or a mix.
+"""Choosing K viewpoints per clip: random, toward sound sources, toward detected objects, toward labelled
+sound events (datasets with labels, e.g. STARSS23), or a mix.
 
 Every sampler returns ``(azimuth, elevation)`` as float64 arrays of shape ``[K]`` in radians, keeps
 elevations within ±``max_elevation`` and, whenever the band has room, keeps every pair of viewpoints at
@@ -17,7 +18,7 @@ import torch
 
 from dataloading.foa import beam_weights, direction_vector
 
-Sampler = Literal["random", "audio", "objects", "mix"]
+Sampler = Literal["random", "audio", "objects", "labels", "mix"]
 Directions = tuple[np.ndarray, np.ndarray]
 
 # Random draws per attempt and attempts per viewpoint before the separation is relaxed.
@@ -158,6 +159,14 @@ def object_viewpoints(
     return _select(_shuffled(objects, rng), k, rng, max_elevation, min_separation)
 
 
+def label_viewpoints(
+    labels: np.ndarray | None, k: int, rng: np.random.Generator, max_elevation: float, min_separation: float
+) -> Directions:
+    """Viewpoints toward the labelled sound events active in the clip, ``[M, 2]`` (azimuth, elevation;
+    radians; one per labelled source), in a random order, filled up with random viewpoints."""
+    return _select(_shuffled(labels, rng), k, rng, max_elevation, min_separation)
+
+
 def mix_viewpoints(
     k: int,
     rng: np.random.Generator,
@@ -165,9 +174,14 @@ def mix_viewpoints(
     min_separation: float,
     objects: np.ndarray | None = None,
     foa: np.ndarray | torch.Tensor | None = None,
+    labels: np.ndarray | None = None,
 ) -> Directions:
-    """Objects first (in random order), then sound peaks, then random viewpoints to make up K."""
+    """Labelled sound events first where the clip has them (the truth of where sound comes from), then
+    objects, each in random order, then sound peaks, then random viewpoints to make up K."""
     az, el = _shuffled(objects, rng)
+    if labels is not None and len(labels):  # unlabelled clips draw exactly what they drew before labels
+        label_az, label_el = _shuffled(labels, rng)
+        az, el = np.concatenate((label_az, az)), np.concatenate((label_el, el))
     if foa is not None:
         peak_az, peak_el, _ = sound_peaks(foa, max_elevation)
         az, el = np.concatenate((az, peak_az)), np.concatenate((el, peak_el))
@@ -182,16 +196,23 @@ def sample_viewpoints(
     min_separation: float,
     objects: np.ndarray | None = None,
     foa: np.ndarray | torch.Tensor | None = None,
+    labels: np.ndarray | None = None,
 ) -> Directions:
-    """Dispatch on the configured sampler name (``DataConfig.viewpoint_sampler``); angles in radians."""
+    """Dispatch on the configured sampler name (``DataConfig.viewpoint_sampler``); angles in radians.
+
+    ``objects`` and ``labels`` are directions ``[M, 2]`` (azimuth, elevation) from the clip's JSON:
+    detected objects, and labelled sound events (absent for unlabelled datasets).
+    """
     if sampler == "random":
         return random_viewpoints(k, rng, max_elevation, min_separation)
     if sampler == "objects":
         return object_viewpoints(objects, k, rng, max_elevation, min_separation)
+    if sampler == "labels":
+        return label_viewpoints(labels, k, rng, max_elevation, min_separation)
     if sampler == "audio":
         if foa is None:
             raise ValueError("the audio sampler needs the clip's FOA")
         return audio_viewpoints(foa, k, rng, max_elevation, min_separation)
     if sampler == "mix":
-        return mix_viewpoints(k, rng, max_elevation, min_separation, objects, foa)
+        return mix_viewpoints(k, rng, max_elevation, min_separation, objects, foa, labels)
     raise ValueError(f"unknown viewpoint sampler {sampler!r}")

@@ -43,6 +43,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         reset_ray_token_cache()
 
 
+@pytest.fixture(scope="module")
+def ray_head(stack: Stack) -> Iterator[str]:
+    """This module's driver connected to the stack's Ray head; yields its address."""
+    import ray
+    from ray._private import ray_constants
+
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        pytest.skip(
+            "ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; run this module alone"
+        )
+    address = f"127.0.0.1:{stack.cfg.ray_port}"
+    ray.init(address=address)
+    yield address
+    ray.shutdown()
+
+
 def reset_ray_token_cache() -> None:
     """Make in-process Ray clients read the token from the environment again (Ray caches it)."""
     from ray._raylet import AuthenticationTokenLoader

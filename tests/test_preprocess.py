@@ -43,21 +43,6 @@ VIDEOS, CLIPS_PER_VIDEO = 3, 2  # 2.5 s videos make two whole 1 s clips
 
 
 @pytest.fixture(scope="module")
-def ray_head(stack: Stack) -> str:
-    import ray
-    from ray._private import ray_constants
-
-    if ray_constants.ENABLE_RAY_CLUSTER:
-        pytest.skip(
-            "ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; run this module alone"
-        )
-    address = f"127.0.0.1:{stack.cfg.ray_port}"
-    ray.init(address=address)
-    yield address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("raw")
     synth_videos(folder, videos=VIDEOS, seconds=2.5, size="256x128", fps=16)

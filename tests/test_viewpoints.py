@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataloading.foa import encode_plane_wave
+from dataloading.loader import _labels
 from dataloading.viewpoints import (
     angular_distance,
     audio_viewpoints,
+    label_viewpoints,
     mix_viewpoints,
     object_viewpoints,
     random_viewpoints,
@@ -117,7 +119,43 @@ def test_mix_takes_objects_then_sounds_then_random() -> None:
     _check_limits(*mix_viewpoints(4, np.random.default_rng(0), MAX_EL, MIN_SEP), 4, MAX_EL, MIN_SEP)
 
 
-@pytest.mark.parametrize("sampler", ["random", "audio", "objects", "mix"])
+def test_label_viewpoints_look_at_each_labelled_source_of_the_clip() -> None:
+    """A sample's labels (two sources overlapping in frames 3–4, one moving) give one direction per
+    source, at the middle of its frames; the labels sampler looks at both, and mix takes them first."""
+    meta = {
+        "labels": [
+            [2, 8, 0, 90.0, 0.0],
+            [3, 1, 0, -45.0, 10.0],
+            [3, 8, 0, 92.0, 0.0],
+            [4, 1, 0, -45.0, 10.0],
+            [4, 8, 0, 94.0, 0.0],
+        ]
+    }
+    labels = _labels(meta)
+    np.testing.assert_allclose(np.degrees(labels), [[92.0, 0.0], [-45.0, 10.0]])
+    assert _labels({}).shape == (0, 2)  # unlabelled clip
+    az, el = label_viewpoints(labels, 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
+    _check_limits(az, el, 4, MAX_EL, MIN_SEP)
+    for target in labels:
+        assert _min_angle_to(az, el, *target) < 1e-6
+    again = sample_viewpoints("labels", 4, np.random.default_rng(0), MAX_EL, MIN_SEP, labels=labels)
+    np.testing.assert_array_equal(az, again[0])
+    objects = np.array([[2.8, 0.1], [-2.0, 0.0]])
+    mix_az, _ = mix_viewpoints(2, np.random.default_rng(1), MAX_EL, MIN_SEP, objects, labels=labels)
+    assert sorted(np.round(np.degrees(mix_az))) == [-45.0, 92.0]  # labels before objects
+    # a clip without labels draws what it drew before labels existed
+    plain = mix_viewpoints(4, np.random.default_rng(2), MAX_EL, MIN_SEP, objects, _two_sources())
+    empty = mix_viewpoints(4, np.random.default_rng(2), MAX_EL, MIN_SEP, objects, _two_sources(), _labels({}))
+    np.testing.assert_array_equal(plain, empty)
+
+
+def test_the_labels_sampler_is_a_config_choice() -> None:
+    from trainer.config import load_config
+
+    assert load_config(None, ["--data.viewpoint_sampler", "labels"]).data.viewpoint_sampler == "labels"
+
+
+@pytest.mark.parametrize("sampler", ["random", "audio", "objects", "labels", "mix"])
 def test_dispatch(sampler: str) -> None:
     az, el = sample_viewpoints(
         sampler,
@@ -127,6 +165,7 @@ def test_dispatch(sampler: str) -> None:
         MIN_SEP,
         objects=np.array([[1.0, 0.0]]),
         foa=_two_sources(),
+        labels=np.array([[-1.0, 0.1]]),
     )
     _check_limits(az, el, 4, MAX_EL, MIN_SEP)
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cluster.cli import add_config_arguments
 from cluster.commands.synth import parse_size
+from dataloading.layouts import LAYOUTS
 from trainer.config import Config
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,14 @@ inputs: .mp4/.mkv/.mov equirectangular videos with a 4-channel FOA audio track, 
 sidecar STEM.flac/STEM.wav beside them; AmbiX (ACN/SN3D) or FuMa (--input-format, or a
 "fuma" metadata tag under --input-format auto). --input is a folder (searched recursively),
 one video, or a listing: .txt (one URL per line) or .json (a list of URLs).
+
+--layout starss23|yt360 reads --input as the published tree of that dataset instead, pairing
+video, FOA audio and labels by file stem (a file without its partner is rejected with why):
+  starss23  foa_dev/dev-{train,test}-*/foldF_roomR_mixNNN.wav (24 kHz FOA), video_dev/<same>.mp4,
+            metadata_dev/<same>.csv (DCASE labels: each clip's JSON gets its events as "labels",
+            100-ms frames from the clip start, and "dataset": split, fold, room); mic_dev refused
+  yt360     video/{YTID}-{START}.mp4, audio/{YTID}-{START}.m4a, train.txt/test.txt (the split,
+            in each clip's "dataset"), segments.txt
 
 writes under --output (a local path or s3:// URL):
   shard-NNNNNN.tar   WebDataset samples KEY.mp4 (VP9, constant fps, short GOP), KEY.flac
@@ -42,6 +51,7 @@ local Ray for the run. Runs unchanged as
 examples:
   avsa preprocess --input .avsa/demo/raw --output .avsa/demo/shards
   avsa preprocess --input s3://avsa/raw --output s3://avsa/shards --clip-seconds 10 --shard-size 64
+  avsa preprocess --layout starss23 --input /data/STARSS23 --output s3://avsa/starss23
 """
 
 
@@ -57,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--input", metavar="URL|LISTING", help="folder, video or listing (default: config)")
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, help="how --input is organised: files (default), starss23 or yt360"
+    )
     parser.add_argument("--output", metavar="URL", help="dataset folder, local or s3:// (default: config)")
     parser.add_argument("--clip-seconds", type=float, metavar="S", help="clip length in seconds (default 10)")
     parser.add_argument("--shard-size", type=int, metavar="N", help="clips per shard (default 64)")
@@ -87,6 +100,7 @@ def settings(args: argparse.Namespace, cfg: Config) -> Config:
     """The config with the command-line flags applied over ``cfg.preprocess``."""
     flags = {
         "input": args.input,
+        "layout": args.layout,
         "output": args.output,
         "clip_seconds": args.clip_seconds,
         "shard_size": args.shard_size,

@@ -1,5 +1,6 @@
 """Generate N videos in parallel processes: ``OUT/video_00000.mp4`` + ``.json`` each, and
-``OUT/synth.json`` (options, asset fallbacks, skipped assets, failures).
+``OUT/synth.json`` (options, asset fallbacks, skipped assets, failures). With ``layout`` "starss23" or
+"yt360" the same scenes are written as those datasets' trees instead (see :func:`layout_files`).
 
 Video ``i`` depends only on (seed, i), so any subset can be regenerated and any worker count
 gives the same bytes. A bad asset drops that one sound (reported); a video that fails for any
@@ -13,12 +14,16 @@ import logging
 import multiprocessing
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 from tqdm import tqdm
 
 from dataloading.config import StorageConfig
+from dataloading.dcase import format_labels
+from dataloading.layouts import STARSS_AUDIO, STARSS_LABELS, STARSS_VIDEO, YT_AUDIO, YT_VIDEO, Layout
 from dataloading.storage import join, write_bytes_atomic
 from dataloading.synth.assets import (
     AssetError,
@@ -29,9 +34,18 @@ from dataloading.synth.assets import (
     stable_seed,
 )
 from dataloading.synth.evalsets import held_out_sources
-from dataloading.synth.render_video import encode_mp4, render_frames
+from dataloading.synth.render_video import encode_m4a, encode_mp4, render_frames
 from dataloading.synth.scene import Scene, ground_truth, sample_scene
 from dataloading.synth.spatialize import render_scene_audio
+from dataloading.synth.trees import (
+    STARSS_RATE,
+    STARSS_SOUNDS,
+    scene_events,
+    starss_stem,
+    wav_bytes,
+    yt_lists,
+    yt_stem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +61,9 @@ class SynthOptions:
     fps: int = 30
     rate: int = 48000  # Hz, as YouTube serves spatial audio
     one_at_a_time: bool = False  # sources take turns (for localisation tests)
+    # How the scenes are written: "files" (video_NNNNN.mp4 with FOA inside + .json ground truth), or the
+    # tree of STARSS23 (wav + video-only mp4 + label CSV; needs rate 24000) or YT-360 (mp4 + m4a + lists).
+    layout: Layout = "files"
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
@@ -55,20 +72,34 @@ def video_name(index: int) -> str:
 
 
 def scene_for(index: int, opts: SynthOptions, catalog: Catalog, held_out: frozenset[str]) -> Scene:
-    """The scene of video ``index``: a function of (seed, index) only."""
+    """The scene of video ``index``: a function of (seed, index) only (and of the layout: STARSS23 scenes
+    draw only sounds that have a STARSS23 class, so that every audible event is labelled)."""
     return sample_scene(
         stable_seed("video", opts.seed, index),
         opts.seconds,
         catalog,
         exclude_sources=held_out,
         one_at_a_time=opts.one_at_a_time,
+        sound_labels=STARSS_SOUNDS if opts.layout == "starss23" else None,
     )
 
 
-def make_video(index: int, opts: SynthOptions, catalog: Catalog, held_out: frozenset[str]) -> dict:
-    """Render and write one video and its ground truth; returns its summary."""
-    started, cpu_started = time.perf_counter(), time.process_time()
-    scene = scene_for(index, opts, catalog, held_out)
+@dataclass
+class Rendered:
+    """A scene rendered: its equirect background (uint8 [H, W, 3]), FOA [4, N] float32 at the options'
+    rate, and the assets that were skipped (the scene's sources already say what was rendered)."""
+
+    scene: Scene
+    background: np.ndarray
+    foa: np.ndarray
+    skipped: list[dict[str, str]]
+
+    def frames(self, fps: int) -> Iterator[np.ndarray]:
+        return render_frames(self.scene, self.background, fps)
+
+
+def render(scene: Scene, opts: SynthOptions) -> Rendered:
+    """Load the background (a procedural stand-in for a broken picture) and render the FOA of ``scene``."""
     width, height = opts.size
     skipped: list[dict[str, str]] = []
     try:
@@ -78,19 +109,58 @@ def make_video(index: int, opts: SynthOptions, catalog: Catalog, held_out: froze
         scene.background = f"procedural:{scene.seed % 8}"
         background = load_background(scene.background, width, height)
     foa, skipped_sounds = render_scene_audio(scene, opts.rate, lambda a: load_sound(a.path, opts.rate))
-    skipped += skipped_sounds
-    mp4 = encode_mp4(render_frames(scene, background, opts.fps), foa, opts.fps, opts.rate, opts.size)
-    truth = ground_truth(scene, skipped)
+    return Rendered(scene, background, foa, skipped + skipped_sounds)
+
+
+def layout_files(index: int, rendered: Rendered, opts: SynthOptions) -> dict[str, bytes]:
+    """The files (path relative to ``opts.out`` -> bytes) of video ``index`` in ``opts.layout``:
+
+    - files: ``video_NNNNN.mp4`` (H.264 + 4-channel AAC FOA) and ``video_NNNNN.json`` (ground truth);
+    - starss23: ``foa_dev/<stem>.wav`` (24-bit PCM FOA at 24 kHz), ``video_dev/<stem>.mp4`` (video only),
+      ``metadata_dev/<stem>.csv`` (the DCASE labels of :func:`~dataloading.synth.trees.scene_events`),
+      with ``<stem>`` from :func:`~dataloading.synth.trees.starss_stem`;
+    - yt360: ``video/<stem>.mp4`` (video only) and ``audio/<stem>.m4a`` (AAC 4.0 FOA), ``<stem>`` from
+      :func:`~dataloading.synth.trees.yt_stem` (the lists are written once for all, by :func:`generate`).
+    """
+    frames, size = rendered.frames(opts.fps), opts.size
+    if opts.layout == "starss23":
+        if opts.rate != STARSS_RATE:
+            raise ValueError(f"STARSS23 audio is {STARSS_RATE} Hz; set SynthOptions.rate = {STARSS_RATE}")
+        stem = starss_stem(index, opts.videos)
+        return {
+            f"{STARSS_AUDIO}/{stem}.wav": wav_bytes(rendered.foa, opts.rate),
+            f"{STARSS_VIDEO}/{stem}.mp4": encode_mp4(frames, None, opts.fps, opts.rate, size),
+            f"{STARSS_LABELS}/{stem}.csv": format_labels(scene_events(rendered.scene)).encode(),
+        }
+    if opts.layout == "yt360":
+        stem = yt_stem(opts.seed, index)
+        return {
+            f"{YT_VIDEO}/{stem}.mp4": encode_mp4(frames, None, opts.fps, opts.rate, size),
+            f"{YT_AUDIO}/{stem}.m4a": encode_m4a(rendered.foa, opts.rate),
+        }
     name = video_name(index)
+    truth = ground_truth(rendered.scene, rendered.skipped)
     truth.update(video=f"{name}.mp4", fps=opts.fps, size=list(opts.size), sample_rate=opts.rate)
-    write_bytes_atomic(join(opts.out, f"{name}.mp4"), mp4, opts.storage)
-    write_bytes_atomic(join(opts.out, f"{name}.json"), json.dumps(truth, indent=1).encode(), opts.storage)
     return {
-        "video": name,
-        "bytes": len(mp4),
+        f"{name}.mp4": encode_mp4(frames, rendered.foa, opts.fps, opts.rate, size),
+        f"{name}.json": json.dumps(truth, indent=1).encode(),
+    }
+
+
+def make_video(index: int, opts: SynthOptions, catalog: Catalog, held_out: frozenset[str]) -> dict:
+    """Render and write one video and its ground truth (in ``opts.layout``); returns its summary."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    rendered = render(scene_for(index, opts, catalog, held_out), opts)
+    files = layout_files(index, rendered, opts)
+    for relative, data in files.items():
+        write_bytes_atomic(join(opts.out, relative), data, opts.storage)
+    return {
+        "video": video_name(index),
+        "files": sorted(files),
+        "bytes": sum(len(data) for data in files.values()),
         "wall_seconds": round(time.perf_counter() - started, 2),
         "cpu_seconds": round(time.process_time() - cpu_started, 2),  # wall time depends on the load
-        "skipped": skipped,
+        "skipped": rendered.skipped,
     }
 
 
@@ -128,6 +198,10 @@ def generate(opts: SynthOptions, catalog: Catalog | None = None, progress: bool 
             log.warning("%s: skipped asset %s (%s)", r["video"], s["path"], s["reason"])
         if "error" in r:
             log.error("%s failed:\n%s", r["video"], r["error"])
+    if opts.layout == "yt360":  # the split and segment lists name the clips that were made
+        made = [i for i, r in enumerate(results) if "error" not in r]
+        for name, data in yt_lists(opts.seed, made, opts.videos).items():
+            write_bytes_atomic(join(opts.out, name), data, opts.storage)
     summary = {
         "options": {k: v for k, v in asdict(opts).items() if k != "storage"},
         "asset_fallbacks": list(catalog.fallbacks),

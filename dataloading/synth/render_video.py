@@ -1,4 +1,4 @@
-"""Equirectangular frames of a scene and the H.264 + 4-channel AAC mp4 that carries them.
+"""Equirectangular frames of a scene and the H.264 + 4-channel AAC mp4 (or m4a) that carries them.
 
 Sprites are flat pictures facing the camera. Each equirect pixel near a sprite is mapped back
 onto the sprite's plane by the inverse gnomonic projection, so objects bend correctly near
@@ -150,10 +150,32 @@ def render_frames(scene: Scene, background: np.ndarray, fps: int) -> Iterator[np
         yield frame
 
 
+def _add_foa_stream(container: av.container.OutputContainer, rate: int) -> av.AudioStream:
+    """A 4-channel AAC stream for FOA at ``rate`` Hz (see :func:`encode_mp4` for why these options)."""
+    audio = container.add_stream("aac", rate=rate, layout="4.0")
+    audio.bit_rate = AUDIO_BITRATE
+    # The "fast" coder: ~3× less CPU than the default two-loop search (a quarter of a short scene's
+    # synthesis), with every channel still coded on its own at this bitrate.
+    audio.codec_context.options = {"aac_ms": "0", "aac_is": "0", "aac_pns": "0", "aac_coder": "fast"}
+    return audio
+
+
+def _mux_foa(
+    container: av.container.OutputContainer, audio: av.AudioStream, foa: np.ndarray, rate: int
+) -> None:
+    samples = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(foa, dtype=np.float32), format="fltp", layout="4.0"
+    )
+    samples.sample_rate, samples.pts = rate, 0
+    container.mux(audio.encode(samples))
+    container.mux(audio.encode(None))
+
+
 def encode_mp4(
-    frames: Iterator[np.ndarray], foa: np.ndarray, fps: int, rate: int, size: tuple[int, int]
+    frames: Iterator[np.ndarray], foa: np.ndarray | None, fps: int, rate: int, size: tuple[int, int]
 ) -> bytes:
-    """An mp4 with H.264 video (constant ``fps``, yuv420p) and 4-channel AAC FOA at ``rate`` Hz.
+    """An mp4 with H.264 video (constant ``fps``, yuv420p) and 4-channel AAC FOA at ``rate`` Hz
+    (``foa`` None: video only, for layouts that keep the audio in a file of its own).
 
     ``foa`` is [4, N] float in [-1, 1], ACN order; AAC's "4.0" layout carries the channels in
     that order through FFmpeg encode/decode. M/S, intensity stereo and noise substitution are
@@ -166,20 +188,21 @@ def encode_mp4(
         video.width, video.height = size
         video.pix_fmt = "yuv420p"
         video.codec_context.options = {"preset": "veryfast", "crf": "23", "g": str(2 * fps), "threads": "1"}
-        audio = container.add_stream("aac", rate=rate, layout="4.0")
-        audio.bit_rate = AUDIO_BITRATE
-        # The "fast" coder: ~3× less CPU than the default two-loop search (a quarter of a short scene's
-        # synthesis), with every channel still coded on its own at this bitrate.
-        audio.codec_context.options = {"aac_ms": "0", "aac_is": "0", "aac_pns": "0", "aac_coder": "fast"}
+        audio = _add_foa_stream(container, rate) if foa is not None else None
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        samples = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(foa, dtype=np.float32), format="fltp", layout="4.0"
-        )
-        samples.sample_rate, samples.pts = rate, 0
-        container.mux(audio.encode(samples))
-        container.mux(audio.encode(None))
+        if audio is not None and foa is not None:
+            _mux_foa(container, audio, foa, rate)
+    return buf.getvalue()
+
+
+def encode_m4a(foa: np.ndarray, rate: int) -> bytes:
+    """An m4a holding only FOA ``[4, N]`` (ACN) as 4-channel AAC, layout "4.0", at ``rate`` Hz — how
+    YT-360 stores the audio of a clip (``audio/{YTID}-{START}.m4a``)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="ipod") as container:  # "ipod" is FFmpeg's muxer for .m4a
+        _mux_foa(container, _add_foa_stream(container, rate), foa, rate)
     return buf.getvalue()

@@ -6,6 +6,7 @@ up), degrees only in the ground-truth JSON. Times are seconds, distances metres.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -190,9 +191,17 @@ def sample_scene(
     n_offscreen: tuple[int, int] = (0, 2),
     n_silent: tuple[int, int] = (1, 2),
     one_at_a_time: bool = False,
+    sound_labels: Collection[str] | None = None,
 ) -> Scene:
     """Draw a scene. Counts are inclusive (low, high) ranges. ``exclude_sources`` keeps held-out
-    recordings (the classification test split) out of training videos."""
+    recordings (the classification test split) out of training videos. ``sound_labels`` (None: any)
+    limits what is heard to those sound labels: visible objects are drawn from the classes whose sound
+    is one, off-screen sounds from the rest of them (those no object makes)."""
+    sounding, offscreen = SOUNDING_CLASSES, OFFSCREEN_LABELS
+    if sound_labels is not None:
+        sounding = tuple(k for k in SOUNDING_CLASSES if OBJECT_CLASSES[k].sound in sound_labels)
+        made = {OBJECT_CLASSES[k].sound for k in SOUNDING_CLASSES}
+        offscreen = tuple(sorted(set(sound_labels) - made))
     rng = np.random.default_rng(stable_seed("scene", seed))
     room = sample_room(rng, room_family)
     times = np.linspace(0, seconds, max(2, int(seconds * 2)))
@@ -229,8 +238,8 @@ def sample_scene(
         sources.append(src)
         return src
 
-    for k in range(rng.integers(n_visible[0], n_visible[1] + 1)):
-        cls = SOUNDING_CLASSES[rng.integers(len(SOUNDING_CLASSES))]
+    for k in range(rng.integers(n_visible[0], n_visible[1] + 1) if sounding else 0):
+        cls = sounding[rng.integers(len(sounding))]
         sound = pick_sound(rng, catalog, OBJECT_CLASSES[cls].sound or "", exclude)
         az, el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(-15, 25))
         if k == 0 and rng.random() < 0.5:
@@ -242,8 +251,8 @@ def sample_scene(
             offset = src.width * rng.uniform(0.25, 0.45) * rng.choice([-1, 1])
             pillar = add("occluder", "pillar", None, src.azimuth + offset, 0.0)
             pillar.distance = 0.6 * src.distance  # nearer: drawn over the object
-    for _ in range(rng.integers(n_offscreen[0], n_offscreen[1] + 1)):
-        label = OFFSCREEN_LABELS[rng.integers(len(OFFSCREEN_LABELS))]
+    for _ in range(rng.integers(n_offscreen[0], n_offscreen[1] + 1) if offscreen else 0):
+        label = offscreen[rng.integers(len(offscreen))]
         sound = pick_sound(rng, catalog, label, exclude)
         if sound is not None:
             add(
