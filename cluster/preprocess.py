@@ -470,33 +470,56 @@ def run_on_pool(
     making a shard are idempotent. When the failure was the actor (dead, or unreachable because its
     node is gone and Ray cannot tell whether the task ran), that actor is killed, so no shard ever
     has two writers, and ``new_actor()`` takes its place in ``pool`` wherever the cluster has room.
-    ``label(k)`` names task k in the log. Returns how many times a task was given out again.
+    Actors get tasks only once they have started, so a pool larger than the room the cluster has left
+    runs on the actors that fit. ``label(k)`` names task k in the log. Returns how many times a task
+    was given out again.
     """
     queue = list(range(count))
     attempts = [0] * count
     running: dict[Any, tuple[int, Any]] = {}
-    idle = list(pool)
+    # An actor gets work only once it has started: one still waiting for a CPU (another job holds the
+    # cluster's) would sit on its task forever while the started ones idle, and two jobs sharing a
+    # cluster would each wait on the other's CPUs. Pending actors join as the cluster frees room.
+    starting = {actor.__ray_ready__.remote(): actor for actor in pool}
+    idle: list[Any] = []
+
+    def replace_actor(actor: Any) -> None:
+        ray.kill(actor, no_restart=True)
+        fresh = pool[pool.index(actor)] = new_actor()
+        starting[fresh.__ray_ready__.remote()] = fresh
+
     while queue or running:
         while queue and idle:
             k, actor = queue.pop(0), idle.pop(0)
             running[submit(actor, k)] = (k, actor)
             attempts[k] += 1
-        ready, _ = ray.wait(list(running), num_returns=1)
+        ready, _ = ray.wait([*running, *starting], num_returns=1)
+        if ready[0] in starting:
+            actor = starting.pop(ready[0])
+            try:
+                ray.get(ready[0])
+                idle.append(actor)
+            except ray.exceptions.RayActorError as exc:
+                log.warning("an actor died while starting (%s); starting another", exc)
+                replace_actor(actor)
+            continue
         k, actor = running.pop(ready[0])
         try:
             result, error = ray.get(ready[0]), None
         except ray.exceptions.RayError as exc:
             result, error = None, f"{type(exc).__name__}: {exc}"
             if isinstance(exc, ray.exceptions.RayActorError):
-                ray.kill(actor, no_restart=True)
-                pool[pool.index(actor)] = actor = new_actor()
+                replace_actor(actor)
+                actor = None  # its replacement joins the idle ones once it has started
             if attempts[k] < TASK_ATTEMPTS:
                 log.warning("%s: attempt %d failed (%s); giving it out again", label(k), attempts[k], error)
                 queue.insert(0, k)
-                idle.append(actor)
+                if actor is not None:
+                    idle.append(actor)
                 continue
             log.error("%s failed %d times, last: %s", label(k), attempts[k], error)
-        idle.append(actor)
+        if actor is not None:
+            idle.append(actor)
         finished(k, result, error)
     return sum(attempts) - count
 

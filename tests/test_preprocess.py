@@ -240,6 +240,28 @@ def test_a_task_that_kills_every_actor_fails_alone_and_the_pool_stays_whole(ray_
         ray.kill(actor)
 
 
+@pytest.mark.timeout(120)  # before actors joined only once started, this waited forever
+def test_a_pool_larger_than_the_room_left_runs_on_the_actors_that_start(ray_head: str) -> None:
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    actor_class = ray.remote(num_cpus=1)(Poisoned)
+    others = [actor_class.remote() for _ in range(cpus - 1)]  # another job holding all but one CPU
+    ray.get([a.__ray_ready__.remote() for a in others])
+    pool = [actor_class.remote() for _ in range(2)]  # one fits, the other waits for a CPU
+    results: dict[int, tuple[int, int]] = {}
+
+    def finished(k: int, result: tuple[int, int] | None, error: str | None) -> None:
+        assert result is not None and error is None
+        results[k] = result
+
+    assert run_on_pool(pool, 4, lambda actor, k: actor.work.remote(k, -1), finished, actor_class.remote) == 0
+    assert sorted(results) == [0, 1, 2, 3]
+    assert len({pid for _, pid in results.values()}) == 1  # all on the one actor that started
+    for actor in [*others, *pool]:
+        ray.kill(actor)
+
+
 def test_a_damaged_shard_is_redone_on_resume(ray_head: str, local_dataset, tmp_path: Path) -> None:
     output, manifest = local_dataset
     damaged = Path(output, "shard-000001.tar")
