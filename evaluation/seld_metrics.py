@@ -89,8 +89,9 @@ class SeldCounts:
     @classmethod
     def zero(cls) -> SeldCounts:
         """Counts of no file at all."""
-        count = np.zeros(len(CLASSES), dtype=np.int64)
-        return cls(count, count, count, count, np.zeros(len(CLASSES)), count)
+        counts = [np.zeros(len(CLASSES), dtype=np.int64) for _ in range(5)]  # one array per field
+        tp, fp_spatial, fp, fn, nref = counts
+        return cls(tp, fp_spatial, fp, fn, np.zeros(len(CLASSES)), nref)
 
     def __add__(self, other: SeldCounts) -> SeldCounts:
         return SeldCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
