@@ -52,15 +52,22 @@ def _resampled_means(
     sums, counts, n = _group_sums(values, groups)  # [M, S, G], [G]
     seeds = values.shape[1]
     rng = np.random.default_rng(seed)
-    # Each replicate draws n scenes and S seeds with replacement: how often each one is drawn.
-    scene_w = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)  # [R, G]
-    seed_w = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=resamples)  # [R, S]
+    scene_w, seed_w = resample_weights(n, resamples, rng), resample_weights(seeds, resamples, rng)
     weighted = np.einsum("rs,msg,rg->mr", seed_w, sums, scene_w)
     replicates = weighted / (seeds * (scene_w @ counts))
     return sums.sum((1, 2)) / (seeds * counts.sum()), replicates, n
 
 
-def _interval(point: float, replicates: np.ndarray, groups: int) -> Estimate:
+def resample_weights(n: int, resamples: int, rng: np.random.Generator | int) -> np.ndarray:
+    """``[resamples, n]``: how often each of ``n`` groups is drawn when a replicate draws ``n`` of them
+    with replacement (``rng`` or its seed). A statistic that is not a mean (a ratio of summed counts)
+    is bootstrapped by weighting each group's counts with a row and scoring the sums."""
+    rng = np.random.default_rng(rng)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+
+
+def interval(point: float, replicates: np.ndarray, groups: int) -> Estimate:
+    """``point`` with the 95 % percentile interval of its bootstrap ``replicates`` over ``groups``."""
     tail = 100 * (1 - CONFIDENCE) / 2
     low, high = np.percentile(replicates, [tail, 100 - tail])
     return Estimate(float(point), float(low), float(high), groups)
@@ -79,7 +86,7 @@ def bootstrap(
     is item i's scene). ``values`` is ``[N]``, or ``[S, N]`` for S seeds scored on the same items: then
     seeds are resampled too, so the interval covers the variation between training runs."""
     point, replicates, n = _resampled_means(_by_seed(values)[None], groups, resamples, seed)
-    return _interval(float(point[0]), replicates[0], n)
+    return interval(float(point[0]), replicates[0], n)
 
 
 def paired_difference(
@@ -89,4 +96,4 @@ def paired_difference(
     paired with seed s of the other) with its 95 % interval: the same scenes and seeds are resampled for
     both."""
     point, replicates, n = _resampled_means(np.stack([_by_seed(a), _by_seed(b)]), groups, resamples, seed)
-    return _interval(float(point[0] - point[1]), replicates[0] - replicates[1], n)
+    return interval(float(point[0] - point[1]), replicates[0] - replicates[1], n)

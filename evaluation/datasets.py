@@ -4,6 +4,7 @@ The labeled sets are the ones :mod:`dataloading.synth.evalsets` writes: per samp
 (4-channel FOA, ACN/SN3D) and ``KEY.json``; ``manifest.json`` lists each split's shards. Held-out clips
 are a preprocessed shard dataset of scenes no training run used, read by the training loader's own
 decoding path (:class:`dataloading.loader.ClipStream`) without augmentation, every clip exactly once.
+SELD reads whole recordings of a STARSS23-format tree (:mod:`dataloading.layouts`) with their labels.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import torch
 from torch import Tensor
 
 from dataloading.config import StorageConfig
+from dataloading.dcase import FRAME_SECONDS, Event
 from dataloading.features import FeatureExtractor
+from dataloading.layouts import read_labels, starss23
+from dataloading.resample import resample
 from dataloading.schema import MANIFEST_NAME
 from dataloading.storage import filesystem, join
 from trainer.config import Config
@@ -152,3 +156,41 @@ def _synthetic_clips(cfg: Config, limit: int) -> HeldOutClips:
         keys=keys,
         scenes=keys,
     )
+
+
+@dataclass
+class SeldRecording:
+    """One STARSS23-format recording for SELD: FOA ``[4, samples]`` float32 at ``rate`` Hz, its label
+    events (radians, 100-ms frames) and its length in label frames."""
+
+    stem: str
+    foa: Tensor
+    events: list[Event]
+    frames: int
+
+
+def read_seld_split(
+    root: str, split: str, rate: int, storage: StorageConfig | None = None
+) -> list[SeldRecording]:
+    """The recordings of ``split`` (``dev-train`` or ``dev-test``) of the STARSS23-format tree at
+    ``root`` that have FOA audio and labels (video is not needed), resampled to ``rate`` Hz.
+
+    Raises ValueError naming the file for audio that is not 4-channel, :class:`dataloading.dcase.LabelError`
+    for labels that do not parse, and ValueError when the split has no recording.
+    """
+    recordings = []
+    for rec in starss23(root, storage).usable(("audio", "labels")):
+        if rec.split != split:
+            continue
+        assert rec.audio and rec.labels  # usable() checked both
+        fs, path = filesystem(rec.audio, storage)
+        wave, source_rate = sf.read(io.BytesIO(fs.cat_file(path)), dtype="float32", always_2d=True)
+        if wave.shape[1] != 4:
+            raise ValueError(f"{rec.audio}: {wave.shape[1]} channels; SELD needs 4-channel FOA (foa_dev)")
+        foa = resample(torch.from_numpy(np.ascontiguousarray(wave.T)), source_rate, rate)
+        events = read_labels(rec.labels, storage)
+        frames = math.ceil(foa.shape[-1] / (rate * FRAME_SECONDS) - 1e-6)
+        recordings.append(SeldRecording(rec.stem, foa, [e for e in events if e.frame < frames], frames))
+    if not recordings:
+        raise ValueError(f"{root}: no {split} recording with foa_dev audio and metadata_dev labels")
+    return recordings

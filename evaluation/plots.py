@@ -6,6 +6,7 @@ state or GUI backend in a long-running headless service.
 - :func:`metric_curves`: every ``eval/…`` metric against the checkpoint step, one panel per task.
 - :func:`doa_polar`: DOA error (degrees, radius) against the true azimuth (angle), per method.
 - :func:`confusion`: the classification confusion matrices, one panel per method.
+- :func:`per_class`: SELD F20, LE_CD and LR_CD per class, one bar per method.
 - :func:`report_figure`: the one-page summary of one checkpoint (score table plus the two above).
 """
 
@@ -19,10 +20,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.projections.polar import PolarAxes
 
-from evaluation.tasks import TaskResult, lower_is_better
+from evaluation.tasks import TaskResult, display_scale, display_unit
 
 # One colour per method in every figure, so a method reads the same across panels.
-COLOURS = {"model": "C0", "random_init": "C1", "logmel_stats": "C2", "intensity": "C3", "input_oracle": "C4"}
+COLOURS = {
+    "model": "C0", "random_init": "C1", "logmel_stats": "C2", "intensity": "C3", "input_oracle": "C4",
+    "crnn": "C5",
+}  # fmt: skip
 
 # (step, value) points of each flat metric key eval/<task>/<method>/<metric>
 History = Mapping[str, Sequence[tuple[int, float]]]
@@ -50,7 +54,7 @@ def metric_curves(history: History) -> Figure:
     figure = Figure(figsize=(4.5 * cols, 3.2 * rows))
     for i, ((task, metric), lines) in enumerate(panels.items()):
         ax = figure.add_subplot(rows, cols, i + 1)
-        scale = 1.0 if lower_is_better(metric) else 100.0
+        scale = display_scale(metric)
         for method, parts in sorted(lines.items()):
             steps = sorted(parts.get("mean", {}))
             colour = COLOURS.get(method)
@@ -61,7 +65,7 @@ def metric_curves(history: History) -> Figure:
                 ax.fill_between(steps, low, high, color=colour, alpha=0.15)
         ax.set_title(f"{task} {metric}", fontsize=9)
         ax.set_xlabel("checkpoint step")
-        ax.set_ylabel("degrees" if lower_is_better(metric) else "%")
+        ax.set_ylabel({"°": "degrees", "%": "%"}.get(display_unit(metric), metric))
         ax.legend(fontsize=7)
     figure.tight_layout()
     return figure
@@ -79,6 +83,26 @@ def confusion(result: TaskResult) -> Figure:
     figure = Figure(figsize=(4.2 * len(result.confusion), 4.0))
     for i, method in enumerate(result.confusion):
         _draw_confusion(figure.add_subplot(1, len(result.confusion), i + 1), result, method)
+    figure.tight_layout()
+    return figure
+
+
+def per_class(result: TaskResult) -> Figure:
+    """F20 (%), LE_CD (°) and LR_CD (%) of every class (rows of bars), one bar per method."""
+    panels = (("f", "F20 %", 100.0), ("le", "LE_CD °", 1.0), ("lr", "LR_CD %", 100.0))
+    methods = list(result.per_class)
+    figure = Figure(figsize=(12, 3.2 * len(panels)))
+    x = np.arange(len(result.classes))
+    width = 0.8 / max(1, len(methods))
+    for row, (key, label, scale) in enumerate(panels):
+        ax = figure.add_subplot(len(panels), 1, row + 1)
+        for i, method in enumerate(methods):
+            values = [scale * result.per_class[method][c][key] for c in result.classes]
+            ax.bar(x + i * width, values, width, color=COLOURS.get(method), label=method.replace("_", " "))
+        ax.set_ylabel(label)
+        ax.set_xticks(x + 0.4 - width / 2, result.classes if row == len(panels) - 1 else [], rotation=30)
+    figure.axes[0].legend(fontsize=7, ncol=len(methods))
+    figure.axes[0].set_title(f"{result.task}: per class (dev-test)", fontsize=9)
     figure.tight_layout()
     return figure
 

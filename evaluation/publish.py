@@ -61,6 +61,7 @@ def publish(client: MlflowClient, ckpt: Checkpoint, eval_run: str, result: Repor
             (folder / name).write_bytes(data)
         (folder / "report.html").write_text(report.page(result, images))
         (folder / "results.json").write_text(json.dumps(report_to_json(result), indent=1))
+        write_files(result, folder)
         client.log_artifacts(eval_run, str(folder))
         client.set_terminated(eval_run, "FINISHED")
         for name in ("report.html", "report.png"):
@@ -71,6 +72,18 @@ def publish(client: MlflowClient, ckpt: Checkpoint, eval_run: str, result: Repor
         )
         client.log_artifact(ckpt.run_id, str(curves), "eval")
     return batch
+
+
+def write_files(result: Report, folder: Path) -> list[Path]:
+    """The tasks' text artifacts (SELD submission CSVs, per-class tables) under ``folder``."""
+    written = []
+    for task in result.results:
+        for name, text in task.files.items():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written.append(path)
+    return written
 
 
 def commit(client: MlflowClient, ckpt: Checkpoint, metrics: list[Metric], final: dict[str, str]) -> None:

@@ -15,13 +15,16 @@ from evaluation.suite import Report, format_table
 
 
 def figures(report: Report) -> dict[str, Figure]:
-    """Every figure of one checkpoint by artifact file name: the report page, confusion, DOA polar."""
+    """Every figure of one checkpoint by artifact file name: the report page, confusion, DOA polar,
+    SELD per class."""
     out = {"report.png": plots.report_figure(title(report), format_table({"model": report}), report.results)}
     for result in report.results:
         if result.confusion:
             out[f"{result.task}_confusion.png"] = plots.confusion(result)
         if result.errors:
             out[f"{result.task}_polar.png"] = plots.doa_polar(result)
+        if result.per_class:
+            out[f"{result.task}_per_class.png"] = plots.per_class(result)
     return out
 
 

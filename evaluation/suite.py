@@ -23,6 +23,7 @@ from dataloading.config import StorageConfig
 from evaluation.bootstrap import Estimate
 from evaluation.encoders import from_checkpoint, pick_device, random_init
 from evaluation.tasks import (
+    RATIOS,
     REFERENCE,
     Context,
     Scored,
@@ -32,10 +33,13 @@ from evaluation.tasks import (
     avsa_bin,
     baseline_key,
     classification,
+    display_scale,
+    display_unit,
     doa,
     doa_steered,
     lower_is_better,
     pretext,
+    seld,
 )
 from evaluation.tasks.features import NoHeldOutClips
 
@@ -43,7 +47,9 @@ log = logging.getLogger(__name__)
 
 Task = Callable[[Context], TaskResult]
 
-TASK_ORDER = (avc_bin.NAME, avsa_bin.NAME, pretext.NAME, classification.NAME, doa.NAME, doa_steered.NAME)
+TASK_ORDER = (
+    avc_bin.NAME, avsa_bin.NAME, pretext.NAME, classification.NAME, doa.NAME, doa_steered.NAME, seld.NAME,
+)  # fmt: skip
 # MLflow metric names: eval/<task>/<method>/<metric><part>; a difference's method is "<method>-random_init".
 PARTS = {"": "mean", "_ci_low": "low", "_ci_high": "high"}
 CHANCE = "chance"  # the method name under which chance levels are logged
@@ -166,6 +172,8 @@ def tasks_for(suite: Suite) -> list[tuple[str, Task]]:
         tasks.append((classification.NAME, classification.run))
     if suite.doa_url:
         tasks += [(doa.NAME, doa.run), (doa_steered.NAME, doa_steered.run)]
+    if suite.seld_url:
+        tasks.append((seld.NAME, seld.run))
     return tasks
 
 
@@ -239,20 +247,21 @@ def _brief(result: TaskResult) -> str:
 
 
 def cell(estimate: Estimate | None, metric: str, signed: bool = False) -> str:
-    """``63.3 [58.1, 68.0]``: accuracies in %, errors in degrees; "-" where there is none."""
+    """``63.3 [58.1, 68.0]``: accuracies in %, errors in degrees, error rates to two decimals; "-"
+    where there is none."""
     if estimate is None:
         return "-"
-    scale = 1.0 if lower_is_better(metric) else 100.0
-    form = "{:+.1f}" if signed else "{:.1f}"
+    scale = display_scale(metric)
+    digits = 2 if metric in RATIOS else 1
+    form = f"{{:{'+' if signed else ''}.{digits}f}}"
     values = [form.format(scale * v) for v in (estimate.mean, estimate.low, estimate.high)]
     return f"{values[0]} [{values[1]}, {values[2]}]"
 
 
 def heading(task: str, metric: str) -> str:
-    """``doa mean_error° ↓``, ``avc_bin acc% ↑``."""
-    if lower_is_better(metric):
-        return f"{task} {metric.removesuffix('_deg')}° ↓"
-    return f"{task} {metric}% ↑"
+    """``doa mean_error° ↓``, ``avc_bin acc% ↑``, ``seld er20 ↓``."""
+    arrow = "↓" if lower_is_better(metric) else "↑"
+    return f"{task} {metric.removesuffix('_deg')}{display_unit(metric)} {arrow}"
 
 
 def _rows(reports: Mapping[str, Report]) -> list[tuple[str, str]]:
@@ -311,8 +320,7 @@ def _chance(report: Report, task: str, metric: str) -> str:
     result = report.result(task)
     if result is None or metric not in result.chance:
         return "-"
-    value = result.chance[metric]
-    return f"{value:.1f}" if lower_is_better(metric) else f"{100 * value:.1f}"
+    return f"{display_scale(metric) * result.chance[metric]:.{2 if metric in RATIOS else 1}f}"
 
 
 def _layout(header: list[str], body: list[list[str]]) -> str:

@@ -25,12 +25,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cluster.stack import Stack
+from dataloading.dcase import parse_labels
 from evaluation.discovery import Checkpoint, checkpoints_of
 from evaluation.markers import Marker, marker_key
 from evaluation.service import MAX_ATTEMPTS, EvalService, format_status, run_reports, status
 from evaluation.suite import format_table
 from evaluation.tasks import Suite
 from tests.distributed import run_distributed
+from tests.helpers import write_starss_tree
 from tests.test_eval_tasks import write_classification_set, write_doa_set
 from trainer.config import Config, load_config
 from trainer.data import TINY
@@ -312,3 +314,37 @@ def test_a_checkpoint_interrupted_too_often_is_given_up(trained: Trained, tmp_pa
         final is not None and final.state == "failed" and f"interrupted {MAX_ATTEMPTS} times" in final.reason
     )
     assert Marker.from_tag(client.get_run(run_id).data.tags[marker_key(2)]) == final
+
+
+def test_seld_through_the_service_logs_metrics_table_plots_and_dcase_csvs(
+    trained: Trained, tmp_path: Path
+) -> None:
+    client = MlflowClient(trained.uri)
+    source = client.get_run(trained.run_id)
+    run_id = client.create_run(source.info.experiment_id, run_name="seld").info.run_id
+    folder = tmp_path / "ckpt" / "step_00000004"
+    shutil.copytree(source.data.tags["checkpoint.latest"], folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "run_id": run_id, "step": 4}))
+    write_starss_tree(tmp_path / "starss", train=2, test=2, seconds=6.0)
+    suite = Suite(clips=16, seld_url=str(tmp_path / "starss"), seld_epochs=2, probe_epochs=10)
+    service = EvalService(
+        trained.uri, suite, experiments=[trained.experiment], trusted_roots=[trained.trusted], device="cpu"
+    )
+    final = service.evaluate(Checkpoint(run_id, source.info.experiment_id, 4, str(folder), None))
+    assert final is not None and final.state == "done", final
+
+    metrics = client.get_run(run_id).data.metrics
+    for method in ("model", "random_init", "crnn", "intensity"):
+        for metric in ("seld_score", "er20", "f20", "le_cd_deg", "lr_cd"):
+            assert f"eval/seld/{method}/{metric}_ci_low" in metrics, (method, metric)
+    assert "eval/seld/model-random_init/seld_score" in metrics
+    names = {a.path for a in client.list_artifacts(final.eval_run, "seld")}
+    assert {"seld/per_class.md", "seld/model", "seld/crnn", "seld/intensity"} <= names
+    csvs = {a.path for a in client.list_artifacts(final.eval_run, "seld/model/dev-test-sony")}
+    assert len(csvs) == 2 and all(p.endswith(".csv") for p in csvs)
+    local = client.download_artifacts(final.eval_run, sorted(csvs)[0], str(tmp_path / "csv"))
+    parse_labels(Path(local).read_text(), local)  # a valid DCASE submission file
+    table = Path(client.download_artifacts(final.eval_run, "seld/per_class.md", str(tmp_path))).read_text()
+    assert "| female speech |" in table
+    _open_image(client, final.eval_run, "seld_per_class.png", tmp_path / "png")

@@ -44,6 +44,10 @@ def test_perfect_on_one_class_still_pays_for_the_absent_ones() -> None:
     assert scores.f == pytest.approx(1 / 13) and scores.lr == pytest.approx(1 / 13)
     assert scores.le == pytest.approx(12 * 180 / 13)
     assert scores.seld == pytest.approx(3 * (12 / 13) / 4)
+    # averaged over the classes that occur (what the SELD task passes), the absent ones are left out
+    only = counts_of(reference, reference, 10).scores(classes=[SPEECH])
+    assert (only.er, only.f, only.le, only.lr, only.seld) == pytest.approx((0.0, 1.0, 0.0, 1.0, 0.0))
+    assert only.per_class["bell"] == scores.per_class["bell"]
 
 
 def test_wrong_class_is_a_substitution() -> None:

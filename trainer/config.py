@@ -97,6 +97,7 @@ class EvalConfig:
     tracking_uri: str = ""  # empty = tracking.uri
     poll_seconds: float = 60.0
     probe_epochs: int = 100
+    seld_epochs: int = 20  # passes over SELD dev-train of every SELD head and of the CRNN baseline
     # Checkpoint URL prefixes the service evaluates (anyone who can write an MLflow tag can name any
     # URL); empty = train.checkpoint_url.
     trusted_roots: tuple[str, ...] = ()

@@ -9,11 +9,13 @@ from cluster.cli import add_config_arguments
 from trainer.config import Config
 
 if TYPE_CHECKING:  # the evaluation stack (torch, mlflow) loads only when a command runs
+    from evaluation.suite import Report
     from evaluation.tasks import Suite
 
 EPILOG = """\
 examples:
   avsa eval --checkpoint .avsa/checkpoints --doa .avsa/demo/raw/eval/doa
+  avsa eval --checkpoint s3://avsa/ckpt --seld /data/STARSS23 --out results/seld
   avsa eval --run 3f2a… --tracking.uri http://127.0.0.1:5000 --log
 """
 
@@ -36,6 +38,13 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--classification", default="", metavar="URL", help="sound-classification set")
     parser.add_argument("--doa", default="", metavar="URL", help="direction-of-arrival set")
+    parser.add_argument(
+        "--seld",
+        default="",
+        metavar="ROOT",
+        help="a STARSS23-format tree (foa_dev/ + metadata_dev/): SELD with the DCASE 2023 metrics, heads "
+        "trained on dev-train and scored on dev-test, beside a from-scratch CRNN and the intensity vector",
+    )
     parser.add_argument("--device", default="auto", help="cuda, cpu, or auto (CUDA when present)")
 
 
@@ -47,7 +56,9 @@ def suite_from_args(args: argparse.Namespace, cfg: Config) -> Suite:
         clips=args.clip_count,
         classification_url=args.classification,
         doa_url=args.doa,
+        seld_url=args.seld,
         probe_epochs=cfg.eval.probe_epochs,
+        seld_epochs=cfg.eval.seld_epochs,
     )
 
 
@@ -80,6 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     source.add_argument("--run", metavar="RUN_ID", help="the MLflow run whose newest checkpoint to evaluate")
     parser.add_argument("--log", action="store_true", help="log the results to the checkpoint's MLflow run")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write results.json and the tasks' files there (SELD: per-class table, DCASE CSVs)",
+    )
     add_suite_arguments(parser)
     add_config_arguments(parser)
     parser.set_defaults(func=run)
@@ -104,7 +120,24 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     report = evaluate_checkpoint(tag_url, suite, cfg.storage, args.device)
     print(format_table({f"step {report.step}": report}))
+    if args.out:
+        _write(report, args.out)
     return 0
+
+
+def _write(report: Report, out: str) -> None:
+    """``results.json`` and every task's files (SELD: per-class table, submission CSVs) under ``out``."""
+    import json
+    from pathlib import Path
+
+    from evaluation.publish import write_files
+    from evaluation.suite import report_to_json
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(report_to_json(report), indent=1))
+    written = write_files(report, folder)
+    print(f"results.json and {len(written)} files -> {folder}")
 
 
 def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:

@@ -44,7 +44,9 @@ class Suite:
     clips: int = 0  # held-out clips to use; 0 = all of them (more than exist is an error)
     classification_url: str = ""
     doa_url: str = ""
+    seld_url: str = ""  # a STARSS23-format tree (foa_dev + metadata_dev; dev-train trains, dev-test scores)
     probe_epochs: int = 100
+    seld_epochs: int = 20  # passes over dev-train's frames of every SELD head and the CRNN baseline
     hidden: int = 128  # units of the MLP heads (AVC-Bin, AVSA-Bin, DOA); the probes are linear
     steer_directions: int = 60  # grid of the steered DOA task, elevation within ±50°
     steer_train_clips: int = 100  # head-training clips of the steered scorer (each gives a grid of examples)
@@ -122,7 +124,8 @@ class TaskResult:
 
     ``items`` keeps the per-item values behind every estimate (for pooling seeds in experiments).
     Optional details for plots: ``classes`` with ``confusion[method]`` (rows true, columns predicted),
-    ``directions`` (``[N, 2]`` true azimuth/elevation, radians) with ``errors[method]`` (``[N]`` radians).
+    ``directions`` (``[N, 2]`` true azimuth/elevation, radians) with ``errors[method]`` (``[N]`` radians),
+    ``per_class[method][class][metric]`` (SELD); ``files`` are written beside the report as artifacts.
     """
 
     task: str
@@ -135,6 +138,10 @@ class TaskResult:
     confusion: dict[str, np.ndarray] = field(default_factory=dict)
     directions: np.ndarray | None = None
     errors: dict[str, np.ndarray] = field(default_factory=dict)
+    per_class: dict[str, dict[str, dict[str, float]]] = field(
+        default_factory=dict
+    )  # method -> class -> metric
+    files: dict[str, str] = field(default_factory=dict)  # artifact path -> text (e.g. submission CSVs)
 
 
 def summarise(
@@ -160,6 +167,20 @@ def summarise(
     return result
 
 
+RATIOS = ("er20", "seld_score")  # error rates that can pass 1: printed as they are, lower is better
+
+
 def lower_is_better(metric: str) -> bool:
-    """Errors (``*_deg``) fall as a method improves; every other metric is an accuracy."""
-    return metric.endswith("_deg")
+    """Errors (``*_deg``) and error rates (:data:`RATIOS`) fall as a method improves; every other
+    metric is an accuracy."""
+    return metric.endswith("_deg") or metric in RATIOS
+
+
+def display_unit(metric: str) -> str:
+    """How a metric is printed: ``%`` (accuracies, scaled by 100), ``°`` (errors) or ``""`` (rates)."""
+    return "°" if metric.endswith("_deg") else "" if metric in RATIOS else "%"
+
+
+def display_scale(metric: str) -> float:
+    """Factor a metric is printed with: 100 for accuracies (%), 1 for degrees and error rates."""
+    return 100.0 if display_unit(metric) == "%" else 1.0
