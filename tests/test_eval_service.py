@@ -248,6 +248,14 @@ def _check_plots(client: MlflowClient, run_id: str, eval_run: str, tmp: Path) ->
     assert doa["scores"]["model"]["mean_error_deg"]["low"] <= doa["scores"]["model"]["mean_error_deg"]["high"]
 
 
+def _copy_checkpoint(good: str, folder: Path, run_id: str, step: int) -> Path:
+    """A copy of checkpoint ``good`` at ``folder`` that says it is step ``step`` of run ``run_id``."""
+    shutil.copytree(good, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "run_id": run_id, "step": step}))
+    return folder
+
+
 def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(
     trained: Trained, tmp_path: Path
 ) -> None:
@@ -257,10 +265,7 @@ def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(
     good = source.data.tags["checkpoint.latest"]
     root = tmp_path / "ckpt"
     for step, damage in ((2, "truncate"), (4, "none")):
-        folder = root / f"step_{step:08d}"
-        shutil.copytree(good, folder)
-        meta = json.loads((folder / "meta.json").read_text())
-        (folder / "meta.json").write_text(json.dumps({**meta, "run_id": broken_run, "step": step}))
+        folder = _copy_checkpoint(good, root / f"step_{step:08d}", broken_run, step)
         if damage == "truncate":
             for name in os.listdir(folder):
                 if name.endswith(".pt"):
@@ -322,10 +327,9 @@ def test_seld_through_the_service_logs_metrics_table_plots_and_dcase_csvs(
     client = MlflowClient(trained.uri)
     source = client.get_run(trained.run_id)
     run_id = client.create_run(source.info.experiment_id, run_name="seld").info.run_id
-    folder = tmp_path / "ckpt" / "step_00000004"
-    shutil.copytree(source.data.tags["checkpoint.latest"], folder)
-    meta = json.loads((folder / "meta.json").read_text())
-    (folder / "meta.json").write_text(json.dumps({**meta, "run_id": run_id, "step": 4}))
+    folder = _copy_checkpoint(
+        source.data.tags["checkpoint.latest"], tmp_path / "ckpt" / "step_00000004", run_id, 4
+    )
     write_starss_tree(tmp_path / "starss", train=2, test=2, seconds=6.0)
     suite = Suite(clips=16, seld_url=str(tmp_path / "starss"), seld_epochs=2, probe_epochs=10)
     service = EvalService(
