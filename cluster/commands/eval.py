@@ -77,8 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="run the benchmark suite on one checkpoint and print the table",
         description="Evaluates the frozen encoders of one checkpoint (AVC-Bin, AVSA-Bin, held-out "
-        "pretext accuracy, sound classification, DOA and steered DOA; each beside random init, the "
-        "input oracle and its classical baseline) and prints accuracies in % and DOA errors in degrees, "
+        "pretext accuracy, sound classification, DOA and steered DOA, and SELD on a STARSS23-format tree; "
+        "each beside random init, the input oracle and its classical baseline) and prints accuracies "
+        "in % and DOA errors in degrees, "
         "each with its 95 % interval (bootstrap over scenes) and its paired difference from random "
         "init. With --log the results also go to the checkpoint's MLflow run, exactly as the "
         "evaluation service would log them (a checkpoint already evaluated is not redone).",
