@@ -148,23 +148,16 @@ def _shuffled(objects: np.ndarray | None, rng: np.random.Generator) -> Direction
     return objects[order, 0], objects[order, 1]
 
 
-def object_viewpoints(
-    objects: np.ndarray | None, k: int, rng: np.random.Generator, max_elevation: float, min_separation: float
+def listed_viewpoints(
+    listed: np.ndarray | None, k: int, rng: np.random.Generator, max_elevation: float, min_separation: float
 ) -> Directions:
-    """Viewpoints toward object directions ``[M, 2]`` (azimuth, elevation; radians) from clip metadata.
+    """Viewpoints toward directions ``[M, 2]`` (azimuth, elevation; radians) from clip metadata: the
+    detected objects (``objects`` sampler) or the labelled sound events, one per source (``labels``).
 
-    Objects are taken in a random order, so clips with more than K objects vary between epochs;
-    missing ones are filled with random viewpoints.
+    They are taken in a random order, so clips with more than K of them vary between epochs; missing
+    ones are filled with random viewpoints.
     """
-    return _select(_shuffled(objects, rng), k, rng, max_elevation, min_separation)
-
-
-def label_viewpoints(
-    labels: np.ndarray | None, k: int, rng: np.random.Generator, max_elevation: float, min_separation: float
-) -> Directions:
-    """Viewpoints toward the labelled sound events active in the clip, ``[M, 2]`` (azimuth, elevation;
-    radians; one per labelled source), in a random order, filled up with random viewpoints."""
-    return _select(_shuffled(labels, rng), k, rng, max_elevation, min_separation)
+    return _select(_shuffled(listed, rng), k, rng, max_elevation, min_separation)
 
 
 def mix_viewpoints(
@@ -206,9 +199,9 @@ def sample_viewpoints(
     if sampler == "random":
         return random_viewpoints(k, rng, max_elevation, min_separation)
     if sampler == "objects":
-        return object_viewpoints(objects, k, rng, max_elevation, min_separation)
+        return listed_viewpoints(objects, k, rng, max_elevation, min_separation)
     if sampler == "labels":
-        return label_viewpoints(labels, k, rng, max_elevation, min_separation)
+        return listed_viewpoints(labels, k, rng, max_elevation, min_separation)
     if sampler == "audio":
         if foa is None:
             raise ValueError("the audio sampler needs the clip's FOA")

@@ -15,9 +15,8 @@ from dataloading.loader import _labels
 from dataloading.viewpoints import (
     angular_distance,
     audio_viewpoints,
-    label_viewpoints,
+    listed_viewpoints,
     mix_viewpoints,
-    object_viewpoints,
     random_viewpoints,
     sample_viewpoints,
     sound_peaks,
@@ -92,7 +91,7 @@ def test_audio_viewpoints_aim_at_sources_then_fill() -> None:
 
 def test_object_viewpoints_use_objects_clamp_and_fill() -> None:
     objects = np.array([[0.5, math.radians(60)], [0.52, 0.0], [-2.5, -0.2]])  # 2nd is too close to the 1st
-    az, el = object_viewpoints(objects, 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
+    az, el = listed_viewpoints(objects, 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
     _check_limits(az, el, 4, MAX_EL, MIN_SEP)
     assert _min_angle_to(az, el, -2.5, -0.2) < 1e-6
     assert min(_min_angle_to(az, el, 0.5, MAX_EL), _min_angle_to(az, el, 0.52, 0.0)) < 1e-6
@@ -101,7 +100,7 @@ def test_object_viewpoints_use_objects_clamp_and_fill() -> None:
 def test_object_viewpoints_vary_with_seed_when_more_objects_than_k() -> None:
     objects = np.stack((np.linspace(-3, 3, 8), np.zeros(8)), 1)
     picks = {
-        tuple(np.round(object_viewpoints(objects, 2, np.random.default_rng(s), MAX_EL, 0.3)[0], 6))
+        tuple(np.round(listed_viewpoints(objects, 2, np.random.default_rng(s), MAX_EL, 0.3)[0], 6))
         for s in range(10)
     }
     assert len(picks) > 1
@@ -134,7 +133,7 @@ def test_label_viewpoints_look_at_each_labelled_source_of_the_clip() -> None:
     labels = _labels(meta)
     np.testing.assert_allclose(np.degrees(labels), [[92.0, 0.0], [-45.0, 10.0]])
     assert _labels({}).shape == (0, 2)  # unlabelled clip
-    az, el = label_viewpoints(labels, 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
+    az, el = listed_viewpoints(labels, 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
     _check_limits(az, el, 4, MAX_EL, MIN_SEP)
     for target in labels:
         assert _min_angle_to(az, el, *target) < 1e-6
