@@ -60,8 +60,7 @@ def publish(client: MlflowClient, ckpt: Checkpoint, eval_run: str, result: Repor
         for name, data in images.items():
             (folder / name).write_bytes(data)
         (folder / "report.html").write_text(report.page(result, images))
-        (folder / "results.json").write_text(json.dumps(report_to_json(result), indent=1))
-        write_files(result, folder)
+        write_results(result, folder)
         client.log_artifacts(eval_run, str(folder))
         client.set_terminated(eval_run, "FINISHED")
         for name in ("report.html", "report.png"):
@@ -74,9 +73,11 @@ def publish(client: MlflowClient, ckpt: Checkpoint, eval_run: str, result: Repor
     return batch
 
 
-def write_files(result: Report, folder: Path) -> list[Path]:
-    """The tasks' text artifacts (SELD submission CSVs, per-class tables) under ``folder``."""
-    written = []
+def write_results(result: Report, folder: Path) -> list[Path]:
+    """``results.json`` (everything behind the report) and the tasks' text artifacts (SELD submission
+    CSVs, per-class tables) under ``folder``; returns the paths written."""
+    (folder / "results.json").write_text(json.dumps(report_to_json(result), indent=1))
+    written = [folder / "results.json"]
     for task in result.results:
         for name, text in task.files.items():
             path = folder / name

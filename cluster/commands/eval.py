@@ -128,17 +128,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _write(report: Report, out: str) -> None:
     """``results.json`` and every task's files (SELD: per-class table, submission CSVs) under ``out``."""
-    import json
     from pathlib import Path
 
-    from evaluation.publish import write_files
-    from evaluation.suite import report_to_json
+    from evaluation.publish import write_results
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(report_to_json(report), indent=1))
-    written = write_files(report, folder)
-    print(f"results.json and {len(written)} files -> {folder}")
+    written = write_results(report, folder)
+    print(f"{len(written)} files (results.json and the tasks') -> {folder}")
 
 
 def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:
