@@ -30,13 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from dataloading.dcase import CLASSES, FRAME_SECONDS, Event, format_labels
-from dataloading.features import FeatureExtractor, stft
+from dataloading.features import FeatureExtractor, intensity_doa
 from evaluation import accdoa, seld_metrics
 from evaluation.bootstrap import interval, resample_weights
 from evaluation.crnn import CRNN, FrameHead
 from evaluation.datasets import SeldRecording, read_seld_split
 from evaluation.encoders import Embedder
-from evaluation.metrics import vector_to_angles
 from evaluation.probe import LR, WEIGHT_DECAY
 from evaluation.tasks import REFERENCE, Context, TaskResult
 
@@ -163,16 +162,15 @@ def crnn_predictions(
 
 
 def _frame_intensity(extractor: FeatureExtractor, r: SeldRecording) -> tuple[Tensor, Tensor, Tensor]:
-    """Per label frame: azimuth and elevation (radians) of the summed active intensity, and the energy
-    of W in dB relative to the recording's loudest frame."""
-    step = stft_frames_per_label(extractor)
-    spec = stft(r.foa.double(), extractor.n_fft, extractor.hop)[..., : r.frames * step]
-    spec = nn.functional.pad(spec, (0, r.frames * step - spec.shape[-1]))
-    intensity = (spec[:1].conj() * spec[1:]).real.sum(-2).unflatten(-1, (r.frames, step)).sum(-1)
-    energy = spec[0].abs().square().sum(0).unflatten(-1, (r.frames, step)).sum(-1)
-    i_y, i_z, i_x = intensity
+    """Per label frame: azimuth and elevation (radians) of the broadband intensity vector of its 100 ms
+    of audio (:func:`dataloading.features.intensity_doa`), and the energy of W in dB relative to the
+    recording's loudest frame."""
+    per_frame = round(extractor.sample_rate * FRAME_SECONDS)
+    foa = nn.functional.pad(r.foa.double(), (0, r.frames * per_frame - r.foa.shape[-1]))
+    chunks = foa.unflatten(-1, (r.frames, per_frame)).transpose(0, 1)  # [frames, 4, samples]
+    az, el = intensity_doa(chunks, extractor.n_fft, extractor.hop)
+    energy = chunks[:, 0].square().sum(-1)
     db = 10 * torch.log10(energy.clamp_min(1e-20) / energy.max().clamp_min(1e-20))
-    az, el = vector_to_angles(torch.stack((i_x, i_y, i_z), -1))
     return az, el, db
 
 
