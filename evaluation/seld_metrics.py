@@ -98,6 +98,10 @@ class SeldCounts:
     def __add__(self, other: SeldCounts) -> SeldCounts:
         return SeldCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
+    def scaled(self, weight: float) -> SeldCounts:
+        """Every count times ``weight``: a file drawn that many times by a bootstrap replicate."""
+        return SeldCounts(*(weight * getattr(self, f.name) for f in fields(self)))
+
     def scores(self, classes: Sequence[int] | None = None) -> SeldScores:
         """The scores of these counts (LE in degrees), F, LE and LR macro-averaged over ``classes``
         (indices into :data:`CLASSES`; default all of them, as the official tool). ``per_class`` has

@@ -23,7 +23,6 @@ method and recording, so the official tools can score them too.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import fields
 
 import numpy as np
 import torch
@@ -242,9 +241,8 @@ def run(ctx: Context) -> TaskResult:
 
 def _weighted(parts: list[seld_metrics.SeldCounts], weights: np.ndarray) -> seld_metrics.SeldCounts:
     """The counts of recordings drawn ``weights[i]`` times each (a bootstrap replicate's sums)."""
-    names = [f.name for f in fields(parts[0])]
-    return type(parts[0])(
-        **{n: sum(w * np.asarray(getattr(p, n)) for p, w in zip(parts, weights, strict=True)) for n in names}
+    return sum(
+        (p.scaled(float(w)) for p, w in zip(parts, weights, strict=True)), seld_metrics.SeldCounts.zero()
     )
 
 
