@@ -235,3 +235,18 @@ def test_each_scene_turns_its_panorama_by_its_own_yaw(catalog: Catalog) -> None:
     (frame,) = list(render_frames(scene, background, fps=1))
     # Azimuth φ sits at column (1 − φ/π)/2 · width: the content at φ = 0 (column 32) is now at φ = 90°.
     np.testing.assert_array_equal(frame[:, 16], background[:, 32])
+
+
+@pytest.mark.parametrize("seconds", [2.0, 4.0, 60.0])
+def test_sounds_of_short_and_long_scenes_start_early_and_are_heard_for_most_of_a_short_one(
+    seconds: float,
+) -> None:
+    from dataloading.synth.scene import sample_events
+
+    for seed in range(200):
+        events = sample_events(np.random.default_rng(seed), seconds)
+        assert events, f"seed {seed}: a sound of a {seconds:g}-s scene never starts"
+        assert events[0][0] <= min(2.0, seconds / 4)
+        assert all(0 <= on < off <= seconds for on, off in events)
+        if seconds <= 2:  # the shortest event (1.5 s) outlasts the scene: on from its onset to the end
+            assert sum(off - on for on, off in events) >= 0.75 * seconds - 1e-9

@@ -149,9 +149,14 @@ def max_distance(room: Room, directions: np.ndarray, margin: float = 0.3) -> flo
 
 
 def sample_events(rng: np.random.Generator, seconds: float) -> list[tuple[float, float]]:
-    """Alternating on/off times: sounds come and go like real ones."""
-    events, t = [], rng.uniform(0, 2.0)
-    while t < seconds - 0.5:
+    """Alternating on/off times in seconds: sounds come and go like real ones.
+
+    The first onset and the shortest tail scale with ``seconds`` (at most 2 s and 0.5 s), so a sound of
+    a short scene is heard for most of it: with fixed ones a quarter of the sounds of a 2-s scene never
+    started and the rest sounded for its last half only, leaving little for a pretext task to match.
+    """
+    events, t = [], rng.uniform(0, min(2.0, seconds / 4))
+    while t < seconds - min(0.5, seconds / 4):
         on = rng.uniform(1.5, 6.0)
         events.append((round(t, 3), round(min(seconds, t + on), 3)))
         t += on + rng.uniform(0.5, 4.0)
