@@ -44,8 +44,8 @@ REPORT = "report.json"
 class DataPlan:
     """What the experiment generates: scenes of ``seconds`` (one clip each) and the labeled sets."""
 
-    scenes: int = 320
-    held_out_scenes: int = 120
+    scenes: int = 800
+    held_out_scenes: int = 200
     seconds: float = 2.0
     size: tuple[int, int] = (256, 128)  # equirect pixels (width, height)
     fps: int = 16
@@ -71,7 +71,7 @@ class Plan:
     results: str = "docs/results"
     data: DataPlan = field(default_factory=DataPlan)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 400
+    steps: int = 600
     overrides: dict[str, Any] = field(default_factory=dict)
     arms: dict[str, Arm] = field(default_factory=dict)
     differences: list[tuple[str, str]] = field(default_factory=list)
