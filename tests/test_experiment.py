@@ -41,7 +41,7 @@ def test_unknown_keys_and_unknown_arms_are_refused(tmp_path: Path) -> None:
 
 def test_arms_differ_only_in_what_they_name_and_get_the_same_steps() -> None:
     plan = experiment.load_plan()
-    per_pass = 40
+    per_pass = plan.data.scenes // plan.overrides["data.batch_size"]  # one clip per scene, one rank
     configs = {arm: flatten(experiment.arm_config(plan, arm, 0, per_pass)) for arm in plan.arms}
     reference = configs["curriculum"]
     for arm, cfg in configs.items():
