@@ -24,7 +24,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -121,10 +121,15 @@ def arm_config(plan: Plan, arm: str, seed: int, steps_per_pass: int) -> Config:
         "train.seed": seed,
         "data.seed": seed,
         "train.checkpoint_url": str(unit / "checkpoints"),
-        "tracking.uri": f"sqlite:///{(plan.folder / 'mlflow.db').resolve()}",
+        "tracking.uri": tracking_uri(plan),
         "tracking.experiment": f"{plan.name}-runs",
     }
     return load_config(None, overrides)
+
+
+def tracking_uri(plan: Plan) -> str:
+    """The experiment's MLflow store: the units' training runs and the summary run."""
+    return f"sqlite:///{(plan.folder / 'mlflow.db').resolve()}"
 
 
 @dataclass
@@ -307,6 +312,7 @@ def _headline(report: Any) -> str:
 def summarise(plan: Plan, reports: Mapping[str, list[Any]], seconds: float) -> dict:
     """Pool the reports and write the results (markdown, CSV, plot) to ``plan.results`` and MLflow."""
     from evaluation.aggregate import Source, pool, to_csv, to_markdown
+    from evaluation.plots import arm_comparison, png_bytes
 
     sources = {arm: Source(runs) for arm, runs in reports.items()}
     if "random_init" in plan.arms:
@@ -317,9 +323,54 @@ def summarise(plan: Plan, reports: Mapping[str, list[Any]], seconds: float) -> d
     markdown, table = to_markdown(rows), to_csv(rows)
     results = Path(plan.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"{plan.name}.md").write_text(_page(plan, markdown, seconds))
-    (results / f"{plan.name}.csv").write_text(table)
-    return {"rows": rows, "markdown": markdown, "csv": table, "seconds": seconds}
+    files = [results / f"{plan.name}.{ext}" for ext in ("md", "csv", "png")]
+    files[0].write_text(_page(plan, markdown, seconds))
+    files[1].write_text(table)
+    files[2].write_bytes(png_bytes(arm_comparison(arm_estimates(rows))))
+    run_id = log_summary(plan, rows, files)
+    return {"rows": rows, "markdown": markdown, "csv": table, "seconds": seconds, "run_id": run_id}
+
+
+def arm_estimates(rows: Sequence[Any]) -> dict[tuple[str, str], list[tuple[str, Any]]]:
+    """The arms' rows (no differences) by (task, metric), arms in table order, for the figure."""
+    out: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+    for r in rows:
+        if " - " not in r.arm:
+            out.setdefault((r.task, r.metric), []).append((r.arm, r.estimate))
+    return out
+
+
+def log_summary(plan: Plan, rows: Sequence[Any], files: Sequence[Path]) -> str:
+    """One MLflow run in experiment ``plan.name`` of the plan's store: every row as the metrics
+    ``<arm>/<task>/<metric>`` (the mean) and ``…/ci_low``, ``…/ci_high`` (a difference ``A - B`` is named
+    ``A_minus_B``), and ``files`` as artifacts. Returns the run's id."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(plan))
+    found = client.get_experiment_by_name(plan.name)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(plan.name, (plan.folder / "mlartifacts").resolve().as_uri())
+    )
+    run_id = client.create_run(experiment_id, run_name=f"{plan.name}-summary").info.run_id
+    now = int(time.time() * 1000)
+    metrics = []
+    for r in rows:
+        key = f"{r.arm.replace(' - ', '_minus_')}/{r.task}/{r.metric}"
+        for suffix, value in (
+            ("", r.estimate.mean),
+            ("/ci_low", r.estimate.low),
+            ("/ci_high", r.estimate.high),
+        ):
+            metrics.append(Metric(key + suffix, float(value), now, 0))
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
 
 
 def _page(plan: Plan, markdown: str, seconds: float) -> str:

@@ -8,6 +8,7 @@ state or GUI backend in a long-running headless service.
 - :func:`confusion`: the classification confusion matrices, one panel per method.
 - :func:`per_class`: SELD F20, LE_CD and LR_CD per class, one bar per method.
 - :func:`report_figure`: the one-page summary of one checkpoint (score table plus the two above).
+- :func:`arm_comparison`: an experiment's arms side by side, a mean and its 95 % interval per metric.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.projections.polar import PolarAxes
 
+from evaluation.bootstrap import Estimate
 from evaluation.tasks import TaskResult, display_scale, display_unit
 
 # One colour per method in every figure, so a method reads the same across panels.
@@ -103,6 +105,30 @@ def per_class(result: TaskResult) -> Figure:
         ax.set_xticks(x + 0.4 - width / 2, result.classes if row == len(panels) - 1 else [], rotation=30)
     figure.axes[0].legend(fontsize=7, ncol=len(methods))
     figure.axes[0].set_title(f"{result.task}: per class (dev-test)", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def arm_comparison(estimates: Mapping[tuple[str, str], Sequence[tuple[str, Estimate]]]) -> Figure:
+    """One panel per (task, metric): each arm's mean as a dot and its 95 % interval as a bar, in the
+    metric's display unit (accuracies in %, errors in degrees), arms in the order given."""
+    keys = list(estimates)
+    columns = min(3, max(1, len(keys)))
+    rows = -(-len(keys) // columns)
+    figure = Figure(figsize=(4.2 * columns, 0.4 + 0.3 * max(len(v) for v in estimates.values()) * rows))
+    for i, (task, metric) in enumerate(keys):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        arms = estimates[(task, metric)]
+        scale, y = display_scale(metric), np.arange(len(arms))[::-1]
+        means = np.array([scale * e.mean for _, e in arms])
+        spread = np.array(
+            [[scale * (e.mean - e.low) for _, e in arms], [scale * (e.high - e.mean) for _, e in arms]]
+        )
+        ax.errorbar(means, y, xerr=spread, fmt="o", color="C0", capsize=2)
+        ax.set_yticks(y, [arm for arm, _ in arms] if i % columns == 0 else [], fontsize=7)
+        ax.set_title(f"{task} {metric} ({display_unit(metric) or 'rate'})", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     return figure
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
 from cluster import experiment
 from evaluation.aggregate import CSV_COLUMNS, Source, pool, to_csv, to_markdown
@@ -145,6 +146,16 @@ def test_a_tiny_plan_runs_end_to_end_and_continues_where_it_stopped(tmp_path: Pa
     assert all(line.endswith(",2") for line in csv_rows[1:])  # two seeds behind every row
     progress = json.loads((tmp_path / "work" / "progress.json").read_text())
     assert progress["done"] == progress["total"] == 2
+    assert (tmp_path / "results" / "tiny.png").read_bytes().startswith(b"\x89PNG")
+    # The summary run in the plan's MLflow store: a metric and its interval per row, and the files.
+    client = MlflowClient(experiment.tracking_uri(plan))
+    summary = client.get_run(result["run_id"])
+    first = csv_rows[1].split(",")
+    logged = summary.data.metrics[f"{first[0].replace(' - ', '_minus_')}/{first[1]}/{first[2]}"]
+    assert logged == pytest.approx(float(first[3]), rel=1e-5)
+    assert len(summary.data.metrics) == 3 * (len(csv_rows) - 1)
+    artifacts = {f.path for f in client.list_artifacts(result["run_id"])}
+    assert artifacts == {"tiny.md", "tiny.csv", "tiny.png"}
     # A second run finds every unit's report and trains nothing again.
     again = experiment.run(plan)
     assert again["csv"] == result["csv"]
