@@ -93,3 +93,11 @@ def test_cli_config_show_prints_the_resolved_tree() -> None:
         text=True,
     )
     assert bad.returncode == 2 and "did you mean 'train.lr'" in bad.stderr
+
+
+@pytest.mark.parametrize("argv", [["--tracking.uri", ""], ["--tracking.uri="]])
+def test_an_empty_override_is_the_empty_string_both_ways_it_is_written(argv: list[str]) -> None:
+    assert parse_overrides(argv) == {"tracking.uri": ""}
+    assert load_config(None, parse_overrides(argv)).tracking.uri == ""
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got ''"):
+        load_config(None, parse_overrides(["--train.lr="]))

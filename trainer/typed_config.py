@@ -154,6 +154,8 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def _parse_scalar(raw: str) -> Any:
+    if raw == "":  # YAML reads nothing as null; on a command line `--tracking.uri ""` means the empty string
+        return raw
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
