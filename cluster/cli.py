@@ -46,13 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"cluster.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"cluster.commands.{name}":
-                continue  # a command that is not built yet is simply not offered
-            raise
-        module.register(sub)
+        # No command is skipped: one that cannot load stops the CLI with the import error that says why.
+        importlib.import_module(f"cluster.commands.{name}").register(sub)
     return parser
 
 

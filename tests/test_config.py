@@ -101,3 +101,13 @@ def test_an_empty_override_is_the_empty_string_both_ways_it_is_written(argv: lis
     assert load_config(None, parse_overrides(argv)).tracking.uri == ""
     with pytest.raises(ConfigError, match="train.lr: expected a number, got ''"):
         load_config(None, parse_overrides(["--train.lr="]))
+
+
+def test_every_command_loads_and_one_that_cannot_stops_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster import cli
+
+    commands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(commands) == {name.replace("_", "-") for name in cli.COMMANDS}
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "no_such_command"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_command"):
+        cli.build_parser()
