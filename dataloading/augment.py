@@ -42,14 +42,6 @@ def horizontal_flip(
     )
 
 
-def random_flip(
-    video: Tensor, foa: Tensor, azimuth: Tensor, p: float, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`horizontal_flip` of each clip with probability ``p``."""
-    mask = torch.rand(video.shape[0], generator=generator) < p
-    return horizontal_flip(video, foa, azimuth, mask)
-
-
 def colour_jitter(
     video: Tensor,
     brightness: float = 0.4,
