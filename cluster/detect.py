@@ -26,6 +26,7 @@ import torch
 from dataloading.features import intensity_doa
 from dataloading.geometry import direction_to_equirect, gnomonic_directions
 from dataloading.schema import direction_deg
+from dataloading.viewpoints import angular_distance
 
 MERGE_RADIUS = math.radians(12.0)
 # Tiles: a ring at the horizon plus two rings toward the poles; 90° tiles overlap their neighbours.
@@ -128,12 +129,6 @@ def tiles_for(width: int) -> list[Tile]:
         for elevation, count in TILE_RINGS
         for k in range(count)
     ]
-
-
-def angular_distance(az1: float, el1: float, az2: float, el2: float) -> float:
-    """Great-circle angle in radians between two directions."""
-    c = math.sin(el1) * math.sin(el2) + math.cos(el1) * math.cos(el2) * math.cos(az1 - az2)
-    return math.acos(max(-1.0, min(1.0, c)))
 
 
 # ----- detectors -------------------------------------------------------------------------------------

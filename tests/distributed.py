@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -27,16 +26,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from cluster.processes import free_port
+
 
 class DistributedError(RuntimeError):
     """One or more ranks failed or did not report back."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from dataloading.features import FeatureExtractor
 from dataloading.foa import direction_vector, encode_plane_wave
 from dataloading.storage import join, write_bytes_atomic
-from dataloading.synth.evalsets import flac_bytes, write_shards
+from dataloading.synth.evalsets import write_shards
+from dataloading.transcode import flac_bytes
 from evaluation.datasets import HeldOutClips
 from evaluation.metrics import angular_error, confusion_matrix, doa_summary, vector_to_angles
 from evaluation.suite import Report, format_table, results_from_metrics
@@ -71,7 +72,7 @@ def write_classification_set(url: str, per_class: int = 12, seed: int = 0) -> No
                 wave = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) / h for h in (1, 2, 3))
                 az, el = rng.uniform(-np.pi, np.pi), rng.uniform(-0.5, 0.7)
                 meta = {"label": f"tone{label}", "label_index": label, "split": part}
-                flac = flac_bytes(_plane_wave_clip(wave, az, el, rng), RATE)
+                flac = flac_bytes(_plane_wave_clip(wave, az, el, rng), RATE, bits=16)
                 samples.append((f"{part}_{label}_{i:04d}", {"flac": flac, "json": json.dumps(meta).encode()}))
         splits[part] = write_shards(url, f"cls-{part}", iter(samples), None)
     _manifest(url, "classification", splits, classes=[f"tone{i}" for i in range(len(TONES_HZ))])
@@ -91,7 +92,7 @@ def write_doa_set(url: str, clips: int = 40, seed: int = 0) -> None:
                 az, el = rng.uniform(-np.pi, np.pi), rng.uniform(-0.5, 0.7)
                 foa = foa + _plane_wave_clip(rng.standard_normal(int(SECONDS * RATE)), az, el, rng)
                 sources.append({"azimuth_deg": math.degrees(az), "elevation_deg": math.degrees(el)})
-            flac = flac_bytes(foa * 0.45, RATE)
+            flac = flac_bytes(foa * 0.45, RATE, bits=16)
             samples.append(
                 (f"doa_{part}_{i:05d}", {"flac": flac, "json": json.dumps({"sources": sources}).encode()})
             )

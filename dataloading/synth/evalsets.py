@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from itertools import islice
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
 from dataloading.config import StorageConfig
@@ -30,6 +29,7 @@ from dataloading.storage import join, write_bytes_atomic
 from dataloading.synth.assets import AssetError, Catalog, SoundAsset, load_sound, stable_seed
 from dataloading.synth.scene import SCHEMA_VERSION, Room, Source, max_distance, sample_room, unit_vector
 from dataloading.synth.spatialize import diffuse_noise, dry_signal, render_source
+from dataloading.transcode import flac_bytes
 
 SHARD_SIZE = 256  # samples per tar shard
 TEST_FRACTION = 1 / 3  # of each class's sources
@@ -70,12 +70,6 @@ def classification_split(catalog: Catalog) -> dict[str, dict[str, list[SoundAsse
         if train and test:
             split[label] = {"train": train, "test": test}
     return split
-
-
-def flac_bytes(foa: np.ndarray, rate: int) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(foa.T, -1, 1), rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def static_source(
@@ -203,7 +197,7 @@ def classification_set(
                         "elevation_deg": round(float(np.rad2deg(el)), 3),
                     }
                     key = f"{part}_{label}_{made:05d}"
-                    yield key, {"flac": flac_bytes(foa, rate), "json": json.dumps(meta).encode()}
+                    yield key, {"flac": flac_bytes(foa, rate, bits=16), "json": json.dumps(meta).encode()}
                     made += 1
                     bar.update()
 
@@ -284,7 +278,7 @@ def doa_set(
                 }
                 yield (
                     f"doa_{part}_{index:05d}",
-                    {"flac": flac_bytes(foa, rate), "json": json.dumps(meta).encode()},
+                    {"flac": flac_bytes(foa, rate, bits=16), "json": json.dumps(meta).encode()},
                 )
 
         shards = write_shards(url, f"doa-{part}", samples(), storage)
