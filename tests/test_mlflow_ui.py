@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -79,3 +80,15 @@ def test_the_servers_ui_knows_the_view_parameter_and_the_kind(stack: Stack) -> N
         MODEL_TRAINING_KIND,
     ):
         assert f'"{literal}"' in bundle.text, f"MLflow's UI no longer mentions {literal!r}"
+
+
+def test_a_database_store_gets_no_ui_link_but_the_command_that_browses_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    caplog.set_level(logging.INFO, logger="trainer.tracking")
+    tracker = _track(uri, "local")
+    assert "/#/" not in caplog.text
+    assert (
+        f"MLflow run {tracker.run_id} in {uri} (browse: mlflow ui --backend-store-uri {uri})" in caplog.text
+    )

@@ -88,7 +88,13 @@ class Tracker:
         )
         params = [Param(k, v) for k, v in public_params(cfg).items()]
         self.client.log_batch(run.info.run_id, params=params)
-        log.info("MLflow run: %s", ui_url(cfg.tracking.uri, experiment_id, run.info.run_id))
+        if cfg.tracking.uri.startswith(("http://", "https://")):
+            log.info("MLflow run: %s", ui_url(cfg.tracking.uri, experiment_id, run.info.run_id))
+        else:  # a file or database store has no UI of its own to link to
+            log.info(
+                "MLflow run %s in %s (browse: mlflow ui --backend-store-uri %s)",
+                *(run.info.run_id, cfg.tracking.uri, cfg.tracking.uri),
+            )
         return run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
