@@ -45,7 +45,7 @@ from dataloading.schema import (
 )
 from dataloading.shardwriter import ShardWriter, sha256_url
 from dataloading.storage import TEMP_MARK, filesystem, join, storage_options, write_bytes_atomic
-from dataloading.transcode import Clip, InputError, Probe, probe, transcode
+from dataloading.transcode import InputError, Probe, TranscodedClip, probe, transcode
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class PreprocessWorker:
         for leftover in fs.glob(f"{path}.*{TEMP_MARK}*"):
             fs.rm(leftover)
 
-    def _json(self, key: str, url: str, source: Probe, clip: Clip) -> bytes:
+    def _json(self, key: str, url: str, source: Probe, clip: TranscodedClip) -> bytes:
         """The sample's JSON, with the viewpoint candidates found in ``clip``."""
         frames = [(i / self.cfg.fps, clip.frames[i]) for i in self.keep if i in clip.frames]
         objects = [d.as_json() for d in self.finder.find(frames)]

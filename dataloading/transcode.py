@@ -69,7 +69,7 @@ class Probe:
 
 
 @dataclass
-class Clip:
+class TranscodedClip:
     """One transcoded clip: ``mp4`` and ``flac`` bytes, the AmbiX audio ``[4, N]`` float32 at the
     output rate, and RGB frames ``{output frame index: uint8 [H, W, 3]}`` kept for detection."""
 
@@ -322,8 +322,9 @@ def encoder_options(cfg: PreprocessConfig) -> dict[str, str]:
     return options
 
 
-class VideoEncoder:
-    """Encode frames to an in-memory mp4 at a constant ``fps``, keyframe every ``gop`` frames."""
+class Mp4Writer:
+    """Writes one clip's video: encodes frames with ``cfg.codec`` into an in-memory mp4 at a constant
+    ``cfg.fps``, keyframe every ``cfg.gop`` frames."""
 
     def __init__(self, cfg: PreprocessConfig) -> None:
         self._buf = io.BytesIO()
@@ -342,6 +343,7 @@ class VideoEncoder:
         self._container.mux(self._stream.encode(frame))
 
     def finish(self) -> bytes:
+        """Flush the encoder and close the mp4; returns its bytes."""
         self._container.mux(self._stream.encode(None))
         self._container.close()
         return self._buf.getvalue()
@@ -360,7 +362,7 @@ def transcode(
     cfg: PreprocessConfig,
     keep_frames: Sequence[int] = (),
     storage: StorageConfig | None = None,
-) -> Iterator[Clip]:
+) -> Iterator[TranscodedClip]:
     """Transcode clips ``clip_indices`` (ascending) of an input in one forward pass over its streams.
 
     Video output frame i of a clip shows the latest source frame at or before ``start + i/fps``.
@@ -387,7 +389,7 @@ def transcode(
         held: av.VideoFrame | None = None  # its scaled copy, made only when a frame is output: sources
         upcoming = next(source, None)  # faster than the output rate skip the scaling of the rest
         for clip_index, start in zip(clip_indices, starts, strict=True):
-            encoder = VideoEncoder(cfg)
+            writer = Mp4Writer(cfg)
             kept: dict[int, np.ndarray] = {}
             for i in range(n_frames):
                 t = start + i / cfg.fps
@@ -400,8 +402,8 @@ def transcode(
                     held = _scaled(latest, cfg)
                 if i in keep_frames:
                     kept[i] = held.to_ndarray(format="rgb24")
-                encoder.add(held)
-            mp4 = encoder.finish()
+                writer.add(held)
+            mp4 = writer.finish()
             foa = to_ambix(audio.take(start, cfg.clip_seconds), probe_.input_format)
             flac = flac_bytes(foa, cfg.audio_rate, probe_.audio_bits)
-            yield Clip(clip_index, start, mp4, flac, foa, kept)
+            yield TranscodedClip(clip_index, start, mp4, flac, foa, kept)

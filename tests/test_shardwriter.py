@@ -15,7 +15,7 @@ from dataloading.config import PreprocessConfig
 from dataloading.schema import EXTENSIONS
 from dataloading.shardwriter import ShardWriter, dali_index, sha256_file, sha256_url
 from dataloading.storage import TEMP_MARK
-from dataloading.transcode import VideoEncoder, flac_bytes
+from dataloading.transcode import Mp4Writer, flac_bytes
 
 CFG = PreprocessConfig(video_size=(64, 32), fps=16, gop=8, clip_seconds=1.0)
 
@@ -23,13 +23,13 @@ CFG = PreprocessConfig(video_size=(64, 32), fps=16, gop=8, clip_seconds=1.0)
 def tiny_sample(seed: int) -> dict[str, bytes]:
     """A real VP9 mp4 (16 frames), a 4-channel 24 kHz FLAC and a JSON document."""
     rng = np.random.default_rng(seed)
-    encoder = VideoEncoder(CFG)
+    writer = Mp4Writer(CFG)
     for _ in range(16):
         rgb = rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)
-        encoder.add(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
+        writer.add(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
     audio = (0.1 * rng.standard_normal((4, 2400))).astype(np.float32)
     return {
-        "mp4": encoder.finish(),
+        "mp4": writer.finish(),
         "flac": flac_bytes(audio, 24000),
         "json": json.dumps({"s": seed}).encode(),
     }
