@@ -5,7 +5,7 @@
 - DALI ``mixed`` decode of 28 clips' frame windows straight into K=4 ``remap`` crops each (the loader's
   GPU path, :class:`dataloading.dali_pipeline.GpuCropDecoder`): clips/s and crops/s;
 - those crops against the CPU path (DALI CPU decode + ``grid_sample`` crops,
-  :func:`dataloading.batch.crop_views`): max and mean absolute difference in 8-bit levels;
+  :func:`dataloading.geometry.crop_views`): max and mean absolute difference in 8-bit levels;
 - feature extraction (:class:`dataloading.features.FeatureExtractor`) of 28 clips x 4 viewpoints x 1 s;
 - the paper preset's DeepSpeed step (:mod:`trainer.deepspeed_config`, bf16, ZeRO 1) at 28 clips x 4
   viewpoints with ``channels_last`` and ``torch.compile`` each on and off: step time, clips/s and model
@@ -107,8 +107,8 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
 def _windows(url: str, cfg: Any, rng: np.random.Generator) -> list[dict[str, Any]]:
     """One batch of samples read from the shards at ``url``: members, a frame window trimmed out of the mp4
     (as the loader does), K random viewpoints and fields of view, and their stacked remap maps."""
-    from dataloading.batch import stacked_remap_maps
     from dataloading.dali_pipeline import trim_window
+    from dataloading.geometry import stacked_remap_maps
     from dataloading.shards import SampleRef, ShardReader, list_shards
 
     shards = list_shards(url)
@@ -139,8 +139,9 @@ def _windows(url: str, cfg: Any, rng: np.random.Generator) -> list[dict[str, Any
 
 def decode_and_crops(url: str, cfg: Any, device: torch.device) -> None:
     """DALI mixed decode + remap throughput, and its crops against the CPU decode + grid_sample path."""
-    from dataloading.batch import crop_views, to_uint8, unstack_remapped
+    from dataloading.batch import to_uint8
     from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder
+    from dataloading.geometry import crop_views, unstack_remapped
 
     batch = _windows(url, cfg, np.random.default_rng(0))
     gpu = GpuCropDecoder(cfg.frames, len(batch), device.index)

@@ -80,3 +80,17 @@ def volume_jitter(foa: Tensor, max_db: float = 6.0, generator: torch.Generator |
     (so directional cues are untouched)."""
     gain_db = max_db * (2.0 * torch.rand(foa.shape[0], generator=generator) - 1.0)
     return foa * _per_sample(10.0 ** (gain_db / 20.0), foa).to(foa.dtype)
+
+
+def augment_views(
+    video: Tensor, foa: Tensor, azimuth: Tensor, flip_prob: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Joint flip (probability ``flip_prob``), colour jitter and volume jitter of b clips, per clip.
+
+    ``video`` float ``[b, K, 3, T, h, w]`` in [0, 1], ``foa`` ``[b, 4, N]``, ``azimuth`` ``[b, K]`` radians.
+    Returns them augmented and which clips were flipped (``[b]`` bool, CPU).
+    """
+    flipped = torch.rand(video.shape[0], generator=generator) < flip_prob
+    video, foa, azimuth = horizontal_flip(video, foa, azimuth, flipped.to(video.device))
+    video = colour_jitter(video, generator=generator)
+    return video, volume_jitter(foa, generator=generator), azimuth, flipped

@@ -1,13 +1,13 @@
-"""From prepared clips to a training batch: gnomonic crops, joint augmentations, steered FOA features.
+"""The training batch: B clips × K viewpoints of video crops and steered FOA features, and its making.
 
-Two halves, split by where they run:
-
-- :func:`crop_views` (CPU path, in a loader worker): K gnomonic crops of a decoded equirect frame window
-  with :func:`dataloading.geometry.crop` (``grid_sample``). On GPU the same crops come from DALI's
-  ``remap`` with the maps of :func:`remap_maps` (:class:`dataloading.dali_pipeline.GpuCropDecoder`).
+- :class:`Clip` (made in a loader worker): one sample's FOA window, K viewpoints and its video part, either
+  uint8 crops (CPU path: :func:`dataloading.geometry.crop_views`, then :func:`to_uint8`) or the encoded
+  mp4, cropped on the device by DALI's ``remap`` with :func:`dataloading.geometry.stacked_remap_maps`
+  (:class:`dataloading.dali_pipeline.GpuCropDecoder`).
 - :class:`BatchBuilder` (on the training device): stacks the clips, applies the joint flip and the
-  colour / volume jitter of :mod:`dataloading.augment`, then steers each clip's FOA toward its K
-  viewpoints and computes the features (:class:`dataloading.features.FeatureExtractor`), one STFT per clip.
+  colour / volume jitter of :func:`dataloading.augment.augment_views` where the worker did not, then
+  steers each clip's FOA toward its K viewpoints and computes the features
+  (:class:`dataloading.features.FeatureExtractor`), one STFT per clip.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from dataloading import augment
+from dataloading.augment import augment_views
 from dataloading.config import DataConfig
 from dataloading.feature_stats import FeatureStats
 from dataloading.features import FeatureExtractor
-from dataloading.geometry import crop, remap_maps
 
 
 @dataclass
@@ -71,50 +69,9 @@ class Clip:
     audio_offset: Tensor | None = None  # [K] radians of yaw between each view's audio and video
 
 
-def crop_views(
-    frames: np.ndarray | Tensor, azimuth: Tensor, elevation: Tensor, fov: Tensor, size: int
-) -> Tensor:
-    """K gnomonic crops of a frame window: uint8 ``[T, H, W, 3]`` -> float ``[K, 3, T, size, size]``.
-
-    Values in [0, 1]; angles and ``fov`` are ``[K]`` radians; bilinear (:func:`dataloading.geometry.crop`).
-    """
-    # Channels first while still uint8: the float copy is then contiguous and crop() reshapes it for free.
-    video = torch.as_tensor(frames).permute(3, 0, 1, 2).contiguous().unsqueeze(0).float()  # [1, 3, T, H, W]
-    return crop(video, azimuth[None], elevation[None], fov[None], size)[0].div_(255.0)
-
-
 def to_uint8(video: Tensor) -> Tensor:
     """Float video in [0, 1] as uint8, to travel from a worker four times smaller (the source is 8-bit)."""
     return video.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def augment_views(
-    video: Tensor, foa: Tensor, azimuth: Tensor, flip_prob: float, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Joint flip (probability ``flip_prob``), colour jitter and volume jitter of b clips, per clip.
-
-    ``video`` float ``[b, K, 3, T, h, w]`` in [0, 1], ``foa`` ``[b, 4, N]``, ``azimuth`` ``[b, K]`` radians.
-    Returns them augmented and which clips were flipped (``[b]`` bool, CPU).
-    """
-    flipped = torch.rand(video.shape[0], generator=generator) < flip_prob
-    video, foa, azimuth = augment.horizontal_flip(video, foa, azimuth, flipped.to(video.device))
-    video = augment.colour_jitter(video, generator=generator)
-    return video, augment.volume_jitter(foa, generator=generator), azimuth, flipped
-
-
-def stacked_remap_maps(
-    azimuth: Tensor, elevation: Tensor, fov: Tensor, size: int, in_size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """DALI remap maps (mapx, mapy), float32 ``[K·size, size]``: the K views stacked along the height."""
-    width, height = in_size
-    mapx, mapy = remap_maps(azimuth, elevation, fov, size, size, height, width)
-    return mapx.reshape(-1, size).numpy(), mapy.reshape(-1, size).numpy()
-
-
-def unstack_remapped(remapped: Tensor, views: int) -> Tensor:
-    """GPU remap output uint8 ``[T, K·h, w, 3]`` -> ``[K, 3, T, h, w]``, the layout of :func:`crop_views`."""
-    frames, height, width, _ = remapped.shape
-    return remapped.reshape(frames, views, height // views, width, 3).permute(1, 4, 0, 2, 3)
 
 
 class BatchBuilder:

@@ -10,12 +10,16 @@ Seam and poles: :func:`gnomonic_grid` maps the full equirect width onto grid_sam
 a sample near ±180° would interpolate with the zero/border padding. :func:`crop` therefore pads the image
 with wrapped columns (:func:`wrap_pad`) and rescales x accordingly; rows are clamped at the poles
 (``padding_mode="border"``), which is exact to half a pixel.
+
+The loader's K views of a clip: :func:`crop_views` on the CPU, or DALI's remap on the GPU with the
+maps of :func:`stacked_remap_maps`, whose output :func:`unstack_remapped` brings to the same layout.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -153,3 +157,31 @@ def remap_maps(
     mapx = (grid[..., 0] + 1.0) * (in_w / 2.0) + pad
     mapy = ((grid[..., 1] + 1.0) * (in_h / 2.0)).clamp(0.5, in_h - 0.5)
     return mapx.float().contiguous(), mapy.float().contiguous()
+
+
+def crop_views(
+    frames: np.ndarray | Tensor, azimuth: Tensor, elevation: Tensor, fov: Tensor, size: int
+) -> Tensor:
+    """K gnomonic crops of a frame window: uint8 ``[T, H, W, 3]`` -> float ``[K, 3, T, size, size]``.
+
+    Values in [0, 1]; angles and ``fov`` are ``[K]`` radians; bilinear (:func:`crop`).
+    """
+    # Channels first while still uint8: the float copy is then contiguous and crop() reshapes it for free.
+    video = torch.as_tensor(frames).permute(3, 0, 1, 2).contiguous().unsqueeze(0).float()  # [1, 3, T, H, W]
+    return crop(video, azimuth[None], elevation[None], fov[None], size)[0].div_(255.0)
+
+
+def stacked_remap_maps(
+    azimuth: Tensor, elevation: Tensor, fov: Tensor, size: int, in_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """DALI remap maps (mapx, mapy), float32 ``[K·size, size]``, of K views of an equirect image of
+    ``in_size`` (width, height) pixels: the views stacked along the height (:func:`remap_maps`)."""
+    width, height = in_size
+    mapx, mapy = remap_maps(azimuth, elevation, fov, size, size, height, width)
+    return mapx.reshape(-1, size).numpy(), mapy.reshape(-1, size).numpy()
+
+
+def unstack_remapped(remapped: Tensor, views: int) -> Tensor:
+    """GPU remap output uint8 ``[T, K·h, w, 3]`` -> ``[K, 3, T, h, w]``, the layout of :func:`crop_views`."""
+    frames, height, width, _ = remapped.shape
+    return remapped.reshape(frames, views, height // views, width, 3).permute(1, 4, 0, 2, 3)

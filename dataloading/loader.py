@@ -39,20 +39,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from dataloading.batch import (
-    Batch,
-    BatchBuilder,
-    Clip,
-    augment_views,
-    crop_views,
-    stacked_remap_maps,
-    to_uint8,
-    unstack_remapped,
-)
+from dataloading.augment import augment_views
+from dataloading.batch import Batch, BatchBuilder, Clip, to_uint8
 from dataloading.config import DataConfig, StorageConfig
 from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder, trim_window
 from dataloading.epoch import EpochPlan
 from dataloading.feature_stats import FeatureStats
+from dataloading.geometry import crop_views, stacked_remap_maps, unstack_remapped
 from dataloading.shards import BadSample, CompletePlan, ShardReader, list_shards
 from dataloading.viewpoints import sample_viewpoints
 

@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.loader import write_dataset
-from dataloading.batch import crop_views, stacked_remap_maps, unstack_remapped
 from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
 from dataloading.dali_pipeline import SampleDecoder, trim_window
 from dataloading.features import CHANNELS, DB_PER_UNIT
 from dataloading.foa import direction_vector, steering_matrix
-from dataloading.geometry import wrap_pad
+from dataloading.geometry import crop_views, stacked_remap_maps, unstack_remapped, wrap_pad
 from dataloading.loader import Loader, build_loader
 from dataloading.shards import SampleRef, ShardReader, list_shards, parse_index
 from tests.distributed import run_distributed
