@@ -37,6 +37,7 @@ MAX_SIZE = (16384, 8192)
 FOA_CHANNELS = 4
 # One decoder and one encoder thread: actors scale across cores, and frame threads only added CPU time.
 CODEC_THREADS = 1
+VPX_CRF = 32  # constant quality of the clips' VP9/VP8 video (libvpx's 0-63, lower is better)
 _EPS = 1e-4  # seconds: slack when comparing frame times
 
 
@@ -313,31 +314,32 @@ def flac_bytes(audio: np.ndarray, rate: int, bits: int = 24) -> bytes:
     return buf.getvalue()
 
 
-def encoder_options(cfg: PreprocessConfig) -> dict[str, str]:
-    """FFmpeg options of the video encoder: keyframe every ``cfg.gop`` frames, one thread."""
+def encoder_options(cfg: PreprocessConfig, crf: int = VPX_CRF) -> dict[str, str]:
+    """FFmpeg options of the video encoder: keyframe every ``cfg.gop`` frames, one thread; for VP9/VP8
+    constant quality ``crf`` (libvpx's 0-63, lower is better)."""
     options = {"threads": str(CODEC_THREADS), "g": str(cfg.gop), "keyint_min": str(cfg.gop)}
     if cfg.codec in ("vp9", "vp8"):
         # realtime + cpu-used 8 is libvpx's fastest preset; crf keeps quality constant per clip
-        options |= {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "crf": "32", "b": "0"}
+        options |= {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "crf": str(crf), "b": "0"}
     return options
 
 
 class Mp4Writer:
     """Writes one clip's video: encodes frames with ``cfg.codec`` into an in-memory mp4 at a constant
-    ``cfg.fps``, keyframe every ``cfg.gop`` frames."""
+    ``cfg.fps``, keyframe every ``cfg.gop`` frames, VP9/VP8 at constant quality ``crf``."""
 
-    def __init__(self, cfg: PreprocessConfig) -> None:
+    def __init__(self, cfg: PreprocessConfig, crf: int = VPX_CRF) -> None:
         self._buf = io.BytesIO()
         self._container = av.open(self._buf, "w", format="mp4")
         self._stream = self._container.add_stream(ENCODERS[cfg.codec], rate=cfg.fps)
         self._stream.width, self._stream.height = cfg.video_size
         self._stream.pix_fmt = "yuvj420p" if cfg.codec == "mjpeg" else "yuv420p"
         self._stream.gop_size = cfg.gop
-        self._stream.codec_context.options = encoder_options(cfg)
+        self._stream.codec_context.options = encoder_options(cfg, crf)
         self._count = 0
 
     def add(self, frame: av.VideoFrame) -> None:
-        """Append a frame already at the output size and pixel format."""
+        """Append a frame at the output size (the encoder converts another pixel format)."""
         frame.pts = self._count
         self._count += 1
         self._container.mux(self._stream.encode(frame))
