@@ -21,7 +21,7 @@ from rich.console import Console
 
 from cluster.jobs import wait_for_job
 from cluster.stack import Stack
-from dataloading import storage
+from dataloading import seeds, storage
 from trainer.config import Config, load_config
 from trainer.mlflow_ui import ui_url
 
@@ -65,7 +65,9 @@ def stage_synth(ctx: DemoContext) -> None:
         storage=ctx.stack.storage(),
     )
     summary = generate(opts, catalog)
-    held_out = replace(opts, out=ctx.url("raw-heldout"), videos=HELD_OUT_VIDEOS, seed=opts.seed + 1000)
+    held_out = replace(
+        opts, out=ctx.url("raw-heldout"), videos=HELD_OUT_VIDEOS, seed=opts.seed + seeds.HELD_OUT_SEED_OFFSET
+    )
     held = generate(held_out, catalog)
     storage = ctx.stack.storage()
     # The two labeled sets are single-process generators: one each on the two cores (~40 s; their

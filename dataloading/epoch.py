@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from dataloading import seeds
 from dataloading.shards import SampleRef, Shard
 
 SHUFFLE_BLOCK = 1024  # samples: the global order is shuffled within blocks this long
@@ -165,10 +166,11 @@ class EpochPlan:
     def _draw(self, position: int, *purpose: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, self.segment, self.rank, position, *purpose])
 
-    def sample_rng(self, position: int, purpose: int = 1) -> np.random.Generator:
+    def sample_rng(self, position: int, purpose: int = seeds.SAMPLE) -> np.random.Generator:
         """The generator for everything random about the sample at ``position`` (window, viewpoints, ...):
         seeded by the sample's identity in the epoch (see the module docstring). Another ``purpose``
-        gives an independent stream (2: the GPU augmentations of the batch this sample starts)."""
+        gives an independent stream (:data:`dataloading.seeds.BATCH_AUGMENT`: the GPU augmentations of the
+        batch this sample starts)."""
         if self.resampled:
             return self._draw(position, purpose)
         return np.random.default_rng([self.seed, self.epoch, *self.identity(position), purpose])

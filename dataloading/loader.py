@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from dataloading import seeds
 from dataloading.augment import augment_views
 from dataloading.batch import Batch, BatchBuilder, Clip, to_uint8
 from dataloading.config import DataConfig, StorageConfig
@@ -495,7 +496,9 @@ class Loader:
         (CPU path) or augmentation is off."""
         if not (gpu and self.augment):
             return None
-        return torch.Generator().manual_seed(int(self._plan.sample_rng(first, 2).integers(2**62)))
+        return torch.Generator().manual_seed(
+            int(self._plan.sample_rng(first, seeds.BATCH_AUGMENT).integers(2**62))
+        )
 
     def _pull(self, items: Iterator[Clip | Skipped], count: int) -> list[Clip]:
         """The next ``count`` readable clips of the stream, skipping (and counting) bad positions."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dataloading import seeds
 from dataloading.config import StorageConfig
 from dataloading.schema import MANIFEST_NAME
 from dataloading.storage import filesystem, join
@@ -189,7 +190,9 @@ class CompletePlan:
         self.shards, self.seed = shards, seed
         refs = [SampleRef(s, i) for s, shard in enumerate(shards) for i in range(shard.samples)]
         if 0 < limit < len(refs):
-            keep = np.sort(np.random.default_rng([seed, 4]).choice(len(refs), limit, replace=False))
+            keep = np.sort(
+                np.random.default_rng([seed, seeds.DATASET_SUBSET]).choice(len(refs), limit, replace=False)
+            )
             refs = [refs[i] for i in keep]
         self._refs = refs
 
@@ -204,4 +207,4 @@ class CompletePlan:
     def sample_rng(self, position: int) -> np.random.Generator:
         """The generator for everything random about the sample at ``position``, seeded by its identity."""
         ref = self._refs[position]
-        return np.random.default_rng([self.seed, ref.shard, ref.index, 3])
+        return np.random.default_rng([self.seed, ref.shard, ref.index, seeds.DATASET_SAMPLE])

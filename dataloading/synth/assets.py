@@ -25,7 +25,6 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +33,8 @@ import av
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+
+from dataloading.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -341,11 +342,6 @@ def synthesize(label: str, variant: int, rate: int) -> np.ndarray:
     env = np.exp(-decay * t) * np.minimum(1, t / 0.005)
     x = x * env
     return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed that is the same in every process (``hash`` of a str is salted per process)."""
-    return zlib.crc32(repr(parts).encode())
 
 
 # --- loading -----------------------------------------------------------------------------------

@@ -24,9 +24,11 @@ from itertools import islice
 import numpy as np
 from tqdm import tqdm
 
+from dataloading import seeds
 from dataloading.config import StorageConfig
+from dataloading.seeds import stable_seed
 from dataloading.storage import join, write_bytes_atomic
-from dataloading.synth.assets import AssetError, Catalog, SoundAsset, load_sound, stable_seed
+from dataloading.synth.assets import AssetError, Catalog, SoundAsset, load_sound
 from dataloading.synth.scene import SCHEMA_VERSION, Room, Source, max_distance, sample_room, unit_vector
 from dataloading.synth.spatialize import diffuse_noise, dry_signal, render_source
 from dataloading.transcode import flac_bytes
@@ -46,7 +48,7 @@ def held_out_sources(catalog: Catalog) -> set[str]:
         if len(sources) < 2:
             continue
         want = max(1, int(len(sources) * TEST_FRACTION))
-        for source in sorted(sources, key=lambda s: stable_seed("split", s)):
+        for source in sorted(sources, key=lambda s: stable_seed(seeds.SOURCE_SPLIT, s)):
             if sum(s in held for s in sources) >= want:
                 break
             leaves_train = all(
@@ -158,7 +160,7 @@ def classification_set(
     }
     test_count = clips_per_class if test_clips_per_class is None else test_clips_per_class
     for part, count, family in (("train", clips_per_class, "train"), ("test", test_count, "eval")):
-        rng = np.random.default_rng(stable_seed("classification", seed, part))
+        rng = np.random.default_rng(stable_seed(seeds.CLASSIFICATION_SET, seed, part))
         bar = tqdm(
             total=count * len(classes), desc=f"classification {part}", unit="clip", disable=not progress
         )
@@ -243,7 +245,7 @@ def doa_set(
         "splits": {},
     }
     for part, family in DOA_SPLITS:
-        rng = np.random.default_rng(stable_seed("doa", seed, part))
+        rng = np.random.default_rng(stable_seed(seeds.DOA_SET, seed, part))
 
         def samples(part: str = part, family: str = family, rng: np.random.Generator = rng) -> Iterator:
             for index in tqdm(range(clips), desc=f"doa {part}", unit="clip", disable=not progress):

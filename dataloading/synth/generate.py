@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from dataloading import seeds
 from dataloading.config import StorageConfig
 from dataloading.dcase import format_labels
 from dataloading.layouts import STARSS_AUDIO, STARSS_LABELS, STARSS_VIDEO, YT_AUDIO, YT_VIDEO, Layout
+from dataloading.seeds import stable_seed
 from dataloading.storage import join, write_bytes_atomic
 from dataloading.synth.assets import (
     AssetError,
@@ -31,7 +33,6 @@ from dataloading.synth.assets import (
     build_catalog,
     load_background,
     load_sound,
-    stable_seed,
 )
 from dataloading.synth.evalsets import held_out_sources
 from dataloading.synth.render_video import encode_m4a, encode_mp4, render_frames
@@ -75,7 +76,7 @@ def scene_for(index: int, opts: SynthOptions, catalog: Catalog, held_out: frozen
     """The scene of video ``index``: a function of (seed, index) only (and of the layout: STARSS23 scenes
     draw only sounds that have a STARSS23 class, so that every audible event is labelled)."""
     return sample_scene(
-        stable_seed("video", opts.seed, index),
+        stable_seed(seeds.VIDEO, opts.seed, index),
         opts.seconds,
         catalog,
         exclude_sources=held_out,

@@ -12,7 +12,9 @@ from typing import Literal
 
 import numpy as np
 
-from dataloading.synth.assets import Catalog, SoundAsset, stable_seed
+from dataloading import seeds
+from dataloading.seeds import stable_seed
+from dataloading.synth.assets import Catalog, SoundAsset
 
 SCHEMA_VERSION = 1
 TRAJECTORY_HZ = 10.0  # ground-truth trajectory samples per second
@@ -207,7 +209,7 @@ def sample_scene(
         sounding = tuple(k for k in SOUNDING_CLASSES if OBJECT_CLASSES[k].sound in sound_labels)
         made = {OBJECT_CLASSES[k].sound for k in SOUNDING_CLASSES}
         offscreen = tuple(sorted(set(sound_labels) - made))
-    rng = np.random.default_rng(stable_seed("scene", seed))
+    rng = np.random.default_rng(stable_seed(seeds.SCENE, seed))
     room = sample_room(rng, room_family)
     times = np.linspace(0, seconds, max(2, int(seconds * 2)))
     exclude = set(exclude_sources)

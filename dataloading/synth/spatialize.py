@@ -16,7 +16,9 @@ import pyroomacoustics as pra
 from pyroomacoustics.directivities import RealSphericalHarmonicsDirectivity
 from scipy.signal import fftconvolve, lfilter
 
-from dataloading.synth.assets import AssetError, SoundAsset, stable_seed
+from dataloading import seeds
+from dataloading.seeds import stable_seed
+from dataloading.synth.assets import AssetError, SoundAsset
 from dataloading.synth.scene import Room, Scene, Source, unit_vector
 
 SPEED_OF_SOUND = 343.0  # m/s
@@ -146,7 +148,7 @@ def render_scene_audio(
     what was rendered.
     """
     n = round(scene.seconds * rate)
-    rng = np.random.default_rng(stable_seed("audio", scene.seed))
+    rng = np.random.default_rng(stable_seed(seeds.SCENE_AUDIO, scene.seed))
     mix = diffuse_noise(n, rate, scene.noise_db, rng)
     skipped = []
     for source in list(scene.sources):
@@ -162,6 +164,8 @@ def render_scene_audio(
                 scene.sources.remove(source)
             continue
         dry = dry_signal(source, wave, n, rate, rng)
-        mix += render_source(source, dry, scene.room, rate, stable_seed("tail", scene.seed, source.id))
+        mix += render_source(
+            source, dry, scene.room, rate, stable_seed(seeds.REVERB_TAIL, scene.seed, source.id)
+        )
     peak = np.abs(mix).max()
     return (mix * (0.9 / peak if peak > 0 else 1.0)).astype(np.float32), skipped

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dataloading import seeds
 from evaluation.probe import classify
 from evaluation.tasks import Context, Scored, TaskResult, summarise
 from evaluation.tasks.features import held_out
@@ -38,7 +39,7 @@ def scene_folds(scenes: list[str], seed: int) -> np.ndarray:
     unique = sorted(set(scenes))
     if len(unique) < 2:
         raise ValueError(f"held-out clips come from {len(unique)} scene(s); two folds need at least 2")
-    order = np.random.default_rng([seed, 5]).permutation(len(unique))
+    order = np.random.default_rng([seed, seeds.PAIR_FOLDS]).permutation(len(unique))
     fold_of = {unique[i]: int(rank >= len(unique) // 2) for rank, i in enumerate(order)}
     return np.array([fold_of[s] for s in scenes])
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dataloading import seeds
 from dataloading.viewpoints import angular_distance
 from evaluation.encoders import Encoders
 from evaluation.tasks import REFERENCE, Context, Scored, TaskResult, summarise
@@ -35,7 +36,7 @@ def scene_batches(scenes: list[str], size: int, seed: int) -> list[np.ndarray]:
     scene has more clips than there are batches): scenes in a seeded order, their clips dealt round-robin."""
     count = max(1, -(-len(scenes) // size))
     unique = sorted(set(scenes))
-    shuffled = np.random.default_rng([seed, 6]).permutation(len(unique))
+    shuffled = np.random.default_rng([seed, seeds.PRETEXT_BATCHES]).permutation(len(unique))
     rank = {unique[u]: r for r, u in enumerate(shuffled)}
     order = sorted(range(len(scenes)), key=lambda i: (rank[scenes[i]], i))
     return [np.array(order[b::count]) for b in range(count)]
