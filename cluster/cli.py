@@ -2,6 +2,9 @@
 
 Every subcommand takes ``--config FILE`` and any number of dotted overrides
 (``--train.lr 3e-4 --data.viewpoints 4``), resolved into one :class:`trainer.config.Config`.
+Settings live only in that tree: a command's short flags (``--input``) are aliases of its keys
+(:func:`add_config_flag`), and its ``--help`` lists the keys of the sections it reads, generated
+from the fields' docstrings (:func:`add_config_arguments`).
 """
 
 from __future__ import annotations
@@ -9,11 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from trainer.config import Config, load_config
-from trainer.typed_config import ConfigError
+from trainer.typed_config import ConfigError, Key, describe, flow_yaml, keys, parse_overrides, parse_value
+
+ALIAS = "config:"  # argparse dest prefix of a short flag that sets a config key
 
 # Subcommand modules, in the order `avsa --help` lists them. Each has `register(subparsers)`
 # that adds its parser and sets `func=run(args, cfg) -> int`.
@@ -51,9 +59,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--config FILE`` option every subcommand shares (overrides are collected separately)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps each over-long line of a description or epilog to the terminal and keeps every other line
+    as written, so prose flows while examples and key listings keep their layout."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            fits = len(line) + len(indent) <= width or line[:1].isspace()
+            lines.append(indent + line if fits else textwrap.fill(line, width, initial_indent=indent))
+        return "\n".join(lines)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *sections: str) -> None:
+    """The ``--config FILE`` option every subcommand shares, and the help listing of the config
+    ``sections`` the command reads: key, type (allowed values of a literal), default and docstring.
+
+    Dotted overrides themselves are collected by :func:`main`, not by argparse.
+    """
     parser.add_argument("--config", metavar="FILE", help="YAML config; overrides on the command line win")
+    parser.formatter_class = HelpFormatter
+    if not sections:
+        return
+    listed = [k for section in sections for k in keys(Config()) if k.name.split(".", 1)[0] == section]
+    text = "\n".join(describe(k) for k in listed)
+    head = (
+        f"config keys ({', '.join(sections)}): --KEY VALUE or --KEY=VALUE, lists as [a,b], an empty "
+        'string as "";\nevery key: avsa config show --doc'
+    )
+    parser.epilog = "\n\n".join(part for part in (parser.epilog, f"{head}\n{text}") if part)
+
+
+def config_key(name: str) -> Key:
+    """The leaf ``name`` (dotted) of the config tree; ``KeyError`` if there is none."""
+    found = {k.name: k for k in keys(Config())}
+    return found[name]
+
+
+_UNSET = object()
+
+
+def add_config_flag(
+    parser: argparse.ArgumentParser,
+    name: str,
+    flag: str,
+    *,
+    value: Callable[[str], Any] | None = None,
+    const: Any = _UNSET,
+    append: bool = False,
+    metavar: str | None = None,
+) -> None:
+    """A short flag (``--input``) that sets config key ``name`` (``preprocess.input``). Its help is the
+    key's docstring, allowed values and default, so the two cannot disagree.
+
+    The flag takes one value, read by ``value`` (default: as a dotted override reads it; a string key
+    keeps the text as typed); with ``const`` it takes none and sets the key to ``const``; with
+    ``append`` it may repeat, each value one item of the key's list.
+    """
+    key = config_key(name)
+    options: dict[str, Any] = {"dest": ALIAS + name, "default": argparse.SUPPRESS}
+    if const is not _UNSET:
+        options |= {"action": "store_const", "const": const}
+        help_text = f"{key.doc} (sets --{name} {flow_yaml(const)})"
+    else:
+        if metavar or not key.choices:  # a literal without one shows its choices
+            options["metavar"] = metavar or name.rsplit(".", 1)[-1].upper()
+        if append:
+            options["action"] = "append"
+        elif key.choices:
+            options["choices"] = key.choices
+        options["type"] = value or (str if key.type is str or append else parse_value)
+        help_text = f"{key.doc} (--{name}; default {key.default_text()})"
+    parser.add_argument(flag, help=help_text.replace("%", "%%"), **options)
+
+
+def parse_size(text: str) -> list[int]:
+    """``WIDTHxHEIGHT`` (pixels, e.g. ``1024x512``) as [width, height]; the config checks it is 2:1."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 1024x512; got {text!r}")
+    return [int(match[1]), int(match[2])]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,9 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    args.overrides = extra  # commands with their own config layers (the demo) resolve again
     try:
-        cfg: Config = load_config(getattr(args, "config", None), extra)
+        aliased = {k.removeprefix(ALIAS): v for k, v in vars(args).items() if k.startswith(ALIAS)}
+        # kept on args: commands with their own config layers (the demo) resolve them again
+        args.overrides = aliased | parse_overrides(extra)
+        cfg: Config = load_config(getattr(args, "config", None), args.overrides)
     except ConfigError as exc:
         parser.error(str(exc))
     except FileNotFoundError as exc:

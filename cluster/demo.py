@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,11 +26,7 @@ from trainer.config import Config, load_config
 from trainer.mlflow_ui import ui_url
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
-DEMO_SECONDS = 2.0  # short scenes: many of them, one clip each
-DEMO_VIDEOS = 64  # training scenes
 HELD_OUT_VIDEOS = 100  # other scenes (another seed): AVC-Bin, AVSA-Bin and pretext accuracy on unseen clips
-CLASSIFICATION_CLIPS = 30  # per class and split: a standard error of ≤ 3 points at 16 classes
-DOA_CLIPS = 300  # per split (head training in probe rooms, test in evaluation rooms)
 MLFLOW_UI_PORT = 5000  # of the `mlflow ui` the demo suggests for browsing its runs after the stack stopped
 
 
@@ -55,13 +51,16 @@ def stage_synth(ctx: DemoContext) -> None:
     from dataloading.synth.evalsets import classification_set, doa_set
     from dataloading.synth.generate import SynthOptions, generate
 
-    catalog = build_catalog()
+    s = ctx.cfg.synth  # sizes from demo.yaml; the demo writes into the stack's bucket
+    catalog = build_catalog(s.assets or None, fetch=s.fetch)
     opts = SynthOptions(
         out=ctx.url("raw"),
-        videos=DEMO_VIDEOS,
-        seconds=DEMO_SECONDS,
-        size=(256, 128),
-        fps=16,
+        videos=s.videos,
+        seconds=s.seconds,
+        seed=s.seed,
+        workers=s.workers,
+        size=s.size,
+        fps=s.fps,
         storage=ctx.stack.storage(),
     )
     summary = generate(opts, catalog)
@@ -78,20 +77,20 @@ def stage_synth(ctx: DemoContext) -> None:
             classification_set,
             ctx.url("eval", "classification"),
             catalog,
-            CLASSIFICATION_CLIPS,
-            0,
+            s.classification_clips,
+            s.seed,
             storage=storage,
             progress=False,
         )
         doa_job = pool.submit(
-            doa_set, ctx.url("eval", "doa"), catalog, DOA_CLIPS, 0, storage=storage, progress=False
+            doa_set, ctx.url("eval", "doa"), catalog, s.doa_clips, s.seed, storage=storage, progress=False
         )
         cls, doa = cls_job.result(), doa_job.result()
-    made = DEMO_VIDEOS - len(summary["failed"])
+    made = s.videos - len(summary["failed"])
     ctx.console.print(
         f"  {made} training and {HELD_OUT_VIDEOS - len(held['failed'])} held-out scenes of "
-        f"{DEMO_SECONDS:.0f} s -> {opts.out}; eval sets: classification {len(cls['classes'])} classes × "
-        f"{CLASSIFICATION_CLIPS} clips per split, DOA {doa['splits']['train']['samples']} + "
+        f"{s.seconds:.0f} s -> {opts.out}; eval sets: classification {len(cls['classes'])} classes × "
+        f"{s.classification_clips} clips per split, DOA {doa['splits']['train']['samples']} + "
         f"{doa['splits']['test']['samples']} clips"
     )
 
@@ -142,22 +141,16 @@ def stage_eval(ctx: DemoContext) -> None:
     """The evaluation service evaluates every checkpoint of the run once; print the comparison table."""
     from evaluation.service import EvalService, run_reports
     from evaluation.suite import format_table
-    from evaluation.tasks import Suite
 
-    suite = Suite(
+    suite = replace(
+        ctx.cfg.eval,
         clips_url=ctx.url("shards-heldout"),
         classification_url=ctx.url("eval", "classification"),
         doa_url=ctx.url("eval", "doa"),
-        probe_epochs=ctx.cfg.eval.probe_epochs,
+        experiments=(ctx.cfg.tracking.experiment,),
     )
     uri = ctx.env["MLFLOW_TRACKING_URI"]
-    service = EvalService(
-        uri,
-        suite,
-        ctx.cfg.storage,
-        experiments=[ctx.cfg.tracking.experiment],
-        trusted_roots=[ctx.cfg.train.checkpoint_url],
-    )
+    service = EvalService(uri, suite, ctx.cfg.storage, trusted_roots=[ctx.cfg.train.checkpoint_url])
     service.run_once()
     t = ctx.cfg.train
     avc_step = t.avc_epochs * t.steps_per_epoch
@@ -175,7 +168,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
 ]
 
 
-def demo_config(config_file: str | None, overrides: list[str]) -> Config:
+def demo_config(config_file: str | None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
     """Defaults < demo.yaml < the user's --config file < command-line overrides."""
     return load_config([DEMO_CONFIG, *([config_file] if config_file else [])], overrides)
 

@@ -256,7 +256,7 @@ def run_unit(plan: Plan, unit: Unit, cfg: Config, suite: Any, baselines: Any) ->
         raise RuntimeError(f"training {unit.arm} seed {unit.seed} failed (exit {code}); rerun to resume it")
     checkpoint = resolve("latest", cfg.train.checkpoint_url, cfg.storage)
     assert checkpoint is not None
-    report = evaluate_checkpoint(checkpoint, suite, cfg.storage, "cpu", baselines)
+    report = evaluate_checkpoint(checkpoint, suite, cfg.storage, baselines)
     (unit.folder(plan) / REPORT).write_text(json.dumps(report_to_json(report)))
     return report
 
@@ -264,17 +264,17 @@ def run_unit(plan: Plan, unit: Unit, cfg: Config, suite: Any, baselines: Any) ->
 def run(plan: Plan, base: Config | None = None, on_unit: Callable[[Unit, Any], None] | None = None) -> dict:
     """Run (or continue) the experiment; returns ``{"rows", "markdown", "csv", "seconds"}``."""
     from evaluation.suite import Baselines, report_from_json
-    from evaluation.tasks import Suite
 
     started = time.time()
     base = base or load_config()
     make_data(plan, base)
     data = plan.folder / "data"
-    suite = Suite(
+    suite = replace(
+        base.eval,
         clips_url=str(data / "shards-heldout"),
         classification_url=str(data / "eval" / "classification"),
         doa_url=str(data / "eval" / "doa"),
-        probe_epochs=base.eval.probe_epochs,
+        device="cpu",
     )
     todo = units(plan)
     progress = Progress(plan, len(todo))

@@ -21,16 +21,15 @@ manifest of a run over the layout accounts for every file found.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
-from dataloading.config import StorageConfig
+from dataloading.config import Layout, StorageConfig
 from dataloading.dcase import Event, LabelError, parse_labels
 from dataloading.storage import filesystem, join
 
-Layout = Literal["files", "starss23", "yt360"]
-LAYOUTS: tuple[Layout, ...] = ("files", "starss23", "yt360")
+LAYOUTS: tuple[Layout, ...] = typing.get_args(Layout)
 
 STARSS_AUDIO, STARSS_VIDEO, STARSS_LABELS, STARSS_MIC = "foa_dev", "video_dev", "metadata_dev", "mic_dev"
 STARSS_STEM = re.compile(r"fold(?P<fold>\d+)_room(?P<room>\d+)_mix(?P<mix>\d+)")

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.config import EvalConfig
+
 CONFIDENCE = 0.95
-RESAMPLES = 1000
+RESAMPLES = EvalConfig.resamples  # the config's default, for callers without a config
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ from mlflow.tracking import MlflowClient
 from evaluation import plots, report
 from evaluation.discovery import Checkpoint
 from evaluation.suite import Report, report_to_json
-from evaluation.tasks import Suite
 from trainer.checkpoint import tag_for_step
+from trainer.config import EvalConfig
 
 SENTINEL = "eval/completed"
 PARENT_TAG = "mlflow.parentRunId"  # shows the evaluation nested under its training run in the UI
 
 
-def start_eval_run(client: MlflowClient, ckpt: Checkpoint, attempt: int, suite: Suite) -> str:
+def start_eval_run(client: MlflowClient, ckpt: Checkpoint, attempt: int, suite: EvalConfig) -> str:
     """A new evaluation run beside the training run, tagged with what it evaluates."""
     parent = client.get_run(ckpt.run_id)
     name = f"eval {parent.info.run_name} step {ckpt.step}"

@@ -1,6 +1,6 @@
 """The evaluation service: finds checkpoints of tracked runs and evaluates each exactly once.
 
-    service = EvalService(tracking_uri, Suite(...), trusted_roots=["s3://bucket/checkpoints"])
+    service = EvalService(tracking_uri, EvalConfig(...), trusted_roots=["s3://bucket/checkpoints"])
     service.serve(poll_s=60)          # forever; or service.run_once() for one sweep
 
 Per checkpoint (see :mod:`evaluation.markers` for the tag it keeps on the training run):
@@ -37,7 +37,7 @@ from evaluation.discovery import Checkpoint, discover
 from evaluation.markers import REASON_CHARS, Marker, marker_key, this_owner
 from evaluation.publish import commit, publish, start_eval_run
 from evaluation.suite import Baselines, Report, evaluate_checkpoint, results_from_metrics
-from evaluation.tasks import Suite
+from trainer.config import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +65,23 @@ def is_trusted(url: str, roots: Sequence[str]) -> bool:
 
 class EvalService:
     """Evaluates the checkpoints recorded on ``tracking_uri`` that lie under ``trusted_roots`` (URL
-    prefixes; others get a ``failed`` marker naming the URL). See the module docstring."""
+    prefixes; others get a ``failed`` marker naming the URL), with the tasks, device, watched
+    experiments and lease of ``suite`` (the ``eval`` config section). See the module docstring."""
 
     def __init__(
         self,
         tracking_uri: str,
-        suite: Suite,
+        suite: EvalConfig,
         storage: StorageConfig | None = None,
-        device: str = "auto",
-        lease_s: float = 120.0,
-        settle_s: float = 1.0,
-        experiments: Sequence[str] = (),
         *,
         trusted_roots: Sequence[str],
+        settle_s: float = 1.0,
     ) -> None:
         self.client = MlflowClient(tracking_uri)
-        self.suite, self.storage, self.device = suite, storage, device
+        self.suite, self.storage = suite, storage
         self.trusted_roots = tuple(trusted_roots)
-        self.experiments = tuple(experiments)  # names to watch; empty: every experiment
-        self.lease_s, self.settle_s = lease_s, settle_s
+        self.experiments = suite.experiments  # names to watch; empty: every experiment
+        self.lease_s, self.settle_s = suite.lease_s, settle_s
         self._lock = threading.Lock()  # orders heartbeat renewals before the final marker
         self._baselines = Baselines()  # random init and the like, shared by a run's checkpoints
 
@@ -154,7 +152,7 @@ class EvalService:
         log.info("evaluating run %s step %d (attempt %d): %s", ckpt.run_id, ckpt.step, attempt, ckpt.url)
         with self._heartbeat(ckpt, claim) as stop:
             try:
-                report = evaluate_checkpoint(ckpt.url, self.suite, self.storage, self.device, self._baselines)
+                report = evaluate_checkpoint(ckpt.url, self.suite, self.storage, self._baselines)
                 metrics = publish(self.client, ckpt, claim.eval_run, report)
                 final = Marker("done", attempt, eval_run=claim.eval_run, seconds=round(report.seconds, 1))
                 with self._lock:

@@ -1,6 +1,6 @@
 """One evaluation: every benchmark task on one checkpoint's frozen encoders, with its baselines.
 
-report = evaluate_checkpoint("s3://avsa/ckpt/step_00001000", Suite(doa_url=...))
+report = evaluate_checkpoint("s3://avsa/ckpt/step_00001000", EvalConfig(doa_url=...))
 reports = evaluate_checkpoints({"AVC stage": url1, "AVSA stage": url2}, suite)
 print(format_table(reports))
 
@@ -27,7 +27,6 @@ from evaluation.tasks import (
     REFERENCE,
     Context,
     Scored,
-    Suite,
     TaskResult,
     avc_bin,
     avsa_bin,
@@ -42,6 +41,7 @@ from evaluation.tasks import (
     seld,
 )
 from evaluation.tasks.features import NoHeldOutClips
+from trainer.config import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def report_from_json(data: Mapping[str, Any]) -> Report:
     return Report(data["checkpoint"], int(data["step"]), data["run_id"], results, float(data["seconds"]))
 
 
-def tasks_for(suite: Suite) -> list[tuple[str, Task]]:
+def tasks_for(suite: EvalConfig) -> list[tuple[str, Task]]:
     """The tasks ``suite`` has inputs for, in report order."""
     tasks: list[tuple[str, Task]] = [(avc_bin.NAME, avc_bin.run), (avsa_bin.NAME, avsa_bin.run)]
     tasks.append((pretext.NAME, pretext.run))
@@ -179,12 +179,12 @@ def tasks_for(suite: Suite) -> list[tuple[str, Task]]:
 
 def evaluate_checkpoint(
     tag_url: str,
-    suite: Suite,
+    suite: EvalConfig,
     storage: StorageConfig | None = None,
-    device: str = "auto",
     baselines: Baselines | None = None,
 ) -> Report:
-    """Run every task of ``suite`` on the checkpoint at ``tag_url`` (a ``step_…`` folder).
+    """Run every task of ``suite`` on the checkpoint at ``tag_url`` (a ``step_…`` folder), on
+    ``suite.device``.
 
     Tasks on held-out clips are skipped, with a warning, when the suite has none (the run's own shards
     are training data); any other failure (unreadable checkpoint, missing data) raises. ``baselines``
@@ -192,7 +192,7 @@ def evaluate_checkpoint(
     later evaluations of runs with the same architecture, seed, features and suite.
     """
     start = time.monotonic()
-    dev = pick_device(device)
+    dev = pick_device(suite.device)
     model, extractor, meta = from_checkpoint(tag_url, dev, storage)
     ctx = Context(model, random_init(model.cfg, dev), suite, model.cfg, extractor, storage)
     if baselines is not None:
@@ -210,15 +210,12 @@ def evaluate_checkpoint(
 
 
 def evaluate_checkpoints(
-    checkpoints: Mapping[str, str], suite: Suite, storage: StorageConfig | None = None, device: str = "auto"
+    checkpoints: Mapping[str, str], suite: EvalConfig, storage: StorageConfig | None = None
 ) -> dict[str, Report]:
     """{label: checkpoint tag URL} → {label: Report}, in the given order (for comparison tables); the
     baselines are computed once for checkpoints that share them."""
     baselines = Baselines()
-    return {
-        label: evaluate_checkpoint(url, suite, storage, device, baselines)
-        for label, url in checkpoints.items()
-    }
+    return {label: evaluate_checkpoint(url, suite, storage, baselines) for label, url in checkpoints.items()}
 
 
 class Baselines:

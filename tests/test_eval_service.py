@@ -16,9 +16,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -30,11 +29,10 @@ from evaluation.discovery import Checkpoint, checkpoints_of
 from evaluation.markers import Marker, marker_key
 from evaluation.service import MAX_ATTEMPTS, EvalService, format_status, run_reports, status
 from evaluation.suite import format_table
-from evaluation.tasks import Suite
 from tests.distributed import run_distributed
 from tests.helpers import write_starss_tree
 from tests.test_eval_tasks import write_classification_set, write_doa_set
-from trainer.config import Config, load_config
+from trainer.config import Config, EvalConfig, load_config
 from trainer.data import TINY
 
 pytestmark = pytest.mark.integration
@@ -50,13 +48,13 @@ class Trained:
     env: dict[str, str]
     experiment: str
     suite_args: list[str]
-    suite: Suite
+    suite: EvalConfig
     trusted: str  # the folder every test's checkpoints are under
 
-    def service(self, **kwargs: Any) -> EvalService:
+    def service(self, device: str = "auto") -> EvalService:
         """An in-process service watching only this module's experiment."""
-        kwargs.setdefault("trusted_roots", [self.trusted])
-        return EvalService(self.uri, self.suite, experiments=[self.experiment], **kwargs)
+        suite = replace(self.suite, experiments=(self.experiment,), device=device)
+        return EvalService(self.uri, suite, trusted_roots=[self.trusted])
 
 
 def _train(rank: int, world_size: int, cfg: Config) -> str | None:
@@ -88,7 +86,9 @@ def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     trusted = str(tmp_path_factory.getbasetemp())
     data = ["--classification", str(tmp / "cls"), "--doa", str(tmp / "doa"), "--experiment", experiment]
     data += ["--eval.trusted_roots", f"[{trusted}]"]
-    suite = Suite(clips=16, classification_url=str(tmp / "cls"), doa_url=str(tmp / "doa"), probe_epochs=10)
+    suite = EvalConfig(
+        clips=16, classification_url=str(tmp / "cls"), doa_url=str(tmp / "doa"), probe_epochs=10
+    )
     env = {**os.environ, **stack.client_env()}
     return Trained(uri, run_id, env, experiment, [*SERVICE_ARGS, *data], suite, trusted)
 
@@ -331,10 +331,15 @@ def test_seld_through_the_service_logs_metrics_table_plots_and_dcase_csvs(
         source.data.tags["checkpoint.latest"], tmp_path / "ckpt" / "step_00000004", run_id, 4
     )
     write_starss_tree(tmp_path / "starss", train=2, test=2, seconds=6.0)
-    suite = Suite(clips=16, seld_url=str(tmp_path / "starss"), seld_epochs=2, probe_epochs=10)
-    service = EvalService(
-        trained.uri, suite, experiments=[trained.experiment], trusted_roots=[trained.trusted], device="cpu"
+    suite = EvalConfig(
+        clips=16,
+        seld_url=str(tmp_path / "starss"),
+        seld_epochs=2,
+        probe_epochs=10,
+        experiments=(trained.experiment,),
+        device="cpu",
     )
+    service = EvalService(trained.uri, suite, trusted_roots=[trained.trusted])
     final = service.evaluate(Checkpoint(run_id, source.info.experiment_id, 4, str(folder), None))
     assert final is not None and final.state == "done", final
 

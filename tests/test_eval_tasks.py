@@ -29,7 +29,6 @@ from evaluation.metrics import angular_error, confusion_matrix, doa_summary, vec
 from evaluation.suite import Report, format_table, results_from_metrics
 from evaluation.tasks import (
     Context,
-    Suite,
     avc_bin,
     avsa_bin,
     classification,
@@ -39,7 +38,7 @@ from evaluation.tasks import (
 )
 from evaluation.tasks.pairs import scene_folds
 from evaluation.tasks.pretext import scene_batches
-from trainer.config import load_config
+from trainer.config import EvalConfig, load_config
 from trainer.data import TINY
 from trainer.models import AVSAOutput, Embeddings
 
@@ -212,7 +211,7 @@ class FrontIntensity(nn.Module):
 
 
 def _context(
-    model: object, suite: Suite, feature: str = "logmel", held: HeldOutClips | None = None
+    model: object, suite: EvalConfig, feature: str = "logmel", held: HeldOutClips | None = None
 ) -> Context:
     cfg = load_config(None, {**TINY, "data.feature": feature})
     ctx = Context(model, Constant(), suite, cfg, FeatureExtractor.from_config(cfg.data))  # type: ignore[arg-type]
@@ -244,7 +243,7 @@ def _code_clips(clips: int = 96, views: int = 4, per_scene: int = 2, seed: int =
 
 @pytest.mark.parametrize("task", [avc_bin, avsa_bin])
 def test_pair_tasks_perfect_encoder_near_100_constant_exactly_at_chance(task: object) -> None:
-    suite = Suite(clips_url="constructed", probe_epochs=100, hidden=64, resamples=200)
+    suite = EvalConfig(clips_url="constructed", probe_epochs=100, hidden=64, resamples=200)
     result = task.run(_context(Flat(), suite, held=_code_clips()))  # type: ignore[attr-defined]
     assert result.task == task.NAME  # type: ignore[attr-defined]
     assert result.scores["model"]["acc"].mean > 0.9
@@ -270,7 +269,7 @@ def test_scene_folds_and_pretext_batches_never_split_or_share_a_scene() -> None:
 
 
 def test_pretext_perfect_model_at_100_constant_exactly_at_chance() -> None:
-    suite = Suite(clips_url="constructed", pretext_batch=8, resamples=200)
+    suite = EvalConfig(clips_url="constructed", pretext_batch=8, resamples=200)
     result = pretext.run(_context(Flat(), suite, held=_code_clips(per_scene=1)))
     assert result.scores["model"]["avc_top1"].mean == 1.0
     assert result.scores["model"]["avsa_top1"].mean == 1.0
@@ -286,7 +285,7 @@ def test_pretext_perfect_model_at_100_constant_exactly_at_chance() -> None:
 def test_classification_perfect_feature_near_100_constant_at_chance(tmp_path: Path) -> None:
     url = str(tmp_path / "cls")
     write_classification_set(url, per_class=16)
-    suite = Suite(classification_url=url, resamples=200)
+    suite = EvalConfig(classification_url=url, resamples=200)
     result = classification.run(_context(Flat(BandEnergy()), suite))
     assert result.classes == ["tone0", "tone1", "tone2"]
     assert result.scores["model"]["acc"].mean > 0.95
@@ -307,7 +306,7 @@ def doa_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_doa_perfect_feature_accurate_constant_far_off_intensity_exact(doa_url: str) -> None:
-    suite = Suite(doa_url=doa_url, probe_epochs=300, hidden=32, resamples=200)
+    suite = EvalConfig(doa_url=doa_url, probe_epochs=300, hidden=32, resamples=200)
     result = doa.run(_context(Flat(MeanIntensity()), suite, feature="logmel_iv"))
     assert result.directions is not None and len(result.directions) == 48  # two-source clips left out
     assert result.scores["intensity"]["mean_error_deg"].mean < 1.0
@@ -320,7 +319,7 @@ def test_doa_perfect_feature_accurate_constant_far_off_intensity_exact(doa_url: 
 
 
 def test_steered_doa_front_scorer_finds_the_source_constant_does_not(doa_url: str) -> None:
-    suite = Suite(doa_url=doa_url, steer_directions=60, resamples=200)
+    suite = EvalConfig(doa_url=doa_url, steer_directions=60, resamples=200)
     result = doa_steered.run(_context(Flat(FrontIntensity()), suite, feature="logmel_iv"))
     # A perfect "in front" score errs by at most half the grid spacing (~23° at 60 points).
     assert result.scores["model"]["mean_error_deg"].mean < 15.0
@@ -333,7 +332,7 @@ def test_input_oracle_localises_only_with_features_that_keep_the_sign(doa_url: s
     """The oracle bounds what the features alone give: log-mel magnitudes cannot say on which side of
     each axis the source is (unsteered) or whether it is in front or behind (steered); the intensity
     vector and the cardioids can, and come near the intensity estimator."""
-    suite = Suite(doa_url=doa_url, probe_epochs=300, hidden=32, resamples=200)
+    suite = EvalConfig(doa_url=doa_url, probe_epochs=300, hidden=32, resamples=200)
     for task in (doa, doa_steered):
         result = task.run(_context(Constant(), suite, feature=feature))
         oracle = result.scores["input_oracle"]["mean_error_deg"].mean
@@ -345,14 +344,14 @@ def test_input_oracle_localises_only_with_features_that_keep_the_sign(doa_url: s
 
 
 def test_evaluation_is_deterministic_given_its_seed(doa_url: str) -> None:
-    suite = Suite(doa_url=doa_url, probe_epochs=50, hidden=16, resamples=100, seed=5)
+    suite = EvalConfig(doa_url=doa_url, probe_epochs=50, hidden=16, resamples=100, seed=5)
     first = doa.run(_context(Flat(MeanIntensity()), suite, feature="logmel_iv"))
     again = doa.run(_context(Flat(MeanIntensity()), suite, feature="logmel_iv"))
     assert first.scores == again.scores and first.differences == again.differences
 
 
 def test_table_shows_intervals_and_differences_and_survives_mlflow_round_trip() -> None:
-    suite = Suite(clips_url="constructed", probe_epochs=50, hidden=32, resamples=200)
+    suite = EvalConfig(clips_url="constructed", probe_epochs=50, hidden=32, resamples=200)
     result = avsa_bin.run(_context(Flat(), suite, held=_code_clips()))
     report = Report("ckpt", 10, None, [result], 1.0)
     table = format_table({"trained": report})
@@ -381,7 +380,7 @@ def test_baselines_are_computed_once_for_evaluations_that_share_them(tmp_path: P
     checkpoint of the run reuses them and only the model is scored again, with the same results."""
     url = str(tmp_path / "cls")
     write_classification_set(url, per_class=8)
-    suite = Suite(classification_url=url, resamples=100)
+    suite = EvalConfig(classification_url=url, resamples=100)
     shared: dict = {}
     results = []
     for _ in range(2):

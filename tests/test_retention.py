@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 from cluster.stack import Stack
 from evaluation.discovery import checkpoints_of
 from evaluation.markers import Marker
-from evaluation.tasks import Suite
 from tests.distributed import run_distributed
 from tests.test_checkpoint import FakeEngine
 from tests.test_eval_service import SERVICE_ARGS, Trained, _start
@@ -27,7 +26,7 @@ from tests.test_eval_tasks import write_classification_set, write_doa_set
 from tests.test_train import tiny_config
 from trainer import retention
 from trainer.checkpoint import Checkpointer, read_text, resolve, tag_for_step
-from trainer.config import Config
+from trainer.config import Config, EvalConfig
 from trainer.data import SyntheticSource
 from trainer.retention import DELETING, Saved, marker_key, prune, saved_checkpoints, to_delete
 
@@ -136,7 +135,7 @@ def test_retention_never_deletes_what_the_running_service_has_not_evaluated(
         "--eval.trusted_roots",
         f"[{tmp_path}]",
     ]
-    suite = Suite(
+    suite = EvalConfig(
         clips=16, classification_url=str(tmp_path / "cls"), doa_url=str(tmp_path / "doa"), probe_epochs=10
     )
     env = {**os.environ, **stack.client_env()}

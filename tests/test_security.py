@@ -29,11 +29,11 @@ from dataloading.storage import filesystem
 from evaluation.discovery import checkpoints_of
 from evaluation.markers import Marker, marker_key
 from evaluation.service import EvalService
-from evaluation.tasks import Suite
 from tests.distributed import run_distributed
 from tests.test_credentials import Payload
 from tests.test_train import tiny_config
 from tests.test_transcode import write_video
+from trainer.config import EvalConfig
 from trainer.data import TINY
 from trainer.train import EXTENSIONS_CACHE
 
@@ -281,8 +281,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_resume_export_and_the_se
         meta = json.loads((folder / "meta.json").read_text())
         (folder / "meta.json").write_text(json.dumps(meta | {"run_id": run_id, "step": 2 * i + 2}))
     mlflow.set_tag(run_id, "checkpoint.latest", str(evil[-1]))
-    suite = Suite(clips=16, probe_epochs=2)
-    service = EvalService(mlflow.tracking_uri, suite, device="cpu", trusted_roots=[str(tmp_path)])
+    suite = EvalConfig(clips=16, probe_epochs=2, device="cpu")
+    service = EvalService(mlflow.tracking_uri, suite, trusted_roots=[str(tmp_path)])
     finals = [service.evaluate(c) for c in checkpoints_of(mlflow.get_run(run_id))]
     assert [m.state for m in finals] == ["failed", "failed"]
     for final, name in zip(finals, files, strict=True):
@@ -306,9 +306,9 @@ def test_the_service_evaluates_only_under_its_trusted_roots_and_goes_on(
         mlflow.set_tag(runs[name], "checkpoint.latest", str(folder))
     service = EvalService(
         mlflow.tracking_uri,
-        Suite(clips=16, probe_epochs=2),
-        device="cpu",
-        experiments=[mlflow.get_experiment(experiment).name],
+        EvalConfig(
+            clips=16, probe_epochs=2, device="cpu", experiments=(mlflow.get_experiment(experiment).name,)
+        ),
         trusted_roots=[str(tmp_path / "trusted"), str(tmp_path / "else")],  # a look-alike prefix
     )
     refused, evaluated = service.run_once()  # the oldest run first

@@ -16,9 +16,9 @@ from evaluation.datasets import read_seld_split
 from evaluation.encoders import random_init
 from evaluation.metrics import angular_error
 from evaluation.suite import Report, format_table
-from evaluation.tasks import REFERENCE, Context, Suite, seld
+from evaluation.tasks import REFERENCE, Context, seld
 from tests.helpers import write_starss_tree
-from trainer.config import load_config
+from trainer.config import EvalConfig, load_config
 from trainer.data import TINY
 
 
@@ -89,7 +89,7 @@ def test_every_method_scored_paired_and_written_out(tree: tuple[Path, dict]) -> 
     root, truth = tree
     cfg = load_config(None, TINY)
     encoders = random_init(cfg, torch.device("cpu"))
-    suite = Suite(seld_url=str(root), seld_epochs=2, resamples=200, hidden=16)
+    suite = EvalConfig(seld_url=str(root), seld_epochs=2, resamples=200, hidden=16)
     extractor = FeatureExtractor.from_config(cfg.data)
     # the checkpoint's "model" is the random init itself: its difference from random init must be 0
     ctx = Context(encoders, encoders, suite, cfg, extractor)

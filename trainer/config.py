@@ -14,33 +14,57 @@ from typing import Any, Literal
 
 import yaml
 
-from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
+from dataloading.config import DataConfig, PreprocessConfig, StorageConfig, SynthConfig
 from trainer.credentials import redacted, without_markers
-from trainer.typed_config import ConfigError, apply_overrides, flatten, from_dict, parse_overrides, to_dict
+from trainer.typed_config import (
+    ConfigError,
+    apply_overrides,
+    documented_yaml,
+    flatten,
+    from_dict,
+    parse_overrides,
+    to_dict,
+)
 
 
 @dataclass
 class StackConfig:
-    """The local stack of real services, all bound to ``host``."""
+    """The local stack of real services (SeaweedFS S3, MLflow, Ray head), all bound to ``host``."""
 
     host: str = "127.0.0.1"
-    hosts: int = 1  # >1: that many virtual hosts (network namespaces); services on the first
+    """Address every service binds to; loopback keeps them off the network."""
+    hosts: int = 1
+    """Virtual hosts (network namespaces, needs root): services and the Ray head on the first, a Ray
+    worker node on each other. 1: one plain host."""
     state_dir: str = ".avsa/stack"
+    """Folder of the stack's state.json, logs, data and credentials (readable by you only)."""
     s3_port: int = 8333
+    """Port of the S3 API."""
     weed_master_port: int = 9333
+    """Port of the SeaweedFS master."""
     weed_volume_port: int = 8089
+    """Port of the SeaweedFS volume server."""
     weed_filer_port: int = 8888
+    """Port of the SeaweedFS filer."""
     bucket: str = "avsa"
+    """Bucket created on first start; the demo writes under s3://BUCKET/demo."""
     mlflow_port: int = 5000
+    """Port of the MLflow tracking server and UI."""
     ray_port: int = 6379
+    """Port of the Ray head (GCS)."""
     ray_dashboard_port: int = 8265
-    ray_agent_port: int = 52365  # the head's dashboard agent, which runs submitted jobs
-    ray_num_cpus: int = 0  # 0 = all cores
+    """Port of the Ray dashboard, where `ray job submit` sends jobs."""
+    ray_agent_port: int = 52365
+    """Port of the head's dashboard agent, which runs submitted jobs."""
+    ray_num_cpus: int = 0
+    """CPUs the Ray head offers; 0: all cores."""
     start_timeout_s: float = 120.0
-    # Ray token auth: on a shared machine anyone could otherwise submit jobs (run code as you) to
-    # the head's loopback ports. Clients get the token file from `avsa stack env`.
+    """Seconds to wait for each service to become healthy."""
     auth: Literal["token", "none"] = "token"
-    mlflow_auth: Literal["none", "basic"] = "none"  # basic: MLflow's basic-auth app, generated login
+    """Ray token authentication: on a shared machine anyone could otherwise submit jobs (run code as
+    you) to the head's loopback ports. Clients get the token file from `avsa stack env`."""
+    mlflow_auth: Literal["none", "basic"] = "none"
+    """basic: MLflow's basic-auth app with a generated login (in `avsa stack env`)."""
 
 
 @dataclass
@@ -48,11 +72,17 @@ class ModelConfig:
     """Encoders and heads (R(2+1)D-18 video, 9-layer 2D-CNN audio, context transformers)."""
 
     preset: Literal["paper", "tiny"] = "paper"
+    """Encoder sizes: the papers' networks, or small ones that train in minutes on a CPU."""
     embed_dim: int = 128
+    """Width of the embeddings the contrastive losses compare."""
     context_layers: int = 2
-    context_heads: int = 8  # as in the reference code
+    """Transformer layers of each context network (over the K viewpoints)."""
+    context_heads: int = 8
+    """Attention heads of the context transformers, as in the reference code."""
     context_dropout: float = 0.1
+    """Dropout probability inside the context transformers."""
     direction_encoding: bool = False
+    """Add each viewpoint's direction to its tokens (a shortcut unless backgrounds are randomised)."""
 
 
 @dataclass
@@ -60,22 +90,37 @@ class TrainConfig:
     """Optimisation, curriculum, checkpoints and launch."""
 
     lr: float = 1e-4
+    """Peak learning rate of AdamW."""
     weight_decay: float = 1e-5
+    """AdamW weight decay."""
     warmup_steps: int = 0
+    """Optimizer steps of linear learning-rate warm-up at the start of each stage."""
     tau: float = 0.07
+    """Temperature of the contrastive (InfoNCE) losses."""
     avc_epochs: int = 50
+    """Epochs of the audio-visual correspondence stage (first)."""
     avsa_epochs: int = 50
-    steps_per_epoch: int = 0  # 0 = one pass over the data
+    """Epochs of the audio-visual spatial alignment stage (second)."""
+    steps_per_epoch: int = 0
+    """Optimizer steps per epoch; 0: one pass over the data."""
     zero_stage: int = 1
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    """DeepSpeed ZeRO stage (0-3): how optimizer state, gradients and weights are partitioned."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 on GPU, fp32 on CPU."""
     grad_clip: float = 1.0
+    """Gradient norm clipping threshold."""
     checkpoint_url: str = ".avsa/checkpoints"
-    checkpoint_every: int = 1000  # steps
-    # Newest checkpoints kept (0 = all); stage ends and those not evaluated yet are kept as well.
+    """Folder (local or s3://) of the run's checkpoints, one subfolder per saved step."""
+    checkpoint_every: int = 1000
+    """Optimizer steps between checkpoints (each stage's end is always saved)."""
     keep_checkpoints: int = 0
-    preempt_grace_s: float = 25.0  # after a SIGTERM; below Kubernetes' default 30 s termination grace
-    processes: int = 1  # ranks on this machine for `avsa train`
+    """Newest checkpoints kept (0: all); stage ends and those not evaluated yet are kept as well."""
+    preempt_grace_s: float = 25.0
+    """Seconds after a SIGTERM to save a checkpoint and exit; below Kubernetes' 30-s default grace."""
+    processes: int = 1
+    """Ranks `avsa train` starts on this machine (without --ray or --hostfile)."""
     seed: int = 0
+    """Seed of the weights' initialisation and of every random draw of training."""
 
 
 @dataclass
@@ -83,24 +128,63 @@ class TrackingConfig:
     """MLflow. The embedded default is a local sqlite store; the stack serves it over HTTP."""
 
     uri: str = "sqlite:///.avsa/mlflow.db"
+    """MLflow tracking URI (http://, sqlite:///, a folder); empty: no tracking."""
     experiment: str = "avsa"
-    # Steps between logged metrics (their mean over the steps and ranks since the last, one all-reduce)
-    # and console lines.
+    """MLflow experiment the runs go to."""
     log_every: int = 10
-    samples_every: int = 500  # steps between sample figures (also the first step of a run); 0: first only
+    """Steps between logged metrics (their mean over the steps and ranks since the last, one
+    all-reduce) and console lines."""
+    samples_every: int = 500
+    """Steps between sample figures (also the first step of a run); 0: the first step only."""
 
 
 @dataclass
 class EvalConfig:
-    """The evaluation service."""
+    """The benchmark suite (what to evaluate on and how) and the evaluation service. An empty URL skips
+    the tasks that need it."""
 
-    tracking_uri: str = ""  # empty = tracking.uri
-    poll_seconds: float = 60.0
+    clips_url: str = ""
+    """Held-out clips (shards of scenes no training run saw) for AVC-Bin, AVSA-Bin and the pretext
+    metrics. Empty: the run's own data.url if it is synthetic:// (fresh clips), else those tasks are
+    skipped, as a shard dataset's own clips are training data."""
+    clips: int = 0
+    """Held-out clips to use; 0: every clip, each once (more than exist is an error)."""
+    classification_url: str = ""
+    """Sound-classification set (`avsa synth --eval-sets` writes one)."""
+    doa_url: str = ""
+    """Direction-of-arrival set (`avsa synth --eval-sets` writes one)."""
+    seld_url: str = ""
+    """A STARSS23-format tree (foa_dev/ + metadata_dev/): SELD with the DCASE 2023 metrics, heads
+    trained on dev-train and scored on dev-test."""
     probe_epochs: int = 100
-    seld_epochs: int = 20  # passes over SELD dev-train of every SELD head and of the CRNN baseline
-    # Checkpoint URL prefixes the service evaluates (anyone who can write an MLflow tag can name any
-    # URL); empty = train.checkpoint_url.
+    """Passes over the training split of every probe and head (classification, DOA, AVC/AVSA-Bin)."""
+    seld_epochs: int = 20
+    """Passes over SELD dev-train of every SELD head and of the CRNN baseline."""
+    hidden: int = 128
+    """Units of the MLP heads (AVC-Bin, AVSA-Bin, DOA); the probes are linear."""
+    steer_directions: int = 60
+    """Directions of the steered DOA task's grid, elevation within ±50°."""
+    steer_train_clips: int = 100
+    """Head-training clips of the steered DOA scorer (each gives a grid of examples)."""
+    pretext_batch: int = 8
+    """Clips per batch of the held-out pretext accuracies (chance: 1 / this)."""
+    resamples: int = 1000
+    """Bootstrap resamples of every 95 % interval."""
+    seed: int = 0
+    """Seed of the heads' initialisation, their batches and the bootstrap."""
+    device: str = "auto"
+    """cuda, cpu, or auto (CUDA when present)."""
+    tracking_uri: str = ""
+    """MLflow the service watches and logs to; empty: tracking.uri."""
+    experiments: tuple[str, ...] = ()
+    """MLflow experiments the service watches; empty: every experiment."""
+    poll_seconds: float = 60.0
+    """Seconds between the service's sweeps for new checkpoints."""
+    lease_s: float = 120.0
+    """Seconds a claimed checkpoint stays claimed without a renewal (renewed while evaluating)."""
     trusted_roots: tuple[str, ...] = ()
+    """Checkpoint URL prefixes the service evaluates (anyone who can write an MLflow tag can name any
+    URL); empty: train.checkpoint_url."""
 
 
 @dataclass
@@ -109,6 +193,7 @@ class Config:
 
     storage: StorageConfig = field(default_factory=StorageConfig)
     stack: StackConfig = field(default_factory=StackConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -148,10 +233,12 @@ def load_config(
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
-def dump_config(cfg: Config, show_secrets: bool = False) -> str:
+def dump_config(cfg: Config, show_secrets: bool = False, doc: bool = False) -> str:
     """The resolved config as YAML text, each credential replaced by a marker saying where it came
-    from (:func:`trainer.credentials.redacted`) unless ``show_secrets``."""
-    return yaml.safe_dump(to_dict(cfg) if show_secrets else redacted(cfg), sort_keys=False)
+    from (:func:`trainer.credentials.redacted`) unless ``show_secrets``; with ``doc``, every section
+    and key has its docstring as a comment above it."""
+    data = to_dict(cfg) if show_secrets else redacted(cfg)
+    return documented_yaml(Config, data) if doc else yaml.safe_dump(data, sort_keys=False)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

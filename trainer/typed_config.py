@@ -1,14 +1,21 @@
-"""Typed configuration trees: dataclasses <-> plain dicts, dotted overrides, clear errors.
+"""Typed configuration trees: dataclasses <-> plain dicts, dotted overrides, clear errors, help text.
 
 Generic machinery only; the AVSA tree itself lives in :mod:`trainer.config`.
 Supported field types: bool, int, float, str, ``X | None``, ``Literal[...]``,
 ``tuple[T, ...]``/``tuple[T1, T2]``, ``list[T]``, ``dict[str, T]`` and nested dataclasses.
+A field is documented by the string literal under it (an attribute docstring, as in torchtitan's
+config): :func:`keys` reads them from the source, so the help text cannot drift from the field.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import itertools
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -149,11 +156,12 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {arg} has no value; write {arg} VALUE")
             key, raw = arg[2:], argv[i + 1]
             i += 2
-        out[key] = _parse_scalar(raw)
+        out[key] = parse_value(raw)
     return out
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML reads it (``3e-4`` a number, ``[1,2]`` a list), ``""`` kept as is."""
     if raw == "":  # YAML reads nothing as null; on a command line `--tracking.uri ""` means the empty string
         return raw
     try:
@@ -196,3 +204,96 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One leaf of a config tree, as the command line and `avsa config show --doc` describe it."""
+
+    name: str  # dotted, e.g. "data.feature"
+    type: Any
+    default: Any
+    doc: str
+
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        """The allowed values of a ``Literal`` field; empty for any other type."""
+        return typing.get_args(self.type) if typing.get_origin(self.type) is typing.Literal else ()
+
+    def type_text(self) -> str:
+        """The type as a user reads it: ``{a,b}`` for literals, ``str | None``, ``tuple[int, int]``."""
+        if self.choices:
+            return "{" + ",".join(map(str, self.choices)) + "}"
+        return _type_name(self.type).replace("NoneType", "None")
+
+    def default_text(self) -> str:
+        """The default as it is written in YAML or on the command line."""
+        return flow_yaml(self.default)
+
+
+def flow_yaml(value: Any) -> str:
+    """``value`` as one line of YAML: ``[512, 256]``, ``null``, ``''``, ``0.001``."""
+    return yaml.safe_dump(to_dict(value), default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass ``cls`` (``""`` for an undocumented field)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def keys(obj: Any, prefix: str = "") -> list[Key]:
+    """Every leaf of config tree ``obj`` (an instance: its values are the defaults shown), in field order."""
+    hints, docs = _hints(type(obj)), field_docs(type(obj))
+    out: list[Key] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(Key(prefix + f.name, hints[f.name], value, docs[f.name]))
+    return out
+
+
+def describe(key: Key, width: int = 100, indent: str = "  ") -> str:
+    """Help lines of one key: ``--name TYPE = DEFAULT`` and its docstring wrapped below it."""
+    head = f"{indent}--{key.name} {key.type_text()} = {key.default_text()}"
+    doc = textwrap.fill(key.doc, width, initial_indent=indent * 3, subsequent_indent=indent * 3)
+    return f"{head}\n{doc}" if key.doc else head
+
+
+def documented_yaml(cls: type, data: Mapping[str, Any], width: int = 100) -> str:
+    """``data`` (the plain form of a tree of dataclass ``cls``, see :func:`to_dict`) as YAML, with each
+    section's and field's docstring, and a literal's allowed values, as comments above it."""
+    lines: list[str] = []
+
+    def comment(text: str, indent: str) -> None:
+        lines.extend(f"{indent}# {line}" for line in textwrap.wrap(text, width - len(indent) - 2))
+
+    def walk(node: type, values: Mapping[str, Any], indent: str) -> None:
+        hints, docs = _hints(node), field_docs(node)
+        for f in dataclasses.fields(node):  # type: ignore[arg-type]
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                lines.append("")
+                comment(" ".join((tp.__doc__ or "").split()), indent)
+                lines.append(f"{indent}{f.name}:")
+                walk(tp, values[f.name], indent + "  ")
+                continue
+            choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
+            comment(docs[f.name] + (f" One of: {', '.join(map(str, choices))}." if choices else ""), indent)
+            lines.append(f"{indent}{f.name}: {flow_yaml(values[f.name])}")
+
+    walk(cls, data, "")
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -8,6 +8,9 @@ from cluster.cli import add_config_arguments
 from cluster.demo import demo_config, run_demo
 from trainer.config import Config
 
+# Every stage reads its section; the demo's own sizes (cluster/demo.yaml) sit under --config.
+DEMO_SECTIONS = ("synth", "preprocess", "data", "model", "train", "tracking", "eval", "stack")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -21,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--keep-stack", action="store_true", help="leave the stack running to browse the dashboards"
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, *DEMO_SECTIONS)
     parser.set_defaults(func=run)
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from cluster.cli import add_config_arguments
+from cluster.cli import add_config_arguments, add_config_flag
 from trainer.config import Config
 
 if TYPE_CHECKING:  # the evaluation stack (torch, mlflow) loads only when a command runs
     from evaluation.suite import Report
-    from evaluation.tasks import Suite
 
 EPILOG = """\
 examples:
@@ -21,45 +20,14 @@ examples:
 
 
 def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where the benchmark data lives (shared with `avsa eval-service`)."""
-    parser.add_argument(
-        "--clips",
-        default="",
-        metavar="URL",
-        help="held-out clips (preprocessed shards of scenes the run never saw) for AVC-Bin, AVSA-Bin and "
-        "the pretext metrics; without it those tasks are skipped, unless the run trained on synthetic://",
-    )
-    parser.add_argument(
-        "--clip-count",
-        type=int,
-        default=0,
-        metavar="N",
-        help="held-out clips to use (default 0: every clip, each once; more than exist is an error)",
-    )
-    parser.add_argument("--classification", default="", metavar="URL", help="sound-classification set")
-    parser.add_argument("--doa", default="", metavar="URL", help="direction-of-arrival set")
-    parser.add_argument(
-        "--seld",
-        default="",
-        metavar="ROOT",
-        help="a STARSS23-format tree (foa_dev/ + metadata_dev/): SELD with the DCASE 2023 metrics, heads "
-        "trained on dev-train and scored on dev-test, beside a from-scratch CRNN and the intensity vector",
-    )
-    parser.add_argument("--device", default="auto", help="cuda, cpu, or auto (CUDA when present)")
-
-
-def suite_from_args(args: argparse.Namespace, cfg: Config) -> Suite:
-    from evaluation.tasks import Suite
-
-    return Suite(
-        clips_url=args.clips,
-        clips=args.clip_count,
-        classification_url=args.classification,
-        doa_url=args.doa,
-        seld_url=args.seld,
-        probe_epochs=cfg.eval.probe_epochs,
-        seld_epochs=cfg.eval.seld_epochs,
-    )
+    """Short flags for where the benchmark data lives (shared with `avsa eval-service`)."""
+    add_config_flag(parser, "eval.clips_url", "--clips", metavar="URL")
+    add_config_flag(parser, "eval.clips", "--clip-count", metavar="N")
+    add_config_flag(parser, "eval.classification_url", "--classification", metavar="URL")
+    add_config_flag(parser, "eval.doa_url", "--doa", metavar="URL")
+    add_config_flag(parser, "eval.seld_url", "--seld", metavar="ROOT")
+    add_config_flag(parser, "eval.device", "--device")
+    add_config_arguments(parser, "eval", "tracking", "storage")
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -84,7 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "init. With --log the results also go to the checkpoint's MLflow run, exactly as the "
         "evaluation service would log them (a checkpoint already evaluated is not redone).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -98,7 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write results.json and the tasks' files there (SELD: per-class table, DCASE CSVs)",
     )
     add_suite_arguments(parser)
-    add_config_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -114,12 +80,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     )
     tag_url = resolve(url, url, cfg.storage)
     assert tag_url is not None
-    suite = suite_from_args(args, cfg)
     if args.log:
-        return _log(uri, tag_url, suite, cfg, args.device)
+        return _log(uri, tag_url, cfg)
     from evaluation.suite import evaluate_checkpoint, format_table
 
-    report = evaluate_checkpoint(tag_url, suite, cfg.storage, args.device)
+    report = evaluate_checkpoint(tag_url, cfg.eval, cfg.storage)
     print(format_table({f"step {report.step}": report}))
     if args.out:
         _write(report, args.out)
@@ -138,7 +103,7 @@ def _write(report: Report, out: str) -> None:
     print(f"{len(written)} files (results.json and the tasks') -> {folder}")
 
 
-def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:
+def _log(uri: str, tag_url: str, cfg: Config) -> int:
     from mlflow.tracking import MlflowClient
 
     from evaluation.discovery import Checkpoint
@@ -154,7 +119,7 @@ def _log(uri: str, tag_url: str, suite: Suite, cfg: Config, device: str) -> int:
     run = MlflowClient(uri).get_run(meta["run_id"])
     ckpt = Checkpoint(run.info.run_id, run.info.experiment_id, int(meta["step"]), tag_url, None)
     # The user named this checkpoint (or its run): it is trusted as given.
-    final = EvalService(uri, suite, cfg.storage, device, trusted_roots=[tag_url]).evaluate(ckpt)
+    final = EvalService(uri, cfg.eval, cfg.storage, trusted_roots=[tag_url]).evaluate(ckpt)
     if final is None:
         print(f"step {ckpt.step} of run {ckpt.run_id} is already evaluated or being evaluated")
         return 0

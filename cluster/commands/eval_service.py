@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.cli import add_config_arguments
-from cluster.commands.eval import add_suite_arguments, suite_from_args, tracking_uri, trusted_roots
+from cluster.cli import add_config_flag
+from cluster.commands.eval import add_suite_arguments, tracking_uri, trusted_roots
 from trainer.config import Config
 
 EPILOG = """\
@@ -27,54 +27,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Only checkpoints under eval.trusted_roots (default: train.checkpoint_url) are evaluated; any "
         "other gets a failure record naming its URL.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--status", action="store_true", help="print every checkpoint's evaluation state and exit"
     )
-    parser.add_argument(
-        "--tracking-uri", metavar="URI", help="MLflow (default eval.tracking_uri, else tracking.uri)"
-    )
-    parser.add_argument(
-        "--poll", type=float, metavar="SECONDS", help="seconds between sweeps (default eval.poll_seconds)"
-    )
-    parser.add_argument(
-        "--lease", type=float, default=120.0, metavar="SECONDS", help="claim lease, renewed while evaluating"
-    )
-    parser.add_argument(
-        "--experiment",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="watch only this MLflow experiment (repeatable; default: every experiment)",
-    )
+    add_config_flag(parser, "eval.tracking_uri", "--tracking-uri", metavar="URI")
+    add_config_flag(parser, "eval.poll_seconds", "--poll", metavar="SECONDS")
+    add_config_flag(parser, "eval.lease_s", "--lease", metavar="SECONDS")
+    add_config_flag(parser, "eval.experiments", "--experiment", append=True, metavar="NAME")
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
     add_suite_arguments(parser)
-    add_config_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from evaluation.service import EvalService, format_status, status
 
-    uri = args.tracking_uri or tracking_uri(cfg)
+    uri = tracking_uri(cfg)
     if not uri:
         raise SystemExit("no tracking server: pass --tracking-uri or set tracking.uri")
     if args.status:
-        print(format_status(status(uri, cfg.storage, args.experiment)))
+        print(format_status(status(uri, cfg.storage, cfg.eval.experiments)))
         return 0
-    suite = suite_from_args(args, cfg)
-    service = EvalService(
-        uri,
-        suite,
-        cfg.storage,
-        args.device,
-        lease_s=args.lease,
-        experiments=args.experiment,
-        trusted_roots=trusted_roots(cfg),
-    )
+    service = EvalService(uri, cfg.eval, cfg.storage, trusted_roots=trusted_roots(cfg))
     if args.once:
         finals = service.run_once()
         return 1 if any(m.state == "failed" for m in finals) else 0
-    service.serve(args.poll if args.poll is not None else cfg.eval.poll_seconds)
+    service.serve(cfg.eval.poll_seconds)
     return 0

@@ -30,11 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on every seed, evaluates each with the full suite, and writes one table of means with 95 % "
         "intervals over seeds × held-out scenes and the paired differences between arms.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--plan", metavar="FILE", help="experiment plan (default: the science plan)")
     parser.add_argument("--status", action="store_true", help="print the progress of a running experiment")
-    add_config_arguments(parser)
+    add_config_arguments(parser, "preprocess", "eval", "storage")  # arms: the plan alone
     parser.set_defaults(func=run)
 
 

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--name", metavar="MODEL", help="registered model name (default: <training experiment>-encoders)"
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, "tracking", "storage")
     parser.set_defaults(func=run)
 
 

@@ -7,14 +7,11 @@ import logging
 import os
 import secrets
 import sys
-from dataclasses import replace
 
 from rich.console import Console
 from rich.table import Table
 
-from cluster.cli import add_config_arguments
-from cluster.commands.synth import parse_size
-from dataloading.layouts import LAYOUTS
+from cluster.cli import add_config_arguments, add_config_flag, parse_size
 from trainer.config import Config
 
 log = logging.getLogger(__name__)
@@ -63,59 +60,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "WebDataset shards with DALI indexes and a manifest, on a pool of Ray actors (one per CPU). "
         "Resumable; bad inputs are rejected with a reason, never silently dropped.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(parser)
-    parser.add_argument("--input", metavar="URL|LISTING", help="folder, video or listing (default: config)")
-    parser.add_argument(
-        "--layout", choices=LAYOUTS, help="how --input is organised: files (default), starss23 or yt360"
-    )
-    parser.add_argument("--output", metavar="URL", help="dataset folder, local or s3:// (default: config)")
-    parser.add_argument("--clip-seconds", type=float, metavar="S", help="clip length in seconds (default 10)")
-    parser.add_argument("--shard-size", type=int, metavar="N", help="clips per shard (default 64)")
-    parser.add_argument(
-        "--size", type=parse_size, metavar="WxH", help="output equirect size (default 512x256)"
-    )
-    parser.add_argument("--fps", type=int, help="output frames per second, constant (default 16)")
-    parser.add_argument("--codec", choices=("vp9", "vp8", "mjpeg"), help="video codec (default vp9)")
-    parser.add_argument("--gop", type=int, metavar="N", help="frames between keyframes (default 8)")
-    parser.add_argument("--audio-rate", type=int, metavar="HZ", help="output sample rate (default 24000)")
-    parser.add_argument(
-        "--input-format", choices=("auto", "ambix", "fuma"), help="FOA convention of the inputs"
-    )
-    parser.add_argument(
-        "--detector", metavar="SPEC", help="object detector: builtin (default), none, or onnx:PATH"
-    )
-    parser.add_argument("--workers", type=int, metavar="N", help="actors (default: one per cluster CPU)")
+    for name, flag, metavar in (
+        ("input", "--input", "URL|LISTING"),
+        ("layout", "--layout", None),
+        ("output", "--output", "URL"),
+        ("clip_seconds", "--clip-seconds", "S"),
+        ("shard_size", "--shard-size", "N"),
+        ("fps", "--fps", None),
+        ("codec", "--codec", None),
+        ("gop", "--gop", "N"),
+        ("audio_rate", "--audio-rate", "HZ"),
+        ("input_format", "--input-format", None),
+        ("detector", "--detector", "SPEC"),
+        ("workers", "--workers", "N"),
+    ):
+        add_config_flag(parser, f"preprocess.{name}", flag, metavar=metavar)
+    add_config_flag(parser, "preprocess.video_size", "--size", value=parse_size, metavar="WxH")
     parser.add_argument(
         "--ray-address",
         metavar="HOST:PORT",
         help="Ray cluster to join (default $RAY_ADDRESS; else a local Ray is started)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
+    add_config_arguments(parser, "preprocess", "storage")
     parser.set_defaults(func=run)
-
-
-def settings(args: argparse.Namespace, cfg: Config) -> Config:
-    """The config with the command-line flags applied over ``cfg.preprocess``."""
-    flags = {
-        "input": args.input,
-        "layout": args.layout,
-        "output": args.output,
-        "clip_seconds": args.clip_seconds,
-        "shard_size": args.shard_size,
-        "video_size": args.size,
-        "fps": args.fps,
-        "codec": args.codec,
-        "gop": args.gop,
-        "audio_rate": args.audio_rate,
-        "input_format": args.input_format,
-        "detector": args.detector,
-        "workers": args.workers,
-    }
-    return replace(
-        cfg, preprocess=replace(cfg.preprocess, **{k: v for k, v in flags.items() if v is not None})
-    )
 
 
 def connect(address: str | None, workers: int) -> None:
@@ -161,7 +130,6 @@ def is_loopback(address: str) -> bool:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    cfg = settings(args, cfg)
     p = cfg.preprocess
     try:
         connect(args.ray_address, p.workers)

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.add_parser("down", help="stop exactly the processes `up` started (by PID)")
     actions.add_parser("env", help="print `export` lines pointing s3fs, MLflow and Ray clients at the stack")
     for action in actions.choices.values():
-        add_config_arguments(action)
+        add_config_arguments(action, "stack")
     parser.set_defaults(func=run)
 
 

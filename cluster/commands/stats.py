@@ -29,12 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of the dataset's steered audio features for the --data.* feature settings and prints where "
         "they are.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--recompute", action="store_true", help="compute them again even if current ones exist"
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, "data", "storage")
     parser.set_defaults(func=run)
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-from cluster.cli import add_config_arguments
-from dataloading.layouts import LAYOUTS
+from cluster.cli import add_config_arguments, add_config_flag, parse_size
 from trainer.config import Config
 
 EPILOG = """\
@@ -39,16 +37,6 @@ examples:
 """
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 1024x512; got {text!r}")
-    width, height = int(match[1]), int(match[2])
-    if width != 2 * height or width % 2 or height % 2:
-        raise argparse.ArgumentTypeError(f"equirect size must be 2:1 with even sides; got {text}")
-    return width, height
-
-
 def epilog() -> str:
     """The help epilog, with the STARSS23 class mapping from its one table."""
     from dataloading.synth.trees import EMPTY_STARSS_CLASSES, STARSS_CLASS_OF_LABEL
@@ -67,51 +55,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Generate synthetic 360° videos with first-order ambisonic audio and ground truth. "
         "Deterministic: the same --seed gives the same bytes, whatever --workers.",
         epilog=epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", required=True, metavar="URL", help="output folder: local path or s3:// URL")
-    parser.add_argument("--videos", type=int, default=4, metavar="N", help="number of videos (default 4)")
-    parser.add_argument(
-        "--seconds", type=float, default=20.0, metavar="S", help="length of each video (default 20)"
-    )
-    parser.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
-    parser.add_argument("--workers", type=int, default=2, metavar="W", help="parallel processes (default 2)")
-    parser.add_argument(
-        "--size",
-        type=parse_size,
-        default=(1024, 512),
-        metavar="WxH",
-        help="frame size, 2:1 (default 1024x512)",
-    )
-    parser.add_argument("--fps", type=int, default=30, help="frames per second, constant (default 30)")
-    parser.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="files",
-        help="files (default: video_NNNNN.mp4 + .json), or the STARSS23 or YT-360 dataset tree",
-    )
-    parser.add_argument(
-        "--eval-sets",
-        action="store_true",
-        help="also write the classification and DOA eval sets under OUT/eval/",
-    )
-    parser.add_argument(
-        "--eval-clips",
-        type=int,
-        default=30,
-        metavar="N",
-        help="classification clips per class in each split (default 30: a 3-point standard error)",
-    )
-    parser.add_argument(
-        "--doa-clips", type=int, default=300, metavar="N", help="DOA clips in each split (default 300)"
-    )
-    parser.add_argument(
-        "--assets", metavar="DIR", help="asset cache (default $AVSA_ASSET_CACHE or ~/.cache/avsa/assets)"
-    )
-    parser.add_argument(
-        "--no-fetch", action="store_true", help="use only what the asset cache holds; never call apt"
-    )
-    add_config_arguments(parser)
+    for name, flag, metavar in (
+        ("out", "--out", "URL"),
+        ("videos", "--videos", "N"),
+        ("seconds", "--seconds", "S"),
+        ("seed", "--seed", "K"),
+        ("workers", "--workers", "W"),
+        ("fps", "--fps", None),
+        ("layout", "--layout", None),
+        ("classification_clips", "--eval-clips", "N"),
+        ("doa_clips", "--doa-clips", "N"),
+        ("assets", "--assets", "DIR"),
+    ):
+        add_config_flag(parser, f"synth.{name}", flag, metavar=metavar)
+    add_config_flag(parser, "synth.size", "--size", value=parse_size, metavar="WxH")
+    add_config_flag(parser, "synth.eval_sets", "--eval-sets", const=True)
+    add_config_flag(parser, "synth.fetch", "--no-fetch", const=False)
+    add_config_arguments(parser, "synth", "storage")
     parser.set_defaults(func=run)
 
 
@@ -122,28 +83,29 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from dataloading.synth.generate import SynthOptions, generate
     from dataloading.synth.trees import STARSS_RATE
 
-    catalog = build_catalog(args.assets, fetch=not args.no_fetch)
+    s = cfg.synth
+    catalog = build_catalog(s.assets or None, fetch=s.fetch)
     opts = SynthOptions(
-        out=args.out,
-        videos=args.videos,
-        seconds=args.seconds,
-        seed=args.seed,
-        workers=args.workers,
-        size=args.size,
-        fps=args.fps,
-        layout=args.layout,
+        out=s.out,
+        videos=s.videos,
+        seconds=s.seconds,
+        seed=s.seed,
+        workers=s.workers,
+        size=s.size,
+        fps=s.fps,
+        layout=s.layout,
         storage=cfg.storage,
     )
-    if args.layout == "starss23":
+    if s.layout == "starss23":
         opts.rate = STARSS_RATE
     summary = generate(opts, catalog)
-    made = args.videos - len(summary["failed"])
-    print(f"{made}/{args.videos} videos in {summary['wall_seconds']:.1f} s -> {args.out}")
-    if args.eval_sets:
+    made = s.videos - len(summary["failed"])
+    print(f"{made}/{s.videos} videos in {summary['wall_seconds']:.1f} s -> {s.out}")
+    if s.eval_sets:
         cls = classification_set(
-            join(args.out, "eval/classification"), catalog, args.eval_clips, args.seed, storage=cfg.storage
+            join(s.out, "eval/classification"), catalog, s.classification_clips, s.seed, storage=cfg.storage
         )
-        doa = doa_set(join(args.out, "eval/doa"), catalog, args.doa_clips, args.seed, storage=cfg.storage)
+        doa = doa_set(join(s.out, "eval/doa"), catalog, s.doa_clips, s.seed, storage=cfg.storage)
         print(
             f"eval sets: classification {len(cls['classes'])} classes, "
             f"{cls['splits']['train']['samples']} train / {cls['splits']['test']['samples']} test clips; "

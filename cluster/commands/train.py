@@ -29,7 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to --tracking.uri (an empty URI disables tracking). Without --ray or --hostfile, starts "
         "--train.processes ranks on this machine.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--resume",
@@ -75,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="Ray restarts after a worker failure (default 0)",
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, "data", "model", "train", "tracking", "storage")
     parser.set_defaults(func=run)
 
 

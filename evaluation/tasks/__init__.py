@@ -20,39 +20,19 @@ import numpy as np
 
 from dataloading.config import StorageConfig
 from dataloading.features import FeatureExtractor
-from evaluation.bootstrap import RESAMPLES, Estimate, bootstrap, paired_difference
+from evaluation.bootstrap import Estimate, bootstrap, paired_difference
 from evaluation.encoders import Embedder, InputOracle
-from trainer.config import Config
+from trainer.config import Config, EvalConfig
 
 REFERENCE = "random_init"  # what every difference is taken against
 T = TypeVar("T")
 X = TypeVar("X")
+# Evaluation settings of the service (where and when it looks), not of what a task computes.
+SERVICE_ONLY = ("tracking_uri", "experiments", "poll_seconds", "lease_s", "trusted_roots")
 # Data settings that shape training batches but not what an evaluation reads.
 TRAINING_ONLY = (
     "batch_size", "workers", "flip_prob", "resampled", "stats_url", "stats_clips", "audio_yaw_offset_deg",
 )  # fmt: skip
-
-
-@dataclass
-class Suite:
-    """What to evaluate on and how. An empty URL skips the tasks that need it. ``clips_url`` holds the
-    held-out clips of AVC-Bin, AVSA-Bin and the pretext metrics (scenes no training run saw); empty means
-    the run's own ``data.url`` if that is a synthetic source (fresh clips), else those tasks are skipped:
-    a shard dataset's own clips are training data."""
-
-    clips_url: str = ""
-    clips: int = 0  # held-out clips to use; 0 = all of them (more than exist is an error)
-    classification_url: str = ""
-    doa_url: str = ""
-    seld_url: str = ""  # a STARSS23-format tree (foa_dev + metadata_dev; dev-train trains, dev-test scores)
-    probe_epochs: int = 100
-    seld_epochs: int = 20  # passes over dev-train's frames of every SELD head and the CRNN baseline
-    hidden: int = 128  # units of the MLP heads (AVC-Bin, AVSA-Bin, DOA); the probes are linear
-    steer_directions: int = 60  # grid of the steered DOA task, elevation within ±50°
-    steer_train_clips: int = 100  # head-training clips of the steered scorer (each gives a grid of examples)
-    pretext_batch: int = 8  # clips per batch for the held-out pretext accuracies (chance 1/batch)
-    resamples: int = RESAMPLES  # bootstrap resamples of every interval
-    seed: int = 0
 
 
 @dataclass
@@ -63,7 +43,7 @@ class Context:
 
     model: Embedder
     random_init: Embedder
-    suite: Suite
+    suite: EvalConfig
     cfg: Config
     extractor: FeatureExtractor
     storage: StorageConfig | None = None
@@ -94,7 +74,12 @@ class Context:
         return {m: done[m] if m in done else self.baselines[(task, m)] for m in methods}
 
 
-def baseline_key(cfg: Config, extractor: FeatureExtractor, suite: Suite) -> str:
+def suite_settings(suite: EvalConfig) -> dict[str, Any]:
+    """The settings that shape an evaluation's results (``suite`` without :data:`SERVICE_ONLY`)."""
+    return {k: v for k, v in asdict(suite).items() if k not in SERVICE_ONLY}
+
+
+def baseline_key(cfg: Config, extractor: FeatureExtractor, suite: EvalConfig) -> str:
     """What the baselines of an evaluation depend on: the model architecture and initial seed, the
     feature settings and statistics, the held-out data location and the suite."""
     parts = {
@@ -103,7 +88,7 @@ def baseline_key(cfg: Config, extractor: FeatureExtractor, suite: Suite) -> str:
         "data": {k: v for k, v in asdict(cfg.data).items() if k not in TRAINING_ONLY},
         "features": extractor.settings,
         "stats": None if extractor.stats is None else [extractor.stats.mean, extractor.stats.std],
-        "suite": asdict(suite),
+        "suite": suite_settings(suite),
     }
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -148,7 +133,7 @@ def summarise(
     task: str,
     primary: str,
     metrics: dict[str, Scored],
-    suite: Suite,
+    suite: EvalConfig,
     chance: dict[str, float] | None = None,
     **details: Any,
 ) -> TaskResult:
