@@ -30,7 +30,6 @@ then copy the repository with ``.whl/`` to the GPU machine and there, in its Pyt
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -109,6 +108,7 @@ def _windows(url: str, cfg: Any, rng: np.random.Generator) -> list[dict[str, Any
     (as the loader does), K random viewpoints and fields of view, and their stacked remap maps."""
     from dataloading.dali_pipeline import trim_window
     from dataloading.geometry import stacked_remap_maps
+    from dataloading.schema import SampleMeta
     from dataloading.shards import SampleRef, ShardReader, list_shards
 
     shards = list_shards(url)
@@ -117,14 +117,14 @@ def _windows(url: str, cfg: Any, rng: np.random.Generator) -> list[dict[str, Any
     batch = []
     for ref in refs:
         _, members = reader.read(ref)
-        meta = json.loads(members["json"])
-        frames = round(meta["duration_s"] * meta["fps"])
+        meta = SampleMeta.from_json(members["json"])
+        frames = round(meta.duration_s * meta.fps)
         start = int(rng.integers(frames - cfg.frames + 1))
-        mp4, first = trim_window(members["mp4"], start, cfg.frames, 1, meta["fps"])
+        mp4, first = trim_window(members["mp4"], start, cfg.frames, 1, meta.fps)
         azimuth = torch.from_numpy(rng.uniform(-math.pi, math.pi, VIEWPOINTS)).float()
         elevation = torch.from_numpy(rng.uniform(-0.5, 0.5, VIEWPOINTS)).float()
         fov = torch.from_numpy(rng.uniform(*np.radians(cfg.fov_deg), VIEWPOINTS)).float()
-        size = (meta["video"]["width"], meta["video"]["height"])
+        size = (meta.video.width, meta.video.height)
         batch.append(
             {
                 "members": members,

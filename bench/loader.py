@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import io
 import itertools
-import json
 import math
 import os
 import resource
@@ -26,11 +25,13 @@ from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
 from dataloading.foa import encode_plane_wave, steering_matrix
 from dataloading.loader import build_loader
 from dataloading.mel import mel_filterbank
-from dataloading.schema import direction_deg, sample_json, shard_name
+from dataloading.schema import AudioStream, DetectedObject, SampleMeta, VideoStream, direction_deg, shard_name
 from dataloading.shards import ShardReader, list_shards
 from dataloading.shardwriter import ShardWriter
 from dataloading.transcode import Mp4Writer, flac_bytes
 from dataloading.viewpoints import random_viewpoints
+
+PATCH_RADIUS = 0.2  # radians: the red patch of a synthetic sample (its detected object)
 
 
 def patch_mask(height: int, width: int, azimuth: float, elevation: float, radius: float) -> np.ndarray:
@@ -73,7 +74,7 @@ def synthetic_sample(
     x = np.linspace(0.0, 2.0 * math.pi, width, endpoint=False)
     y = np.linspace(0.0, math.pi, height)
     frames = np.empty((n, height, width, 3), np.uint8)
-    patch = patch_mask(height, width, obj_az, obj_el, 0.2)
+    patch = patch_mask(height, width, obj_az, obj_el, PATCH_RADIUS)
     for t in range(n):
         phase = t / fps
         frames[t, ..., 1] = (100 + 60 * np.sin(x[None] + phase) * np.cos(y[:, None])).astype(np.uint8)
@@ -83,21 +84,26 @@ def synthetic_sample(
     source = torch.from_numpy(rng.standard_normal(round(seconds * rate))).float() * 0.2
     foa = encode_plane_wave(source, snd_az, snd_el).numpy()
     foa += 0.005 * rng.standard_normal(foa.shape)  # a little diffuse noise, as in any recording
-    meta = sample_json(
-        key=key,
-        source_url=f"synthetic://{key}",
-        start=0.0,
-        duration=seconds,
-        fps=fps,
-        video_size=size,
-        codec="vp9",
-        audio_rate=rate,
-        input_format="ambix",
-        objects=[{"label": "patch", "score": 1.0, "direction": direction_deg(obj_az, obj_el), "time": 0.0}],
-        detector="synthetic",
-        sounds=[{"direction": direction_deg(snd_az, snd_el), "time": 0.0, "energy": 1.0}],
+    patch_object = DetectedObject(
+        "patch",
+        1.0,
+        direction_deg(obj_az, obj_el),
+        round(math.degrees(2 * PATCH_RADIUS), 2),
+        0.0,
+        "synthetic",
     )
-    return {"mp4": encode_mp4(frames, fps), "flac": flac_bytes(foa, rate), "json": json.dumps(meta).encode()}
+    meta = SampleMeta(
+        key=key,
+        source=f"synthetic://{key}",
+        start_s=0.0,
+        duration_s=seconds,
+        fps=fps,
+        video=VideoStream(width, height, "vp9"),
+        audio=AudioStream(rate, "ambix"),
+        objects=(patch_object,),
+        detector="synthetic",
+    )
+    return {"mp4": encode_mp4(frames, fps), "flac": flac_bytes(foa, rate), "json": meta.to_json()}
 
 
 def write_dataset(
@@ -145,18 +151,19 @@ class ReferenceStyle(Dataset):
         cfg = self.cfg
         rng = np.random.default_rng(item)
         _, members = self.reader.read(SampleRef(*self.refs[item]))
-        meta = json.loads(members["json"])
-        n_clip = round(meta["duration_s"] * meta["fps"])
+        meta = SampleMeta.from_json(members["json"])
+        fps = meta.fps
+        n_clip = round(meta.duration_s * fps)
         start = int(rng.integers(max(1, n_clip - cfg.frames + 1)))
         with av.open(io.BytesIO(members["mp4"])) as container:
             stream = container.streams.video[0]
             # Seek to the keyframe before the window (short GOPs make that cheap), decode up to its end.
-            container.seek(round(start / meta["fps"] / stream.time_base), stream=stream)
-            window = (f for f in container.decode(stream) if f.time * meta["fps"] > start - 0.5)
+            container.seek(round(start / fps / stream.time_base), stream=stream)
+            window = (f for f in container.decode(stream) if f.time * fps > start - 0.5)
             frames = [f.to_ndarray(format="rgb24") for f in itertools.islice(window, cfg.frames)]
         video = np.stack(frames).astype(np.float32) / 255.0  # [T, H, W, 3]
         audio, rate = sf.read(io.BytesIO(members["flac"]), dtype="float32")
-        a0 = max(0, round((start / meta["fps"] - 0.25) * rate))
+        a0 = max(0, round((start / fps - 0.25) * rate))
         length = round(cfg.audio_seconds * rate)
         foa = np.pad(audio[a0 : a0 + length].T, ((0, 0), (0, max(0, a0 + length - len(audio)))))
         az, el = random_viewpoints(cfg.viewpoints, rng, math.radians(30), math.radians(36))

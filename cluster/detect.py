@@ -1,4 +1,6 @@
-"""Viewpoint candidates for a clip: object directions from a detector and sound directions from the FOA.
+"""Viewpoint candidates for a clip: object directions from a detector. (Sound directions are not found
+here: the loader finds the sound peaks of each training audio window itself, see
+:func:`dataloading.viewpoints.sound_peaks`.)
 
 Detectors never see equirectangular distortion: each sampled frame is resampled into undistorted
 perspective (gnomonic) tiles that cover the sphere, the detector runs on every tile, and each box centre
@@ -23,9 +25,8 @@ import cv2
 import numpy as np
 import torch
 
-from dataloading.features import intensity_doa
 from dataloading.geometry import direction_to_equirect, gnomonic_directions
-from dataloading.schema import direction_deg
+from dataloading.schema import DetectedObject, direction_deg
 from dataloading.viewpoints import angular_distance
 
 MERGE_RADIUS = math.radians(12.0)
@@ -64,15 +65,16 @@ class Detection:
     time: float
     detector: str
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "label": self.label,
-            "score": round(self.score, 4),
-            "direction": direction_deg(self.azimuth, self.elevation),
-            "size_deg": round(math.degrees(self.size), 2),
-            "time_s": round(self.time, 3),
-            "detector": self.detector,
-        }
+    def record(self) -> DetectedObject:
+        """The detection as the sample JSON records it (degrees, rounded)."""
+        return DetectedObject(
+            label=self.label,
+            score=round(self.score, 4),
+            direction=direction_deg(self.azimuth, self.elevation),
+            size_deg=round(math.degrees(self.size), 2),
+            time_s=round(self.time, 3),
+            detector=self.detector,
+        )
 
 
 class Detector(Protocol):
@@ -423,36 +425,3 @@ def take_in_turn(detections: list[Detection], limit: int) -> list[Detection]:
     for rank in range(max(map(len, queues.values()), default=0)):
         taken += [queue[rank] for queue in queues.values() if rank < len(queue)]
     return taken[:limit]
-
-
-# ----- sound directions ------------------------------------------------------------------------------
-def sound_directions(
-    foa: np.ndarray, rate: int, segment_seconds: float = 0.5, floor_db: float = -30.0
-) -> list[dict[str, object]]:
-    """Intensity-vector directions of arrival per ``segment_seconds`` of AmbiX ``foa`` ``[4, N]`` at
-    ``rate`` Hz, for segments within ``floor_db`` of the loudest; JSON entries, loudest first."""
-    n = int(segment_seconds * rate)
-    count = foa.shape[1] // n
-    if count == 0:
-        return []
-    segments = (
-        torch.from_numpy(np.ascontiguousarray(foa[:, : count * n])).reshape(4, count, n).transpose(0, 1)
-    )
-    azimuth, elevation = intensity_doa(segments)
-    energy = segments[:, 0].pow(2).mean(-1)
-    loudest = float(energy.max())
-    if loudest <= 0:
-        return []
-    out = []
-    for k in torch.argsort(energy, descending=True).tolist():
-        level = 10 * math.log10(max(float(energy[k]), 1e-20) / loudest)
-        if level < floor_db:
-            break
-        out.append(
-            {
-                "direction": direction_deg(float(azimuth[k]), float(elevation[k])),
-                "time_s": round(k * segment_seconds, 3),
-                "level_db": round(level, 2),
-            }
-        )
-    return out

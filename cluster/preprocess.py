@@ -21,13 +21,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 from tqdm import tqdm
 
-from cluster.detect import ObjectFinder, make_detectors, sound_directions
+from cluster.detect import ObjectFinder, make_detectors
 from dataloading.config import PreprocessConfig, StorageConfig
 from dataloading.dcase import LabelError, clip_rows
 from dataloading.layouts import Layout, LayoutError, listing, read_labels
@@ -35,14 +35,24 @@ from dataloading.schema import (
     INPUT_ACCEPTED,
     INPUT_REJECTED,
     MANIFEST_NAME,
+    SCHEMA_VERSION,
     VIDEO_SUFFIXES,
-    manifest_totals,
-    new_manifest,
-    sample_json,
+    AudioStream,
+    DatasetOrigin,
+    InputEntry,
+    Manifest,
+    RunInfo,
+    SampleMeta,
+    SchemaError,
+    Settings,
+    ShardEntry,
+    ShardResult,
+    VideoStream,
     sample_key,
     shard_name,
     source_id,
 )
+from dataloading.shards import read_manifest
 from dataloading.shardwriter import ShardWriter, sha256_url
 from dataloading.storage import TEMP_MARK, filesystem, join, storage_options, write_bytes_atomic
 from dataloading.transcode import InputError, Probe, TranscodedClip, probe, transcode
@@ -99,7 +109,7 @@ class InputParts:
 
     audio: str | None = None
     labels: str | None = None
-    dataset: dict[str, Any] | None = None
+    dataset: DatasetOrigin | None = None
 
 
 def layout_inputs(
@@ -117,9 +127,7 @@ def layout_inputs(
         found = listing(layout, spec, storage)
     except LayoutError as exc:
         raise PreprocessError(str(exc)) from exc
-    usable = {
-        r.video: InputParts(r.audio, r.labels, r.dataset_json(layout)) for r in found.usable() if r.video
-    }
+    usable = {r.video: InputParts(r.audio, r.labels, r.origin(layout)) for r in found.usable() if r.video}
     return usable, found.rejected()
 
 
@@ -144,10 +152,11 @@ def plan_shards(probes: dict[str, Probe], clip_seconds: float, shard_size: int) 
     return [ShardPlan(shard_name(k), clips[bounds[k] : bounds[k + 1]]) for k in range(count)]
 
 
-def settings_of(cfg: PreprocessConfig) -> dict[str, Any]:
-    """The settings that determine the samples (a resumed run must match them)."""
+def settings_of(cfg: PreprocessConfig, input_spec: str) -> Settings:
+    """The settings that determine the samples of ``input_spec`` (a resumed run must match them)."""
     keys = ("clip_seconds", "shard_size", "fps", "codec", "gop", "audio_rate", "input_format", "detector")
-    return {k: getattr(cfg, k) for k in keys} | {"video_size": list(cfg.video_size), "layout": cfg.layout}
+    same = {k: getattr(cfg, k) for k in keys}
+    return Settings(input=input_spec, video_size=tuple(cfg.video_size), layout=cfg.layout, **same)
 
 
 # ----- the actor -------------------------------------------------------------------------------------
@@ -176,13 +185,13 @@ class PreprocessWorker:
 
     def make_shard(
         self, plan: ShardPlan, probes: dict[str, Probe], output: str, expected_sha: str | None
-    ) -> dict[str, Any]:
+    ) -> ShardResult:
         """Write shard ``plan`` under ``output`` unless it is already there with ``expected_sha``."""
         started, cpu = time.perf_counter(), time.process_time()
         stem = join(output, plan.name)
         self._remove_leftovers(stem)
         if expected_sha and sha256_url(f"{stem}.tar", self.storage) == expected_sha:
-            return {"name": plan.name, "status": "skipped", "pid": os.getpid()}
+            return ShardResult(plan.name, "skipped", pid=os.getpid())
         written: dict[str, list[int]] = {}
         failed: dict[str, str] = {}
         by_input: dict[str, list[int]] = {}
@@ -205,18 +214,18 @@ class PreprocessWorker:
                 except Exception as exc:  # this input's remaining clips are lost; the others go on
                     failed[url] = f"transcode failed: {type(exc).__name__}: {exc}"
                     log.warning("%s: %s", url, failed[url])
-            info = asdict(writer.publish(stem, self.storage)) if writer.keys else None
-        return {
-            "name": plan.name,
-            "status": "written" if info else "empty",
-            "info": info,
-            "written": written,
-            "failed": failed,
-            "pid": os.getpid(),
-            "node": ray.util.get_node_ip_address(),
-            "seconds": time.perf_counter() - started,
-            "cpu_seconds": time.process_time() - cpu,
-        }
+            entry = writer.publish(stem, self.storage) if writer.keys else None
+        return ShardResult(
+            name=plan.name,
+            status="written" if entry else "empty",
+            entry=entry,
+            written=written,
+            failed=failed,
+            pid=os.getpid(),
+            node=ray.util.get_node_ip_address(),
+            seconds=time.perf_counter() - started,
+            cpu_seconds=time.process_time() - cpu,
+        )
 
     def _remove_leftovers(self, stem: str) -> None:
         """Delete temp uploads of this shard left by a killed attempt (the shard has one owner at a time)."""
@@ -227,27 +236,23 @@ class PreprocessWorker:
     def _json(self, key: str, url: str, source: Probe, clip: TranscodedClip) -> bytes:
         """The sample's JSON, with the viewpoint candidates found in ``clip``."""
         frames = [(i / self.cfg.fps, clip.frames[i]) for i in self.keep if i in clip.frames]
-        objects = [d.as_json() for d in self.finder.find(frames)]
         labels = (
             None if source.labels is None else clip_rows(source.labels, clip.start, self.cfg.clip_seconds)
         )
-        meta = sample_json(
+        width, height = self.cfg.video_size
+        return SampleMeta(
             key=key,
-            source_url=url,
-            start=clip.start,
-            duration=self.cfg.clip_seconds,
+            source=url,
+            start_s=round(clip.start, 6),
+            duration_s=round(self.cfg.clip_seconds, 6),
             fps=self.cfg.fps,
-            video_size=self.cfg.video_size,
-            codec=self.cfg.codec,
-            audio_rate=self.cfg.audio_rate,
-            input_format=source.input_format,
-            objects=objects,
+            video=VideoStream(width, height, self.cfg.codec),
+            audio=AudioStream(self.cfg.audio_rate, source.input_format),
+            objects=tuple(d.record() for d in self.finder.find(frames)),
             detector=self.finder.name,
-            sounds=sound_directions(clip.audio, self.cfg.audio_rate),
             labels=labels,
             dataset=source.dataset,
-        )
-        return json.dumps(meta, sort_keys=True).encode()
+        ).to_json()
 
 
 def worker_class() -> Any:
@@ -274,9 +279,41 @@ def resolved_storage(storage: StorageConfig | None) -> StorageConfig:
     )
 
 
-def read_manifest(output: str, storage: StorageConfig) -> dict[str, Any] | None:
-    fs, path = filesystem(join(output, MANIFEST_NAME), storage)
-    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+def previous_manifest(output: str, storage: StorageConfig) -> Manifest | None:
+    """The manifest a run resumes from: None where ``output`` has none, or one of a schema too old to
+    migrate (the run then rewrites every shard). A newer schema's is refused: this code would destroy a
+    dataset it cannot read."""
+    try:
+        return read_manifest(output, storage)
+    except SchemaError as exc:
+        if isinstance(exc.found, int) and exc.found > SCHEMA_VERSION:
+            raise PreprocessError(
+                f"{output} holds a dataset of schema_version {exc.found}, newer than this avsa's "
+                f"{SCHEMA_VERSION}: run the avsa that wrote it, or write to another --output"
+            ) from exc
+        log.warning(
+            "%s: manifest of schema_version %r, too old to migrate: rewriting every shard",
+            output,
+            exc.found,
+        )
+        return None
+
+
+def resumable_shards(previous: Manifest | None, output: str) -> dict[str, ShardEntry]:
+    """The shards of ``previous`` a run may skip where the tar still has the recorded checksum: all of a
+    manifest of this schema version; none of a migrated older one, whose shards hold samples of that
+    older schema, so that the dataset ends up all of this version (the manifest is rewritten in it)."""
+    if previous is None:
+        return {}
+    if previous.written_with != SCHEMA_VERSION:
+        log.warning(
+            "%s: dataset of schema_version %d: rewriting its shards in version %d",
+            output,
+            previous.written_with,
+            SCHEMA_VERSION,
+        )
+        return {}
+    return previous.shards
 
 
 @dataclass
@@ -314,19 +351,20 @@ def run(
     cfg: PreprocessConfig,
     storage: StorageConfig | None = None,
     progress: bool = True,
-    on_shard: Callable[[dict[str, Any]], None] | None = None,
+    on_shard: Callable[[ShardResult], None] | None = None,
 ) -> dict[str, Any]:
-    """Preprocess ``input_spec`` into ``output`` on the connected Ray cluster; returns the manifest.
+    """Preprocess ``input_spec`` into ``output`` on the connected Ray cluster; returns the manifest
+    as written (its JSON object).
 
     ``on_shard`` is called with each shard result as it arrives (tests use it to inject faults).
     """
     started = time.time()
     storage = resolved_storage(storage)
-    settings = settings_of(cfg) | {"input": input_spec}
-    previous = read_manifest(output, storage)
-    if previous and previous["settings"] != settings:
+    settings = settings_of(cfg, input_spec)
+    previous = previous_manifest(output, storage)
+    if previous and previous.settings != settings:
         raise PreprocessError(
-            f"{output} holds a dataset made with other settings ({previous['settings']}); "
+            f"{output} holds a dataset made with other settings ({previous.settings}); "
             "use another --output or the same settings"
         )
     parts, refused = layout_inputs(cfg.layout, input_spec, storage)
@@ -344,7 +382,7 @@ def run(
     pool = [new_actor() for _ in range(size)]
     log.info("%d inputs, %d actors on %d cluster CPUs", len(urls), size, cpus)
 
-    manifest = new_manifest(settings)
+    manifest = Manifest(settings)
     found: list[Probe | str] = [""] * len(urls)
 
     def probed_one(k: int, result: Probe | str | None, error: str | None) -> None:
@@ -362,17 +400,15 @@ def run(
     probes = {u: p for u, p in zip(urls, found, strict=True) if isinstance(p, Probe)}
     for url, result in zip(urls, found, strict=True):
         if isinstance(result, Probe):
-            entry = {"status": INPUT_ACCEPTED, "reason": None, "duration_s": round(result.duration, 3)}
-            manifest["inputs"][url] = entry | {"clips": 0, "shards": [], "failed_clips": 0}
+            manifest.inputs[url] = InputEntry(INPUT_ACCEPTED, duration_s=round(result.duration, 3))
         else:
-            manifest["inputs"][url] = {"status": INPUT_REJECTED, "reason": result}
+            manifest.inputs[url] = InputEntry(INPUT_REJECTED, reason=result)
             log.warning("rejected %s: %s", url, result)
     for url, reason in refused.items():  # files of the layout that are no input: accounted for all the same
-        manifest["inputs"][url] = {"status": INPUT_REJECTED, "reason": reason}
+        manifest.inputs[url] = InputEntry(INPUT_REJECTED, reason=reason)
         log.warning("rejected %s: %s", url, reason)
-    manifest["inputs"] = dict(sorted(manifest["inputs"].items()))
     plans = plan_shards(probes, cfg.clip_seconds, cfg.shard_size)
-    recorded = (previous or {}).get("shards", {})
+    recorded = resumable_shards(previous, output)
 
     bar = Progress(len(probes), sum(len(p.clips) for p in plans), len(plans)) if progress else None
     last_write = time.monotonic()
@@ -381,12 +417,12 @@ def run(
     shard_cpu: list[float] = []
     nodes: list[str] = []  # the node of each shard written in this run
 
-    def finished(plan: ShardPlan, result: dict[str, Any]) -> None:
+    def finished(plan: ShardPlan, result: ShardResult) -> None:
         nonlocal last_write
-        statuses.append(result["status"])
-        shard_cpu.append(result.get("cpu_seconds", 0.0))
-        if result["status"] == "written":
-            nodes.append(result["node"])
+        statuses.append(result.status)
+        shard_cpu.append(result.cpu_seconds)
+        if result.status == "written":
+            nodes.append(result.node)
         _record(manifest, plan, result, recorded)
         if bar:
             bar.update(len(plan.clips), 1)
@@ -399,35 +435,31 @@ def run(
     redone = _run_shards(pool, plans, probes, output, recorded, finished, new_actor)
     if bar:
         bar.close()
-    for entry in manifest["inputs"].values():
-        if entry["status"] != INPUT_ACCEPTED:
+    for entry in manifest.inputs.values():
+        if entry.status != INPUT_ACCEPTED:
             continue
-        entry["shards"].sort()
-        if entry["clips"] == 0:  # none of its clips made it: the input is rejected after all
-            entry["status"], entry["reason"] = (
-                INPUT_REJECTED,
-                entry.pop("error", None) or "no clip could be made",
-            )
-    manifest["run"] = {
-        "started": started,
-        "seconds": round(time.time() - started, 3),
-        "actors": size,
-        "probe_seconds": round(probed, 3),
-        "shard_cpu_seconds": round(sum(shard_cpu), 3),
-        "shards": {s: sum(1 for r in statuses if r == s) for s in sorted(set(statuses))},
-        "shards_by_node": {n: nodes.count(n) for n in sorted(set(nodes))},
-        "shards_given_out_again": redone,
-    }
+        entry.shards.sort()
+        if entry.clips == 0:  # none of its clips made it: the input is rejected after all
+            entry.status, entry.reason = INPUT_REJECTED, entry.error or "no clip could be made"
+            entry.error = None
+    manifest.run = RunInfo(
+        started=started,
+        seconds=round(time.time() - started, 3),
+        actors=size,
+        probe_seconds=round(probed, 3),
+        shard_cpu_seconds=round(sum(shard_cpu), 3),
+        shards={s: statuses.count(s) for s in sorted(set(statuses))},
+        shards_by_node={n: nodes.count(n) for n in sorted(set(nodes))},
+        shards_given_out_again=redone,
+    )
     _write_manifest(manifest, output, storage)
     for actor in pool:
         ray.kill(actor)
-    return manifest
+    return manifest.to_dict()
 
 
-def _write_manifest(manifest: dict[str, Any], output: str, storage: StorageConfig) -> None:
-    manifest["shards"] = dict(sorted(manifest["shards"].items()))
-    manifest["totals"] = manifest_totals(manifest)
-    write_bytes_atomic(join(output, MANIFEST_NAME), json.dumps(manifest, indent=1).encode(), storage)
+def _write_manifest(manifest: Manifest, output: str, storage: StorageConfig) -> None:
+    write_bytes_atomic(join(output, MANIFEST_NAME), manifest.to_json(), storage)
 
 
 def _run_shards(
@@ -435,8 +467,8 @@ def _run_shards(
     plans: list[ShardPlan],
     probes: dict[str, Probe],
     output: str,
-    recorded: dict[str, Any],
-    finished: Callable[[ShardPlan, dict[str, Any]], None],
+    recorded: dict[str, ShardEntry],
+    finished: Callable[[ShardPlan, ShardResult], None],
     new_actor: Callable[[], Any],
 ) -> int:
     """Make every planned shard on ``pool``; ``finished`` gets each result (status ``error`` when
@@ -444,12 +476,12 @@ def _run_shards(
 
     def submit(actor: Any, k: int) -> Any:
         plan = plans[k]
-        known = recorded.get(plan.name, {})
-        sha = known.get("sha256") if known.get("keys") == plan.keys() else None
+        known = recorded.get(plan.name)
+        sha = known.sha256 if known is not None and known.keys == plan.keys() else None
         return actor.make_shard.remote(plan, {u: probes[u] for u, _ in plan.clips}, output, sha)
 
-    def done(k: int, result: dict[str, Any] | None, error: str | None) -> None:
-        finished(plans[k], result or {"name": plans[k].name, "status": "error", "error": error})
+    def done(k: int, result: ShardResult | None, error: str | None) -> None:
+        finished(plans[k], result or ShardResult(plans[k].name, "error", error=error))
 
     return run_on_pool(pool, len(plans), submit, done, new_actor, lambda k: f"shard {plans[k].name}")
 
@@ -525,28 +557,27 @@ def run_on_pool(
 
 
 def _record(
-    manifest: dict[str, Any], plan: ShardPlan, result: dict[str, Any], recorded: dict[str, Any]
+    manifest: Manifest, plan: ShardPlan, result: ShardResult, recorded: dict[str, ShardEntry]
 ) -> None:
     """Fold one shard result into the manifest: the shard's record and its inputs' clip counts."""
-    if result["status"] == "skipped":
+    info: ShardEntry | None = None
+    if result.status == "skipped":
         info = recorded[plan.name]
-    elif result["status"] == "written":
-        inputs = {u: len(c) for u, c in sorted(result["written"].items())}
-        info = result["info"] | {"inputs": inputs, "node": result["node"]}
-    else:
-        info = None
+    elif result.status == "written" and result.entry is not None:
+        inputs = {u: len(c) for u, c in sorted(result.written.items())}
+        info = replace(result.entry, inputs=inputs, node=result.node)
     if info:
-        manifest["shards"][plan.name] = info
+        manifest.shards[plan.name] = info
     planned: dict[str, int] = {}
     for url, _ in plan.clips:
         planned[url] = planned.get(url, 0) + 1
     for url, count in planned.items():
-        entry = manifest["inputs"][url]
-        made = (info or {}).get("inputs", {}).get(url, 0)
-        entry["clips"] += made
-        entry["failed_clips"] += count - made
+        entry = manifest.inputs[url]
+        made = info.inputs.get(url, 0) if info else 0
+        entry.clips += made
+        entry.failed_clips += count - made
         if made:
-            entry["shards"].append(plan.name)
-        reason = result.get("failed", {}).get(url) or result.get("error")
-        if reason:
-            entry.setdefault("error", reason)
+            entry.shards.append(plan.name)
+        reason = result.failed.get(url) or result.error
+        if reason and entry.error is None:
+            entry.error = reason

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from dataloading.config import Layout, StorageConfig
 from dataloading.dcase import Event, LabelError, parse_labels
+from dataloading.schema import DatasetOrigin
 from dataloading.storage import filesystem, join
 
 LAYOUTS: tuple[Layout, ...] = typing.get_args(Layout)
@@ -61,10 +62,9 @@ class Recording:
     room: int = -1
     problem: str | None = None
 
-    def dataset_json(self, layout: Layout) -> dict[str, object]:
+    def origin(self, layout: Layout) -> DatasetOrigin:
         """The ``dataset`` block of the sample JSON: where this clip comes from in its layout."""
-        where = {"stem": self.stem, "split": self.split, "fold": self.fold, "room": self.room}
-        return {"layout": layout} | where
+        return DatasetOrigin(layout, self.stem, self.split, self.fold, self.room)
 
 
 @dataclass

@@ -25,7 +25,6 @@ world size continues each rank's own stream exactly, another splits the samples 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -47,6 +46,7 @@ from dataloading.dali_pipeline import GpuCropDecoder, SampleDecoder, trim_window
 from dataloading.epoch import EpochPlan
 from dataloading.feature_stats import FeatureStats
 from dataloading.geometry import crop_views, stacked_remap_maps, unstack_remapped
+from dataloading.schema import DetectedObject, SampleMeta, SchemaError
 from dataloading.shards import BadSample, CompletePlan, ShardReader, list_shards
 from dataloading.viewpoints import sample_viewpoints
 
@@ -79,7 +79,7 @@ class _Sample:
     position: int
     key: str
     shard: str
-    meta: dict[str, Any]
+    meta: SampleMeta
     rng: np.random.Generator
     flac: bytes
     mp4: bytes
@@ -99,8 +99,8 @@ class _Sample:
         members: dict[str, bytes],
         rng: np.random.Generator,
     ) -> _Sample:
-        meta = json.loads(members["json"])
-        duration, clip_fps = float(meta["duration_s"]), float(meta["fps"])
+        meta = SampleMeta.from_json(members["json"], f"{key}.json in {shard}")
+        duration, clip_fps = meta.duration_s, float(meta.fps)
         stride = max(1, round(clip_fps / cfg.fps))
         clip_frames = max(1, math.floor(duration * clip_fps + 1e-6))
         start_frame = int(rng.integers(max(1, clip_frames - cfg.frames * stride + 1)))
@@ -116,21 +116,22 @@ class _Sample:
     @property
     def size(self) -> tuple[int, int]:
         """Equirect (width, height) in pixels."""
-        return int(self.meta["video"]["width"]), int(self.meta["video"]["height"])
+        return self.meta.video.width, self.meta.video.height
 
 
-def _objects(meta: dict[str, Any]) -> np.ndarray:
-    """Object directions ``[M, 2]`` (azimuth, elevation) in radians from a sample's JSON (degrees there)."""
-    directions = [o["direction"] for o in meta.get("objects", [])]
+def _objects(objects: Sequence[DetectedObject]) -> np.ndarray:
+    """Object directions ``[M, 2]`` (azimuth, elevation) in radians of a sample's detected objects
+    (degrees in its JSON)."""
+    directions = [o.direction for o in objects]
     return np.radians(np.asarray(directions, dtype=np.float64).reshape(-1, 2))
 
 
-def _labels(meta: dict[str, Any]) -> np.ndarray:
-    """Directions ``[M, 2]`` (azimuth, elevation) in radians of the labelled sound events in a sample's
-    JSON (rows ``[frame, class, source, az°, el°, …]``): one per labelled source (class, source index),
-    where it is at the middle of its frames in the clip; ``[0, 2]`` for an unlabelled clip."""
+def _labels(labels: list[list[float]] | None) -> np.ndarray:
+    """Directions ``[M, 2]`` (azimuth, elevation) in radians of the labelled sound events of a sample
+    (its JSON's rows ``[frame, class, source, az°, el°, …]``): one per labelled source (class, source
+    index), where it is at the middle of its frames in the clip; ``[0, 2]`` for an unlabelled clip."""
     rows: dict[tuple[int, int], list[list[float]]] = {}
-    for row in meta.get("labels", []):
+    for row in labels or []:
         rows.setdefault((int(row[1]), int(row[2])), []).append(row)
     directions = [track[len(track) // 2][3:5] for track in rows.values()]
     return np.radians(np.asarray(directions, dtype=np.float64).reshape(-1, 2))
@@ -233,6 +234,8 @@ class ClipStream(IterableDataset):
             return Skipped(position, exc.key, shard, str(exc), exc.truncated)
         except av.FFmpegError as exc:
             return Skipped(position, key, shard, f"unreadable video: {exc}")
+        except SchemaError as exc:  # its own message names the sample, the versions and the fix
+            return Skipped(position, key, shard, str(exc))
         except (KeyError, TypeError, ValueError) as exc:  # JSON missing, malformed or lacking fields
             return Skipped(position, key, shard, f"bad sample: {exc!r}")
 
@@ -248,16 +251,16 @@ class ClipStream(IterableDataset):
                 rng,
                 math.radians(cfg.max_elevation_deg),
                 math.radians(cfg.min_separation_deg),
-                objects=_objects(sample.meta),
+                objects=_objects(sample.meta.objects),
                 foa=audio,
-                labels=_labels(sample.meta),
+                labels=_labels(sample.meta.labels),
             )
         )
         clip = Clip(
             sample.key,
             sample.shard,
             sample.position,
-            str(sample.meta.get("source", sample.key)),
+            sample.meta.source,
             torch.from_numpy(audio),
             azimuth,
             elevation,

@@ -9,7 +9,6 @@ reads every sample once (evaluation, statistics).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from dataloading import seeds
 from dataloading.config import StorageConfig
-from dataloading.schema import MANIFEST_NAME
+from dataloading.schema import MANIFEST_NAME, Manifest
 from dataloading.storage import filesystem, join
 
 log = logging.getLogger(__name__)
@@ -94,22 +93,27 @@ def _index_count(url: str, storage: StorageConfig | None) -> int:
         return 0
 
 
+def read_manifest(url: str, storage: StorageConfig | None = None) -> Manifest | None:
+    """The ``manifest.json`` of the shard dataset at ``url`` (None where it has none), migrated from an
+    older schema where it is one; raises :class:`dataloading.schema.SchemaError` naming the file when
+    its schema is not one this code reads."""
+    manifest_url = join(url, MANIFEST_NAME)
+    fs, path = filesystem(manifest_url, storage)
+    return Manifest.from_json(fs.cat_file(path), manifest_url) if fs.exists(path) else None
+
+
 def list_shards(url: str, storage: StorageConfig | None = None) -> list[Shard]:
     """The shards of a dataset URL (a directory, local or ``s3://``), sorted by name.
 
-    Sample counts come from ``manifest.json`` when there is one, else from each shard's index.
-    Raises FileNotFoundError with the URL if there is nothing to read, so a wrong path fails at once.
+    Sample counts come from ``manifest.json`` when there is one (its schema version checked: see
+    :func:`read_manifest`), else from each shard's index. Raises FileNotFoundError with the URL if there
+    is nothing to read, so a wrong path fails at once.
     """
     fs, path = filesystem(url, storage)
-    manifest_path = join(path, MANIFEST_NAME)
     base = url.rstrip("/")
-    if fs.exists(manifest_path):
-        with fs.open(manifest_path, "rb") as fh:
-            manifest = json.load(fh)
-        shards = [
-            Shard(join(base, f"{name}.tar"), int(entry["samples"]))
-            for name, entry in manifest["shards"].items()
-        ]
+    manifest = read_manifest(url, storage)
+    if manifest is not None:
+        shards = [Shard(join(base, f"{name}.tar"), entry.samples) for name, entry in manifest.shards.items()]
     else:
         try:
             names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".tar"))

@@ -12,28 +12,16 @@ import io
 import os
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
 from types import TracebackType
 
 from dataloading.config import StorageConfig
-from dataloading.schema import EXTENSIONS
+from dataloading.schema import EXTENSIONS, ShardEntry
 from dataloading.storage import filesystem, upload_atomic, write_bytes_atomic
 
 DALI_INDEX_VERSION = "v1.2"
 # Fixed member metadata keeps the tar bytes a function of the samples only.
 _MTIME = 0
 _MODE = 0o444
-
-
-@dataclass
-class ShardInfo:
-    """What the manifest records about a finished shard (sizes in bytes)."""
-
-    samples: int
-    bytes: int
-    sha256: str
-    idx_bytes: int
-    keys: list[str] = field(default_factory=list)
 
 
 def dali_index(tar_path: str) -> str:
@@ -108,11 +96,12 @@ class ShardWriter:
             self._tar.addfile(info, io.BytesIO(data))
         self.keys.append(key)
 
-    def publish(self, url_stem: str, storage: StorageConfig | None = None) -> ShardInfo:
-        """Close the tar and upload ``<url_stem>.idx`` then ``<url_stem>.tar``; returns its record."""
+    def publish(self, url_stem: str, storage: StorageConfig | None = None) -> ShardEntry:
+        """Close the tar and upload ``<url_stem>.idx`` then ``<url_stem>.tar``; returns its manifest
+        record (without ``inputs`` and ``node``: the driver knows those)."""
         self._tar.close()
         index = dali_index(self.path).encode()
-        info = ShardInfo(
+        info = ShardEntry(
             samples=len(self.keys),
             bytes=os.path.getsize(self.path),
             sha256=sha256_file(self.path),

@@ -26,7 +26,7 @@ import torch
 from dataloading.config import PreprocessConfig, StorageConfig
 from dataloading.dcase import Event
 from dataloading.foa import fuma_to_ambix
-from dataloading.schema import AUDIO_SIDECAR_SUFFIXES
+from dataloading.schema import AUDIO_SIDECAR_SUFFIXES, DatasetOrigin
 from dataloading.storage import filesystem
 
 ENCODERS = {"vp9": "libvpx-vp9", "vp8": "libvpx", "mjpeg": "mjpeg"}
@@ -61,7 +61,7 @@ class Probe:
     input_format: str  # "ambix" or "fuma"
     audio_bits: int  # bits per sample of the clips' FLAC (:func:`flac_bits`)
     labels: list[Event] | None = None
-    dataset: dict[str, Any] | None = None
+    dataset: DatasetOrigin | None = None
 
     def clip_starts(self, clip_seconds: float) -> list[float]:
         """Start times of the whole clips that fit in the input (a partial tail is dropped)."""

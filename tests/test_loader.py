@@ -317,7 +317,7 @@ def test_reads_what_preprocessing_writes(tmp_path: Path) -> None:
     worker = PreprocessWorker(prep, StorageConfig())
     probes = {url: worker.probe(url) for url in list_inputs(prep.input)}
     for plan in plan_shards(probes, prep.clip_seconds, prep.shard_size):  # type: ignore[arg-type]
-        assert worker.make_shard(plan, probes, prep.output, None)["status"] == "written"  # type: ignore[arg-type]
+        assert worker.make_shard(plan, probes, prep.output, None).status == "written"  # type: ignore[arg-type]
     loader = build_loader(small(prep.output, feature="logmel_iv"))
     keys = [key for batch in loader for key in batch.meta["key"]]
     assert len(keys) == len(set(keys)) == 4 and loader.counters["skipped"] == 0

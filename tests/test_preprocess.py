@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from cluster.preprocess import TASK_ATTEMPTS, run, run_on_pool  # after the environment above
 from cluster.stack import Stack
 from dataloading.config import PreprocessConfig, StorageConfig
-from dataloading.schema import EXTENSIONS, MANIFEST_NAME
+from dataloading.schema import EXTENSIONS, MANIFEST_NAME, ShardResult
 from dataloading.shardwriter import sha256_url
 from dataloading.storage import TEMP_MARK, filesystem, join, register_webdataset_opener
 from tests.test_shardwriter import dali_read
@@ -176,16 +176,16 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
     before_kill: set[int] = set()
     pids_after_kill: list[int] = []
 
-    def kill_the_busy_one(result: dict) -> None:
+    def kill_the_busy_one(result: ShardResult) -> None:
         if killed:
-            pids_after_kill.append(result["pid"])
+            pids_after_kill.append(result.pid)
             return
         alive = list_actors(
             address=stack.client_env()["RAY_API_SERVER_ADDRESS"],
             filters=[("class_name", "=", "PreprocessWorker"), ("state", "=", "ALIVE")],
         )
         before_kill.update(a.pid for a in alive)
-        busy = [a.pid for a in alive if a.pid != result["pid"]]
+        busy = [a.pid for a in alive if a.pid != result.pid]
         assert busy, alive
         os.kill(busy[0], signal.SIGKILL)  # the other actor, usually mid-shard
         killed.append(busy[0])

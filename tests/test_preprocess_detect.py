@@ -7,7 +7,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from cluster.detect import (
     HAAR_MIN_TILE,
@@ -22,11 +21,10 @@ from cluster.detect import (
     angular_distance,
     make_detectors,
     merge,
-    sound_directions,
     take_in_turn,
     tiles_for,
 )
-from dataloading.foa import encode_plane_wave
+from dataloading.schema import DetectedObject
 
 W, H = 512, 256
 
@@ -104,14 +102,7 @@ def test_duplicates_from_overlapping_tiles_merge_keeping_the_best() -> None:
     c = Detection("y", 0.4, 0.05, 0.0, 0.1, 0.0, "d")
     far = Detection("x", 0.3, 1.0, 0.0, 0.1, 0.0, "d")
     assert merge([b, far, c, a]) == [a, c, far]
-    assert a.as_json() == {
-        "label": "x",
-        "score": 0.9,
-        "direction": [0.0, 0.0],
-        "size_deg": 5.73,
-        "time_s": 0.0,
-        "detector": "d",
-    }
+    assert a.record() == DetectedObject("x", 0.9, (0.0, 0.0), 5.73, 0.0, "d")
 
 
 class CountingDetector:
@@ -166,14 +157,3 @@ def test_detector_specs() -> None:
         make_detectors("yolo")
     with pytest.raises(RuntimeError, match=r"onnxruntime|not found"):
         make_detectors("onnx:/nowhere/model.onnx")
-
-
-def test_sound_direction_of_a_plane_wave() -> None:
-    rate = 24000
-    signal = torch.randn(rate, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.1
-    foa = encode_plane_wave(signal, math.radians(-120), math.radians(30)).numpy()
-    found = sound_directions(foa, rate)
-    assert len(found) == 2
-    for entry in found:
-        assert entry["direction"] == pytest.approx([-120, 30], abs=0.5)
-    assert sound_directions(np.zeros((4, rate)), rate) == []

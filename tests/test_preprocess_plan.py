@@ -1,14 +1,22 @@
-"""The shard plan: every clip once, in order, in the fewest shards of near-equal size."""
+"""The shard plan: every clip once, in order, in the fewest shards of near-equal size; what a resumed
+run may skip of the manifest it finds."""
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.preprocess import plan_shards
+from cluster.preprocess import PreprocessError, plan_shards, previous_manifest, resumable_shards
+from dataloading.config import StorageConfig
+from dataloading.schema import MANIFEST_NAME
 from dataloading.transcode import Probe
+from tests.test_schema import SETTINGS, manifest
 
 
 def probe_of(url: str, clips: int) -> Probe:
@@ -34,3 +42,30 @@ def test_twelve_clips_at_eight_per_shard_make_two_shards_of_six() -> None:
     plans = plan_shards({"a.mp4": probe_of("a.mp4", 12)}, 1.0, 8)
     assert [len(p.clips) for p in plans] == [6, 6]
     assert plan_shards({}, 1.0, 8) == []  # every input rejected
+
+
+def test_a_resumed_run_skips_shards_of_its_own_schema_only(tmp_path: Path) -> None:
+    """This version's manifest: its shards may be skipped. A version 1 manifest (no settings.layout)
+    migrates, settings and all, but its shards hold version 1 samples: every one is made again."""
+    current = manifest()
+    (tmp_path / MANIFEST_NAME).write_bytes(current.to_json())
+    previous = previous_manifest(str(tmp_path), StorageConfig())
+    assert previous == current and resumable_shards(previous, str(tmp_path)) == current.shards
+
+    old = current.to_dict() | {"schema_version": 1}
+    del old["settings"]["layout"]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(old))
+    migrated = previous_manifest(str(tmp_path), StorageConfig())
+    assert migrated is not None and migrated.settings == replace(SETTINGS, layout="files")
+    assert resumable_shards(migrated, str(tmp_path)) == {}
+    assert resumable_shards(None, str(tmp_path)) == {}
+
+
+def test_a_resumed_run_refuses_a_newer_dataset_and_rewrites_an_unversioned_one(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest().to_dict() | {"schema_version": 99}))
+    with pytest.raises(
+        PreprocessError, match=r"schema_version 99, newer than this avsa's .*another --output"
+    ):
+        previous_manifest(str(tmp_path), StorageConfig())
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"shards": {}, "inputs": {}}))
+    assert previous_manifest(str(tmp_path), StorageConfig()) is None  # nothing to resume: all made anew

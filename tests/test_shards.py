@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from dataloading.schema import shard_name
+from dataloading.schema import Manifest, ShardEntry, shard_name
 from dataloading.shards import BadSample, SampleRef, Shard, ShardReader, list_shards, parse_index
 from dataloading.shardwriter import ShardWriter
+from tests.test_schema import SETTINGS
 
 
 def _members(key: str) -> dict[str, bytes]:
@@ -42,8 +42,10 @@ def test_listing_and_ranged_reads_match_the_written_members(tmp_path: Path) -> N
 
 def test_manifest_counts_are_used_when_present(tmp_path: Path) -> None:
     _write(tmp_path, [2, 3])
-    manifest = {"shards": {shard_name(0): {"samples": 2}, shard_name(1): {"samples": 3}}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    shards = {
+        shard_name(k): ShardEntry(samples=n, bytes=0, sha256="", idx_bytes=0) for k, n in ((0, 2), (1, 3))
+    }
+    (tmp_path / "manifest.json").write_bytes(Manifest(SETTINGS, shards).to_json())
     (tmp_path / "shard-000001.idx").unlink()  # the manifest alone says how many samples there are
     assert [s.samples for s in list_shards(str(tmp_path))] == [2, 3]
 

@@ -177,5 +177,5 @@ def test_non_finite_sidecar_audio_is_rejected_naming_the_file_and_the_count(tmp_
     worker = PreprocessWorker(prep, StorageConfig())
     (plan,) = plan_shards({str(video): p}, prep.clip_seconds, prep.shard_size)
     result = worker.make_shard(plan, {str(video): p}, prep.output, None)
-    assert result["status"] == "empty" and result["written"] == {}
-    assert re.fullmatch(f"transcode failed: InputError: {expected}.*", result["failed"][str(video)])
+    assert result.status == "empty" and result.written == {}
+    assert re.fullmatch(f"transcode failed: InputError: {expected}.*", result.failed[str(video)])

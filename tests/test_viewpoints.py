@@ -121,18 +121,16 @@ def test_mix_takes_objects_then_sounds_then_random() -> None:
 def test_label_viewpoints_look_at_each_labelled_source_of_the_clip() -> None:
     """A sample's labels (two sources overlapping in frames 3–4, one moving) give one direction per
     source, at the middle of its frames; the labels sampler looks at both, and mix takes them first."""
-    meta = {
-        "labels": [
-            [2, 8, 0, 90.0, 0.0],
-            [3, 1, 0, -45.0, 10.0],
-            [3, 8, 0, 92.0, 0.0],
-            [4, 1, 0, -45.0, 10.0],
-            [4, 8, 0, 94.0, 0.0],
-        ]
-    }
-    labels = _labels(meta)
+    rows = [
+        [2, 8, 0, 90.0, 0.0],
+        [3, 1, 0, -45.0, 10.0],
+        [3, 8, 0, 92.0, 0.0],
+        [4, 1, 0, -45.0, 10.0],
+        [4, 8, 0, 94.0, 0.0],
+    ]
+    labels = _labels(rows)
     np.testing.assert_allclose(np.degrees(labels), [[92.0, 0.0], [-45.0, 10.0]])
-    assert _labels({}).shape == (0, 2)  # unlabelled clip
+    assert _labels(None).shape == (0, 2)  # unlabelled clip
     az, el = listed_viewpoints(labels, 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
     _check_limits(az, el, 4, MAX_EL, MIN_SEP)
     for target in labels:
@@ -144,7 +142,9 @@ def test_label_viewpoints_look_at_each_labelled_source_of_the_clip() -> None:
     assert sorted(np.round(np.degrees(mix_az))) == [-45.0, 92.0]  # labels before objects
     # a clip without labels draws what it drew before labels existed
     plain = mix_viewpoints(4, np.random.default_rng(2), MAX_EL, MIN_SEP, objects, _two_sources())
-    empty = mix_viewpoints(4, np.random.default_rng(2), MAX_EL, MIN_SEP, objects, _two_sources(), _labels({}))
+    empty = mix_viewpoints(
+        4, np.random.default_rng(2), MAX_EL, MIN_SEP, objects, _two_sources(), _labels(None)
+    )
     np.testing.assert_array_equal(plain, empty)
 
 

@@ -32,14 +32,15 @@ video, FOA audio and labels by file stem (a file without its partner is rejected
 
 writes under --output (a local path or s3:// URL):
   shard-NNNNNN.tar   WebDataset samples KEY.mp4 (VP9, constant fps, short GOP), KEY.flac
-                     (4-channel AmbiX at --audio-rate), KEY.json (source, times, object and
-                     sound directions, detector and scores)
+                     (4-channel AmbiX at --audio-rate), KEY.json (source, times, object
+                     directions, detector and scores; sound peaks are found by the loader)
   shard-NNNNNN.idx   DALI index for fn.readers.webdataset
   manifest.json      shards (samples, bytes, sha256), every input's status, rejections with
                      reasons; accepted + rejected = inputs
 
 Re-running the same command skips shards whose checksum matches the manifest and redoes the
-rest. Exit status: 0 if any sample was made, 1 if nothing could be processed, 2 on bad usage.
+rest; a dataset of an older schema_version (dataloading/schema.py) is rewritten whole, one of a
+newer version refused. Exit status: 0 if any sample was made, 1 if nothing could be processed, 2 on bad usage.
 
 Ray: joins --ray-address (or $RAY_ADDRESS, as inside `ray job submit`); otherwise starts a
 local Ray for the run. Runs unchanged as
