@@ -27,8 +27,9 @@ from dataloading.dcase import FRAME_SECONDS, Event
 from dataloading.features import FeatureExtractor
 from dataloading.layouts import read_labels, starss23
 from dataloading.resample import resample
-from dataloading.schema import MANIFEST_NAME
+from dataloading.schema import MANIFEST_NAME, SchemaError
 from dataloading.storage import filesystem, join
+from dataloading.synth.evalsets import EVALSET_SCHEMA_VERSION
 from trainer.config import Config
 from trainer.data import SYNTHETIC_SCHEME, SyntheticSource
 
@@ -55,15 +56,22 @@ class LabeledSet:
         return int(self.manifest["sample_rate"])
 
 
-def read_manifest(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
-    fs, path = filesystem(join(url, MANIFEST_NAME), storage)
-    return json.loads(fs.cat_file(path))
+def read_evalset_manifest(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """The ``manifest.json`` of the labeled set at ``url``; raises :class:`dataloading.schema.SchemaError`
+    naming it when its version is not :data:`dataloading.synth.evalsets.EVALSET_SCHEMA_VERSION`."""
+    manifest_url = join(url, MANIFEST_NAME)
+    fs, path = filesystem(manifest_url, storage)
+    manifest = json.loads(fs.cat_file(path))
+    if manifest.get("schema_version") != EVALSET_SCHEMA_VERSION:
+        fix = "re-run `avsa synth --eval-sets` to rewrite the labeled sets"
+        raise SchemaError(manifest_url, manifest.get("schema_version"), EVALSET_SCHEMA_VERSION, fix)
+    return manifest
 
 
 def read_split(url: str, split: str, storage: StorageConfig | None = None) -> LabeledSet:
     """Every clip of ``split`` of the labeled set at ``url``, in shard order; clips of unequal length
     are cut to the shortest."""
-    manifest = read_manifest(url, storage)
+    manifest = read_evalset_manifest(url, storage)
     if split not in manifest["splits"]:
         raise KeyError(f"{url}: no split {split!r} (has {sorted(manifest['splits'])})")
     waves: list[np.ndarray] = []

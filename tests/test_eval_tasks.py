@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from dataloading.features import FeatureExtractor
 from dataloading.foa import direction_vector, encode_plane_wave
 from dataloading.storage import join, write_bytes_atomic
-from dataloading.synth.evalsets import write_shards
+from dataloading.synth.evalsets import EVALSET_SCHEMA_VERSION, write_shards
 from dataloading.transcode import flac_bytes
 from evaluation.datasets import HeldOutClips
 from evaluation.metrics import angular_error, confusion_matrix, doa_summary, vector_to_angles
@@ -54,7 +54,13 @@ def _plane_wave_clip(signal: np.ndarray, az: float, el: float, rng: np.random.Ge
 
 
 def _manifest(url: str, kind: str, splits: dict[str, list[dict]], **extra: object) -> None:
-    manifest = {"kind": kind, "sample_rate": RATE, "seconds": SECONDS, **extra}
+    manifest = {
+        "schema_version": EVALSET_SCHEMA_VERSION,
+        "kind": kind,
+        "sample_rate": RATE,
+        "seconds": SECONDS,
+        **extra,
+    }
     manifest["splits"] = {name: {"shards": shards} for name, shards in splits.items()}
     write_bytes_atomic(join(url, "manifest.json"), json.dumps(manifest).encode())
 

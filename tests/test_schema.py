@@ -190,3 +190,18 @@ def test_an_unversioned_manifest_is_refused_with_the_command_that_rewrites_it(tm
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"shards": {}}))
     with pytest.raises(SchemaError, match=r"schema_version None, expected .*re-run `avsa preprocess"):
         read_manifest(str(tmp_path))
+
+
+def test_an_eval_set_manifest_has_its_own_version_and_names_its_own_tool(tmp_path: Path) -> None:
+    from dataloading.synth.evalsets import EVALSET_SCHEMA_VERSION
+    from evaluation.datasets import read_evalset_manifest
+
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"kind": "doa", "splits": {}}))  # no version
+    with pytest.raises(
+        SchemaError, match=r"schema_version None, expected 1; re-run `avsa synth --eval-sets`"
+    ):
+        read_evalset_manifest(str(tmp_path))
+    (tmp_path / MANIFEST_NAME).write_text(
+        json.dumps({"schema_version": EVALSET_SCHEMA_VERSION, "splits": {}})
+    )
+    assert read_evalset_manifest(str(tmp_path))["splits"] == {}

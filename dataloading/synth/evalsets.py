@@ -29,10 +29,13 @@ from dataloading.config import StorageConfig
 from dataloading.seeds import stable_seed
 from dataloading.storage import join, write_bytes_atomic
 from dataloading.synth.assets import AssetError, Catalog, SoundAsset, load_sound
-from dataloading.synth.scene import SCHEMA_VERSION, Room, Source, max_distance, sample_room, unit_vector
+from dataloading.synth.scene import Room, Source, max_distance, sample_room, unit_vector
 from dataloading.synth.spatialize import diffuse_noise, dry_signal, render_source
 from dataloading.transcode import flac_bytes
 
+# The eval sets' manifest and sample JSON have their own version: they are another format than the
+# training dataset's (dataloading.schema), read by evaluation.datasets, and change with this module.
+EVALSET_SCHEMA_VERSION = 1
 SHARD_SIZE = 256  # samples per tar shard
 TEST_FRACTION = 1 / 3  # of each class's sources
 
@@ -150,7 +153,7 @@ def classification_set(
     classes = sorted(split)
     rejected: dict[str, str] = {}
     manifest: dict = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": EVALSET_SCHEMA_VERSION,
         "kind": "classification",
         "sample_rate": rate,
         "seconds": seconds,
@@ -237,7 +240,7 @@ def doa_set(
     rejected: dict[str, str] = {}
     sounds = list(catalog.sounds)
     manifest: dict = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": EVALSET_SCHEMA_VERSION,
         "kind": "doa",
         "sample_rate": rate,
         "seconds": seconds,

@@ -16,7 +16,9 @@ from dataloading import seeds
 from dataloading.seeds import stable_seed
 from dataloading.synth.assets import Catalog, SoundAsset
 
-SCHEMA_VERSION = 1
+# The ground-truth JSON's own version: it describes a generated scene (sources, trajectories, room)
+# and changes with the generator, not with the training sample format (dataloading.schema).
+SCENE_SCHEMA_VERSION = 1
 TRAJECTORY_HZ = 10.0  # ground-truth trajectory samples per second
 
 
@@ -308,7 +310,7 @@ def ground_truth(scene: Scene, skipped: list[dict[str, str]]) -> dict:
             }
         )
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": SCENE_SCHEMA_VERSION,
         "seed": scene.seed,
         "duration_s": scene.seconds,
         "conventions": {
