@@ -9,8 +9,14 @@ Angles are radians inside code and degrees in these JSON documents (user-facing)
 Both documents carry :data:`SCHEMA_VERSION`: one number, because one ``avsa preprocess`` run writes a
 dataset's samples and its manifest together. Writers build the records and serialise them with
 ``to_json``; readers parse with ``from_json``, which checks the version. An older version this code
-can still read is migrated on reading (:data:`MIGRATIONS`); anything else raises :class:`SchemaError`
-naming the file, the version found, the one expected and the command that rewrites the dataset.
+can still read is migrated on reading; anything else raises :class:`SchemaError` naming the file, the
+version found, the one expected and the command that rewrites the dataset.
+
+Migrations, version -> the current one:
+
+- 1: samples drop ``sounds`` (one intensity direction per 0.5-s segment of the clip, which no reader
+  used: the loader finds the sound peaks of its own audio window); manifests written before dataset
+  layouts get layout ``files``, and the shard and run fields recorded later their defaults.
 """
 
 from __future__ import annotations
@@ -23,10 +29,6 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 2
 OLDEST_READABLE = 1  # older documents (or ones without a version) are refused, not migrated
-MIGRATIONS = {
-    1: "samples drop `sounds` (per-segment intensity directions no reader used); manifests written "
-    "before dataset layouts get layout 'files', and the shard and run fields recorded later their defaults",
-}
 EXTENSIONS = ("mp4", "flac", "json")  # members of every sample, in tar order
 MANIFEST_NAME = "manifest.json"
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
