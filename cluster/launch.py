@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.processes import free_port
+from cluster.processes import free_port, set_local_rank_env
 from trainer.checkpoint import read_meta, resolve
 from trainer.config import Config
 from trainer.credentials import is_secret, secret_env, without_secrets
@@ -49,13 +49,7 @@ def _local_rank_main(rank: int, world_size: int, port: int, cfg: Config, resume:
     # Out of the launcher's process group: a SIGTERM to the whole group (a terminal, a container
     # runtime) reaches the ranks once, forwarded by the launcher, not twice (twice means "at once").
     os.setpgrp()
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_local_rank_env(rank, world_size, port)
     import torch
 
     # N ranks share this machine's cores; torch would otherwise start one thread per core in each.

@@ -139,6 +139,19 @@ def free_port(host: str = "127.0.0.1", avoid: Callable[[int], bool] = lambda _: 
     raise RuntimeError("could not find a free port")
 
 
+def set_local_rank_env(rank: int, world_size: int, port: int) -> None:
+    """Set this process's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` (127.0.0.1) and
+    ``MASTER_PORT`` (``port``): rank ``rank`` of ``world_size`` ranks that all run on this machine, as
+    torch.distributed's ``env://`` rendezvous (and DeepSpeed, torchrun) read them."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.5) -> bool:
     """Poll ``check`` until it returns True or ``timeout_s`` passes; exceptions count as False."""
     deadline = time.monotonic() + timeout_s

@@ -14,7 +14,6 @@ hangs (e.g. its peer died inside a collective) is killed once ``timeout_s`` have
 from __future__ import annotations
 
 import io
-import os
 import queue
 import time
 import traceback
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cluster.processes import free_port
+from cluster.processes import free_port, set_local_rank_env
 
 
 class DistributedError(RuntimeError):
@@ -42,13 +41,7 @@ def _rank_main(
     args: tuple[Any, ...],
     results: mp.Queue,
 ) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_local_rank_env(rank, world_size, port)
     torch.set_num_threads(1)  # N ranks share a small machine
     try:
         timeout = timedelta(seconds=timeout_s)
