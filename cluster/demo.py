@@ -49,20 +49,11 @@ def stage_synth(ctx: DemoContext) -> None:
     """Generate 360° videos with FOA audio, held-out scenes and the labeled evaluation sets, into S3."""
     from dataloading.synth.assets import build_catalog
     from dataloading.synth.evalsets import classification_set, doa_set
-    from dataloading.synth.generate import SynthOptions, generate
+    from dataloading.synth.generate import generate, options_of
 
     s = ctx.cfg.synth  # sizes from demo.yaml; the demo writes into the stack's bucket
     catalog = build_catalog(s.assets or None, fetch=s.fetch)
-    opts = SynthOptions(
-        out=ctx.url("raw"),
-        videos=s.videos,
-        seconds=s.seconds,
-        seed=s.seed,
-        workers=s.workers,
-        size=s.size,
-        fps=s.fps,
-        storage=ctx.stack.storage(),
-    )
+    opts = options_of(s, ctx.stack.storage(), out=ctx.url("raw"))
     summary = generate(opts, catalog)
     held_out = replace(
         opts, out=ctx.url("raw-heldout"), videos=HELD_OUT_VIDEOS, seed=opts.seed + seeds.HELD_OUT_SEED_OFFSET

@@ -80,24 +80,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from dataloading.storage import join
     from dataloading.synth.assets import build_catalog
     from dataloading.synth.evalsets import classification_set, doa_set
-    from dataloading.synth.generate import SynthOptions, generate
-    from dataloading.synth.trees import STARSS_RATE
+    from dataloading.synth.generate import generate, options_of
 
     s = cfg.synth
     catalog = build_catalog(s.assets or None, fetch=s.fetch)
-    opts = SynthOptions(
-        out=s.out,
-        videos=s.videos,
-        seconds=s.seconds,
-        seed=s.seed,
-        workers=s.workers,
-        size=s.size,
-        fps=s.fps,
-        layout=s.layout,
-        storage=cfg.storage,
-    )
-    if s.layout == "starss23":
-        opts.rate = STARSS_RATE
+    opts = options_of(s, cfg.storage)
     summary = generate(opts, catalog)
     made = s.videos - len(summary["failed"])
     print(f"{made}/{s.videos} videos in {summary['wall_seconds']:.1f} s -> {s.out}")

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloading import seeds
-from dataloading.config import StorageConfig
+from dataloading.config import StorageConfig, SynthConfig
 from dataloading.dcase import format_labels
 from dataloading.layouts import STARSS_AUDIO, STARSS_LABELS, STARSS_VIDEO, YT_AUDIO, YT_VIDEO, Layout
 from dataloading.seeds import stable_seed
@@ -66,6 +66,25 @@ class SynthOptions:
     # tree of STARSS23 (wav + video-only mp4 + label CSV; needs rate 24000) or YT-360 (mp4 + m4a + lists).
     layout: Layout = "files"
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+def options_of(cfg: SynthConfig, storage: StorageConfig, out: str | None = None) -> SynthOptions:
+    """The generator's options for the ``synth`` config section, writing to ``out`` (default
+    ``cfg.out``); a STARSS23 tree gets that dataset's audio rate."""
+    opts = SynthOptions(
+        out=out or cfg.out,
+        videos=cfg.videos,
+        seconds=cfg.seconds,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        size=cfg.size,
+        fps=cfg.fps,
+        layout=cfg.layout,
+        storage=storage,
+    )
+    if cfg.layout == "starss23":
+        opts.rate = STARSS_RATE
+    return opts
 
 
 def video_name(index: int) -> str:
