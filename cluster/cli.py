@@ -10,6 +10,7 @@ from the fields' docstrings (:func:`add_config_arguments`).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import re
@@ -81,7 +82,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *sections: str) -> Non
     parser.formatter_class = HelpFormatter
     if not sections:
         return
-    listed = [k for section in sections for k in keys(Config()) if k.name.split(".", 1)[0] == section]
+    listed = [k for section in sections for k in config_keys().values() if k.name.split(".", 1)[0] == section]
     text = "\n".join(describe(k) for k in listed)
     head = (
         f"config keys ({', '.join(sections)}): --KEY VALUE or --KEY=VALUE, lists as [a,b], an empty "
@@ -90,10 +91,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, *sections: str) -> Non
     parser.epilog = "\n\n".join(part for part in (parser.epilog, f"{head}\n{text}") if part)
 
 
-def config_key(name: str) -> Key:
-    """The leaf ``name`` (dotted) of the config tree; ``KeyError`` if there is none."""
-    found = {k.name: k for k in keys(Config())}
-    return found[name]
+@functools.cache
+def config_keys() -> dict[str, Key]:
+    """Every leaf of the config tree by dotted name, read once: each parser's flags and listing use it."""
+    return {k.name: k for k in keys(Config())}
 
 
 _UNSET = object()
@@ -116,7 +117,7 @@ def add_config_flag(
     keeps the text as typed); with ``const`` it takes none and sets the key to ``const``; with
     ``append`` it may repeat, each value one item of the key's list.
     """
-    key = config_key(name)
+    key = config_keys()[name]
     options: dict[str, Any] = {"dest": ALIAS + name, "default": argparse.SUPPRESS}
     if const is not _UNSET:
         options |= {"action": "store_const", "const": const}

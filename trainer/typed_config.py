@@ -291,9 +291,10 @@ def documented_yaml(cls: type, data: Mapping[str, Any], width: int = 100) -> str
                 lines.append(f"{indent}{f.name}:")
                 walk(tp, values[f.name], indent + "  ")
                 continue
-            choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
-            comment(docs[f.name] + (f" One of: {', '.join(map(str, choices))}." if choices else ""), indent)
-            lines.append(f"{indent}{f.name}: {flow_yaml(values[f.name])}")
+            key = Key(f.name, tp, values[f.name], docs[f.name])
+            one_of = f" One of: {', '.join(map(str, key.choices))}." if key.choices else ""
+            comment(key.doc + one_of, indent)
+            lines.append(f"{indent}{f.name}: {key.default_text()}")
 
     walk(cls, data, "")
     return "\n".join(lines).lstrip("\n") + "\n"
