@@ -81,13 +81,26 @@ class Cluster:
             text=True,
         )
 
-    def free_cpus(self) -> float:
-        """CPUs no task or actor holds, as `ray status` reports them (0 when it cannot say)."""
+    def cpus(self) -> tuple[float, float]:
+        """(free, total) CPUs as `ray status` reports them ((0, 0) when it cannot say)."""
         out = subprocess.run(
             [BIN / "ray", "status"], env=self.env, capture_output=True, text=True, timeout=60
         ).stdout
         used = re.search(r"([\d.]+)/([\d.]+) CPU", out)
-        return float(used.group(2)) - float(used.group(1)) if used else 0.0
+        return (float(used.group(2)) - float(used.group(1)), float(used.group(2))) if used else (0.0, 0.0)
+
+    def wait_settled(self, timeout_s: float = 120) -> None:
+        """Wait until both hosts' CPUs are registered and free. Work submitted before a (re)started
+        host's CPUs reach the head's resource view all lands on host a, and a previous test's actors
+        hold CPUs for a while after it ends. `ray status` is a periodic snapshot, so one good reading
+        can still be stale: ask for three in a row."""
+        readings: list[tuple[float, float]] = []
+
+        def settled() -> bool:
+            readings.append(self.cpus())
+            return len(readings) >= 3 and all(r == (4, 4) for r in readings[-3:])
+
+        assert wait_for(settled, timeout_s=timeout_s, interval_s=2), f"(free, total) CPUs: {readings[-3:]}"
 
 
 def finish(job: subprocess.Popen) -> str:
@@ -139,6 +152,7 @@ def test_preprocessing_actors_run_on_both_hosts_and_the_manifest_says_which(
 ) -> None:
     output = raw.replace("/raw-", "/shards-")
     command = ["avsa", "preprocess", "--input", raw, "--output", output, *PREPROCESS]
+    cluster.wait_settled()  # the pool is sized from, and spread over, the CPUs the head knows of
     logs = finish(cluster.submit(*command))
     assert f"{VIDEOS} of {VIDEOS} inputs accepted" in logs
     manifest = manifest_of(cluster, output)
@@ -207,6 +221,7 @@ class Finished:
 def uninterrupted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Finished:
     """The Ray Train run with no failure (the reference for the others)."""
     cfg, path = train_config(cluster, tmp_path_factory.mktemp("straight"), f"straight-{uuid.uuid4().hex[:6]}")
+    cluster.wait_settled()
     logs = finish(ray_train(cluster, path))
     return Finished(final_state(cluster, cfg), logs)
 
@@ -264,6 +279,7 @@ def test_host_b_dies_mid_training_and_the_restarted_run_ends_where_an_uninterrup
     cluster: Cluster, uninterrupted: Finished, tmp_path: Path
 ) -> None:
     cfg, path = train_config(cluster, tmp_path, f"node-loss-{uuid.uuid4().hex[:6]}")
+    cluster.wait_settled()
     job = ray_train(cluster, path)
     try:
         first = f"{cfg.train.checkpoint_url}/latest"
@@ -287,16 +303,7 @@ def test_host_b_dies_and_the_elastic_group_goes_on_with_the_ranks_left(
     """4 workers (2 per host) with --min-workers 2: after host b is lost Ray restarts the group with the
     2 workers host a has room for, and they resume the 4-rank checkpoint (world size 4 -> 2)."""
     cfg, path = train_config(cluster, tmp_path, f"elastic-{uuid.uuid4().hex[:6]}")
-    # An elastic group starts with the workers there is room for: wait until the previous test's
-    # actors have let go of their CPUs (a restarted host registers before they do). `ray status` is a
-    # periodic snapshot, so one reading of 4 free CPUs can still be stale: ask for three in a row.
-    readings: list[float] = []
-
-    def settled() -> bool:
-        readings.append(cluster.free_cpus())
-        return len(readings) >= 3 and min(readings[-3:]) >= 4
-
-    assert wait_for(settled, timeout_s=120, interval_s=2), f"4 CPUs never free: {readings[-3:]}"
+    cluster.wait_settled()  # an elastic group starts with the workers there is room for
     job = ray_train(cluster, path, "--workers", "4", "--min-workers", "2")
     try:
         first = f"{cfg.train.checkpoint_url}/latest"
@@ -325,6 +332,7 @@ def test_host_b_dies_mid_preprocessing_and_its_shards_are_redone(cluster: Cluste
     output = raw.replace("/raw-", "/node-loss-")
     # One actor per host, so host a has a free CPU for the actor Ray restarts after losing b.
     command = ["avsa", "preprocess", "--input", raw, "--output", output, "--workers", "2", *PREPROCESS]
+    cluster.wait_settled()
     job = cluster.submit(*command)
     try:
         first = f"{output}/shard-000000.tar"
