@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from bench.loader import write_dataset
 from cluster.stack import Stack, free_stack_config
 from dataloading.dataset_stats import shared_stats
 from dataloading.loader import build_loader
+from dataloading.synth.samples import write_dataset
 from trainer.config import Config, load_config
 from trainer.deepspeed_config import input_dtype
 from trainer.losses import stage_for_epoch

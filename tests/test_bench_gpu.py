@@ -1,4 +1,5 @@
-"""`python -m bench gpu`: its CPU-side arithmetic, and that without a GPU it says so and exits 0."""
+"""The FLOPs and MFU arithmetic (:mod:`trainer.flops`), and `python -m bench gpu` without a GPU:
+it says so and exits 0."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from bench.gpu import embedding_sum, mfu, peak_flops, training_flops
 from trainer.config import load_config
+from trainer.flops import embedding_sum, mfu, peak_flops, training_flops
 from trainer.models import AVSAModel
 
 REPO = Path(__file__).resolve().parents[1]

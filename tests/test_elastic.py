@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench.loader import write_dataset
 from cluster.stack import Stack
 from dataloading.storage import filesystem
+from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
 from tests.test_train import tiny_config
 from trainer import safe_load

@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.loader import write_dataset
 from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
 from dataloading.dali_pipeline import SampleDecoder, trim_window
 from dataloading.features import CHANNELS, DB_PER_UNIT
@@ -24,6 +23,7 @@ from dataloading.foa import direction_vector, steering_matrix
 from dataloading.geometry import crop_views, stacked_remap_maps, unstack_remapped, wrap_pad
 from dataloading.loader import Loader, build_loader
 from dataloading.shards import SampleRef, ShardReader, list_shards, parse_index
+from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
 
 SIZES = [3, 5, 4, 2, 6]  # five uneven shards, 20 clips: 5 batches of 2 on each of 2 ranks

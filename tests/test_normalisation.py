@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.loader import write_dataset
 from dataloading.dataset_stats import load_or_compute, stats_location
 from dataloading.feature_stats import STATS_DIR, STATS_FILE, FeatureStats, StatsMismatch
 from dataloading.features import FeatureExtractor
 from dataloading.foa import encode_plane_wave
+from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
 from trainer.checkpoint import read_stats
 from trainer.config import Config, load_config
