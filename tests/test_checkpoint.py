@@ -15,20 +15,10 @@ import torch
 
 from cluster.stack import Stack
 from tests.distributed import DistributedError, run_distributed
-from tests.test_train import tiny_config
+from tests.helpers import FakeEngine, tiny_config
 from trainer import checkpoint
 from trainer.checkpoint import Checkpointer, read_text, resolve, rng_state, set_rng_state
 from trainer.data import SyntheticSource
-
-
-class FakeEngine:
-    """Writes one file per save, as DeepSpeed writes its states into ``save_dir/tag``."""
-
-    module = torch.nn.BatchNorm1d(2)
-
-    def save_checkpoint(self, save_dir: str, tag: str, save_latest: bool) -> None:
-        os.makedirs(os.path.join(save_dir, tag))
-        Path(save_dir, tag, "mp_rank_00_model_states.pt").write_bytes(b"weights")
 
 
 def test_latest_moves_only_after_a_complete_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

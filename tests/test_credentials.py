@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster.launch import config_overrides
+from tests.helpers import Payload
 from trainer import safe_load
 from trainer.checkpoint import rng_state
 from trainer.config import Config, dump_config, load_config, save_config
@@ -75,16 +76,6 @@ def test_config_show_masks_credentials_unless_asked(tmp_path: Path) -> None:
     masked = show()
     assert "from-a-file-1234" not in masked and FROM_CONFIG in masked
     assert "secret_access_key: from-a-file-1234" in show("--show-secrets")
-
-
-class Payload:
-    """Unpickled in full, creates the folder ``path``: stands for any code a pickle can run."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple:
-        return (os.makedirs, (self.path,))
 
 
 def test_the_weights_only_loader_reads_rng_state_and_refuses_a_pickle_that_runs_code(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from cluster.stack import Stack
 from dataloading.storage import filesystem
 from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 from trainer import safe_load
 from trainer.config import Config
 from trainer.data import Batch, BatchSource

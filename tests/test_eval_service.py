@@ -16,7 +16,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -30,31 +29,20 @@ from evaluation.markers import Marker, marker_key
 from evaluation.service import MAX_ATTEMPTS, EvalService, format_status, run_reports, status
 from evaluation.suite import format_table
 from tests.distributed import run_distributed
-from tests.helpers import write_starss_tree
-from tests.test_eval_tasks import write_classification_set, write_doa_set
+from tests.helpers import (
+    SERVICE_ARGS,
+    Trained,
+    start_service,
+    write_classification_set,
+    write_doa_set,
+    write_starss_tree,
+)
 from trainer.config import Config, EvalConfig, load_config
 from trainer.data import TINY
 
 pytestmark = pytest.mark.integration
 
 STEPS = (2, 4)
-SERVICE_ARGS = ("--clip-count", "16", "--eval.probe_epochs", "10", "--device", "cpu", "--poll", "1")
-
-
-@dataclass
-class Trained:
-    uri: str
-    run_id: str
-    env: dict[str, str]
-    experiment: str
-    suite_args: list[str]
-    suite: EvalConfig
-    trusted: str  # the folder every test's checkpoints are under
-
-    def service(self, device: str = "auto") -> EvalService:
-        """An in-process service watching only this module's experiment."""
-        suite = replace(self.suite, experiments=(self.experiment,), device=device)
-        return EvalService(self.uri, suite, trusted_roots=[self.trusted])
 
 
 def _train(rank: int, world_size: int, cfg: Config) -> str | None:
@@ -104,22 +92,6 @@ def service_process(trained: Trained, tmp_path: Path) -> Iterator[list[subproces
             proc.wait(30)
 
 
-def _start(trained: Trained, log: Path) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cluster.cli",
-        "eval-service",
-        "--tracking-uri",
-        trained.uri,
-        "--lease",
-        "60",
-    ]
-    return subprocess.Popen(
-        [*cmd, *trained.suite_args], env=trained.env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-
-
 def _markers(client: MlflowClient, run_id: str) -> dict[int, Marker]:
     tags = client.get_run(run_id).data.tags
     return {s: Marker.from_tag(tags[marker_key(s)]) for s in STEPS if marker_key(s) in tags}
@@ -142,7 +114,7 @@ def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
 ) -> None:
     client = MlflowClient(trained.uri)
     log = tmp_path / "service.log"
-    first = _start(trained, log)
+    first = start_service(trained, log)
     service_process.append(first)
     _wait(
         lambda: any(m.eval_run for m in _markers(client, trained.run_id).values()),
@@ -156,7 +128,7 @@ def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
     interrupted = {s: m for s, m in _markers(client, trained.run_id).items() if m.state == "running"}
     (killed_step,) = interrupted  # exactly one evaluation was in flight
 
-    second = _start(trained, log)
+    second = start_service(trained, log)
     service_process.append(second)
     _wait(
         lambda: [m.state for m in _markers(client, trained.run_id).values()] == ["done", "done"],

@@ -8,7 +8,6 @@ placed in the task context's cache, where the tasks look for the clips they read
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -20,10 +19,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from dataloading.features import FeatureExtractor
-from dataloading.foa import direction_vector, encode_plane_wave
-from dataloading.storage import join, write_bytes_atomic
-from dataloading.synth.evalsets import EVALSET_SCHEMA_VERSION, write_shards
-from dataloading.transcode import flac_bytes
+from dataloading.foa import direction_vector
 from evaluation.datasets import HeldOutClips
 from evaluation.metrics import angular_error, confusion_matrix, doa_summary, vector_to_angles
 from evaluation.suite import Report, format_table, results_from_metrics
@@ -38,72 +34,10 @@ from evaluation.tasks import (
 )
 from evaluation.tasks.pairs import scene_folds
 from evaluation.tasks.pretext import scene_batches
+from tests.helpers import write_classification_set, write_doa_set
 from trainer.config import EvalConfig, load_config
 from trainer.data import TINY
 from trainer.models import AVSAOutput, Embeddings
-
-RATE = 24000
-SECONDS = 0.25
-TONES_HZ = (400.0, 1500.0, 5000.0)
-
-
-def _plane_wave_clip(signal: np.ndarray, az: float, el: float, rng: np.random.Generator) -> np.ndarray:
-    foa = encode_plane_wave(torch.from_numpy(signal), az, el).numpy()
-    foa = foa + 0.01 * rng.standard_normal(foa.shape)
-    return foa * (0.9 / np.abs(foa).max())
-
-
-def _manifest(url: str, kind: str, splits: dict[str, list[dict]], **extra: object) -> None:
-    manifest = {
-        "schema_version": EVALSET_SCHEMA_VERSION,
-        "kind": kind,
-        "sample_rate": RATE,
-        "seconds": SECONDS,
-        **extra,
-    }
-    manifest["splits"] = {name: {"shards": shards} for name, shards in splits.items()}
-    write_bytes_atomic(join(url, "manifest.json"), json.dumps(manifest).encode())
-
-
-def write_classification_set(url: str, per_class: int = 12, seed: int = 0) -> None:
-    """Classes are tones (with harmonics) from random directions; test gets half as many clips."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(SECONDS * RATE)) / RATE
-    splits = {}
-    for part, count in (("train", per_class), ("test", per_class // 2)):
-        samples = []
-        for label, f0 in enumerate(TONES_HZ):
-            for i in range(count):
-                wave = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) / h for h in (1, 2, 3))
-                az, el = rng.uniform(-np.pi, np.pi), rng.uniform(-0.5, 0.7)
-                meta = {"label": f"tone{label}", "label_index": label, "split": part}
-                flac = flac_bytes(_plane_wave_clip(wave, az, el, rng), RATE, bits=16)
-                samples.append((f"{part}_{label}_{i:04d}", {"flac": flac, "json": json.dumps(meta).encode()}))
-        splits[part] = write_shards(url, f"cls-{part}", iter(samples), None)
-    _manifest(url, "classification", splits, classes=[f"tone{i}" for i in range(len(TONES_HZ))])
-
-
-def write_doa_set(url: str, clips: int = 40, seed: int = 0) -> None:
-    """Noise plane waves at random directions, ``clips`` per split (train, test); in the test split
-    every fifth clip has a second source (left out by the tasks)."""
-    rng = np.random.default_rng(seed)
-    splits = {}
-    for part in ("train", "test"):
-        samples = []
-        for i in range(clips):
-            count = 2 if part == "test" and i % 5 == 4 else 1
-            foa, sources = 0.0, []
-            for _ in range(count):
-                az, el = rng.uniform(-np.pi, np.pi), rng.uniform(-0.5, 0.7)
-                foa = foa + _plane_wave_clip(rng.standard_normal(int(SECONDS * RATE)), az, el, rng)
-                sources.append({"azimuth_deg": math.degrees(az), "elevation_deg": math.degrees(el)})
-            flac = flac_bytes(foa * 0.45, RATE, bits=16)
-            samples.append(
-                (f"doa_{part}_{i:05d}", {"flac": flac, "json": json.dumps({"sources": sources}).encode()})
-            )
-        splits[part] = write_shards(url, f"doa-{part}", iter(samples), None)
-    _manifest(url, "doa", splits)
-
 
 # --- metrics -------------------------------------------------------------------------------------
 

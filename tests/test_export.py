@@ -15,7 +15,7 @@ import torch
 
 from cluster.launch import train_and_export
 from cluster.stack import Stack
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 from trainer.export import submodule_state
 from trainer.models import PRESETS, AudioEncoder
 

@@ -25,6 +25,7 @@ from dataloading.loader import Loader, build_loader
 from dataloading.shards import SampleRef, ShardReader, list_shards, parse_index
 from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
+from tests.helpers import synth_videos
 
 SIZES = [3, 5, 4, 2, 6]  # five uneven shards, 20 clips: 5 batches of 2 on each of 2 ranks
 
@@ -309,7 +310,6 @@ def test_an_unreadable_dataset_fails_fast_with_a_clear_message(tmp_path: Path) -
 def test_reads_what_preprocessing_writes(tmp_path: Path) -> None:
     """The contract with `avsa preprocess`: its shards (written here by its worker, without Ray) load."""
     from cluster.preprocess import PreprocessWorker, list_inputs, plan_shards
-    from tests.test_transcode import synth_videos
 
     synth_videos(tmp_path / "raw", videos=2, seconds=2.5)
     raw, out = str(tmp_path / "raw"), str(tmp_path / "out")

@@ -27,9 +27,7 @@ from cluster.processes import free_port, wait_for
 from cluster.stack import Stack, free_stack_config
 from dataloading.schema import MANIFEST_NAME
 from dataloading.storage import filesystem, join
-from tests.test_preprocess import CLIPS_PER_VIDEO, VIDEOS, check_dataset
-from tests.test_train import tiny_config
-from tests.test_transcode import synth_videos
+from tests.helpers import CLIPS_PER_VIDEO, VIDEOS, check_dataset, synth_videos, tiny_config
 from trainer.checkpoint import read_text
 from trainer.config import Config, save_config
 from trainer.export import consolidated_state_dict

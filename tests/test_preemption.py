@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster.processes import free_port
 from cluster.stack import Stack
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 from trainer.checkpoint import read_meta, resolve
 from trainer.config import save_config
 from trainer.export import consolidated_state_dict

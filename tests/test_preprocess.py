@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,25 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# The stack's Ray head listens on loopback only; without this, Ray (read when it is first imported)
-# rewrites 127.0.0.1 to the machine's network address and the driver cannot reach the head.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-from cluster.preprocess import TASK_ATTEMPTS, run, run_on_pool  # after the environment above
+from cluster.preprocess import TASK_ATTEMPTS, run, run_on_pool
 from cluster.stack import Stack
-from dataloading.config import PreprocessConfig, StorageConfig
-from dataloading.schema import EXTENSIONS, MANIFEST_NAME, ShardResult
-from dataloading.shardwriter import sha256_url
-from dataloading.storage import TEMP_MARK, filesystem, join, register_webdataset_opener
-from tests.test_shardwriter import dali_read
-from tests.test_transcode import bad_inputs, synth_videos
+from dataloading.config import PreprocessConfig
+from dataloading.schema import MANIFEST_NAME, ShardResult
+from dataloading.storage import TEMP_MARK, filesystem, join
+from tests.helpers import CLIPS_PER_VIDEO, VIDEOS, bad_inputs, check_dataset, synth_videos
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = PreprocessConfig(clip_seconds=1.0, shard_size=2, video_size=(256, 128), fps=16)
 FLAGS = ["--clip-seconds", "1", "--shard-size", "2", "--size", "256x128", "--fps", "16", "--no-progress"]
-VIDEOS, CLIPS_PER_VIDEO = 3, 2  # 2.5 s videos make two whole 1 s clips
 
 
 @pytest.fixture(scope="module")
@@ -74,48 +66,6 @@ def local_dataset(ray_head: str, raw: Path, tmp_path_factory: pytest.TempPathFac
 def without_run(manifest: dict) -> dict:
     """The manifest minus timings and run bookkeeping (what two equivalent runs share)."""
     return {k: v for k, v in manifest.items() if k != "run"}
-
-
-def local_copy(url: str, storage: StorageConfig | None, folder: str) -> str:
-    fs, path = filesystem(url, storage)
-    target = os.path.join(folder, path.rsplit("/", 1)[-1])
-    fs.get_file(path, target)
-    return target
-
-
-def check_dataset(output: str, manifest: dict, storage: StorageConfig | None) -> None:
-    """Every shard: checksum, `tar tf` listing, webdataset read, DALI read through the index;
-    counts agree with the manifest."""
-    totals = manifest["totals"]
-    assert totals["accepted"] + totals["rejected"] == totals["inputs"]
-    keys = [k for shard in manifest["shards"].values() for k in shard["keys"]]
-    assert len(keys) == len(set(keys)) == totals["samples"]
-    assert all(shard["node"] for shard in manifest["shards"].values())  # who wrote it
-    with tempfile.TemporaryDirectory() as folder:
-        tars, indexes = [], []
-        for name, shard in manifest["shards"].items():
-            stem = join(output, name)
-            assert sha256_url(f"{stem}.tar", storage) == shard["sha256"]
-            tars.append(local_copy(f"{stem}.tar", storage, folder))
-            indexes.append(local_copy(f"{stem}.idx", storage, folder))
-            listing = subprocess.run(["tar", "tf", tars[-1]], capture_output=True, text=True, check=True)
-            assert listing.stdout.split() == [f"{k}.{e}" for k in shard["keys"] for e in EXTENSIONS]
-
-        import webdataset as wds
-
-        register_webdataset_opener(storage)
-        urls = [f"{join(output, name)}.tar" for name in manifest["shards"]]
-        seen = []
-        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
-            meta = json.loads(sample["json"])
-            assert meta["key"] == sample["__key__"] and meta["schema_version"] == manifest["schema_version"]
-            assert sample["mp4"][4:8] == b"ftyp" and sample["flac"][:4] == b"fLaC"
-            seen.append(sample["__key__"])
-        assert seen == keys
-
-        (video, audio, rate, meta), *_ = dali_read(tars, indexes, batch_size=2)
-        assert [v.shape for v in video] == [(8, 128, 256, 3)] * 2
-        assert [a.shape for a in audio] == [(24000, 4)] * 2 and rate == [24000.0] * 2
 
 
 def test_local_dataset_reads_with_tar_webdataset_and_dali(local_dataset, raw: Path) -> None:

@@ -16,7 +16,7 @@ from cluster.preprocess import PreprocessError, plan_shards, previous_manifest, 
 from dataloading.config import StorageConfig
 from dataloading.schema import MANIFEST_NAME
 from dataloading.transcode import Probe
-from tests.test_schema import SETTINGS, manifest
+from tests.helpers import PREPROCESS_SETTINGS, sample_manifest
 
 
 def probe_of(url: str, clips: int) -> Probe:
@@ -47,7 +47,7 @@ def test_twelve_clips_at_eight_per_shard_make_two_shards_of_six() -> None:
 def test_a_resumed_run_skips_shards_of_its_own_schema_only(tmp_path: Path) -> None:
     """This version's manifest: its shards may be skipped. A version 1 manifest (no settings.layout)
     migrates, settings and all, but its shards hold version 1 samples: every one is made again."""
-    current = manifest()
+    current = sample_manifest()
     (tmp_path / MANIFEST_NAME).write_bytes(current.to_json())
     previous = previous_manifest(str(tmp_path), StorageConfig())
     assert previous == current and resumable_shards(previous, str(tmp_path)) == current.shards
@@ -56,13 +56,13 @@ def test_a_resumed_run_skips_shards_of_its_own_schema_only(tmp_path: Path) -> No
     del old["settings"]["layout"]
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(old))
     migrated = previous_manifest(str(tmp_path), StorageConfig())
-    assert migrated is not None and migrated.settings == replace(SETTINGS, layout="files")
+    assert migrated is not None and migrated.settings == replace(PREPROCESS_SETTINGS, layout="files")
     assert resumable_shards(migrated, str(tmp_path)) == {}
     assert resumable_shards(None, str(tmp_path)) == {}
 
 
 def test_a_resumed_run_refuses_a_newer_dataset_and_rewrites_an_unversioned_one(tmp_path: Path) -> None:
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest().to_dict() | {"schema_version": 99}))
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(sample_manifest().to_dict() | {"schema_version": 99}))
     with pytest.raises(
         PreprocessError, match=r"schema_version 99, newer than this avsa's .*another --output"
     ):

@@ -20,10 +20,15 @@ from cluster.stack import Stack
 from evaluation.discovery import checkpoints_of
 from evaluation.markers import Marker
 from tests.distributed import run_distributed
-from tests.test_checkpoint import FakeEngine
-from tests.test_eval_service import SERVICE_ARGS, Trained, _start
-from tests.test_eval_tasks import write_classification_set, write_doa_set
-from tests.test_train import tiny_config
+from tests.helpers import (
+    SERVICE_ARGS,
+    FakeEngine,
+    Trained,
+    start_service,
+    tiny_config,
+    write_classification_set,
+    write_doa_set,
+)
 from trainer import retention
 from trainer.checkpoint import Checkpointer, read_text, resolve, tag_for_step
 from trainer.config import Config, EvalConfig
@@ -160,7 +165,7 @@ def test_retention_never_deletes_what_the_running_service_has_not_evaluated(
     try:
         # The service needs the run to exist: it is started once training logged its first checkpoint.
         trained = Trained(uri, "", env, experiment, [*SERVICE_ARGS, *data], suite, str(tmp_path))
-        service = _start(trained, service_log)
+        service = start_service(trained, service_log)
         (run_id,) = run_distributed(_train, 1, cfg, (uri, 2), timeout_s=900)[0]
         client = MlflowClient(uri)
 

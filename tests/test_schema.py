@@ -12,38 +12,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dataloading.schema import (
-    INPUT_ACCEPTED,
-    INPUT_REJECTED,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     AudioStream,
     DatasetOrigin,
     DetectedObject,
-    InputEntry,
     Manifest,
     RunInfo,
     SampleMeta,
     SchemaError,
-    Settings,
-    ShardEntry,
     VideoStream,
     direction_deg,
 )
 from dataloading.shards import list_shards, read_manifest
-
-SETTINGS = Settings(
-    input="raw/",
-    clip_seconds=1.0,
-    shard_size=4,
-    fps=16,
-    codec="vp9",
-    gop=8,
-    audio_rate=24000,
-    input_format="auto",
-    detector="builtin",
-    video_size=(256, 128),
-    layout="starss23",
-)
+from tests.helpers import sample_manifest
 
 names = st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), min_size=1, max_size=12)
 degrees = st.floats(-180, 180, allow_nan=False).map(lambda x: round(x, 2))
@@ -76,19 +58,6 @@ def samples(draw: st.DrawFn) -> SampleMeta:
     )
 
 
-def manifest() -> Manifest:
-    shard = ShardEntry(2, 4096, "ab" * 32, 90, ["a_c00000", "a_c00001"], {"in/a.mp4": 2}, "10.0.0.1")
-    return Manifest(
-        SETTINGS,
-        shards={"shard-000000": shard},
-        inputs={
-            "in/a.mp4": InputEntry(INPUT_ACCEPTED, duration_s=2.5, clips=2, shards=["shard-000000"]),
-            "in/b.mp4": InputEntry(INPUT_REJECTED, reason="audio has 2 channels"),
-        },
-        run=RunInfo(1.0, 2.0, 2, 0.5, 1.5, {"written": 1}, {"10.0.0.1": 1}, 0),
-    )
-
-
 @given(samples())
 def test_sample_json_round_trips(meta: SampleMeta) -> None:
     assert SampleMeta.from_json(meta.to_json()) == meta
@@ -106,7 +75,7 @@ def test_directions_are_written_in_degrees_to_a_hundredth(azimuth: float, elevat
 
 
 def test_manifest_round_trips_with_its_totals() -> None:
-    original = manifest()
+    original = sample_manifest()
     assert Manifest.from_json(original.to_json()) == original
     assert json.loads(original.to_json()) == original.to_dict()  # what run() returns is what it wrote
     assert original.to_dict()["totals"] == {
@@ -145,18 +114,18 @@ def test_a_version_1_sample_migrates_leaving_sounds_behind() -> None:
 
 
 def test_a_version_1_manifest_without_layout_migrates_to_files() -> None:
-    old = manifest().to_dict()
+    old = sample_manifest().to_dict()
     old["schema_version"] = 1
     del old["settings"]["layout"]  # written before dataset layouts existed
     migrated = Manifest.from_json(json.dumps(old))
     assert migrated.settings.layout == "files" and migrated.written_with == 1
-    assert migrated.shards == manifest().shards
+    assert migrated.shards == sample_manifest().shards
     for later in ("probe_seconds", "shard_cpu_seconds", "shards_by_node", "shards_given_out_again"):
         del old["run"][later]  # and the bookkeeping of runs before these were recorded
     del old["shards"]["shard-000000"]["node"]
     earliest = Manifest.from_json(json.dumps(old))
     assert earliest.run == RunInfo(1.0, 2.0, 2, shards={"written": 1})
-    assert earliest.shards["shard-000000"].node == "" and earliest.totals() == manifest().totals()
+    assert earliest.shards["shard-000000"].node == "" and earliest.totals() == sample_manifest().totals()
     assert json.loads(migrated.to_json())["schema_version"] == SCHEMA_VERSION  # rewritten in this one
 
 
@@ -178,7 +147,7 @@ def test_a_sample_of_another_version_is_refused_naming_it_and_the_fix(version: o
 
 
 def test_a_newer_manifest_is_refused_by_the_loaders_listing(tmp_path: Path) -> None:
-    data = manifest().to_dict() | {"schema_version": SCHEMA_VERSION + 1}
+    data = sample_manifest().to_dict() | {"schema_version": SCHEMA_VERSION + 1}
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(SchemaError, match=rf"{MANIFEST_NAME}: schema_version {SCHEMA_VERSION + 1}, expected"):
         list_shards(str(tmp_path))

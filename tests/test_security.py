@@ -30,9 +30,7 @@ from evaluation.discovery import checkpoints_of
 from evaluation.markers import Marker, marker_key
 from evaluation.service import EvalService
 from tests.distributed import run_distributed
-from tests.test_credentials import Payload
-from tests.test_train import tiny_config
-from tests.test_transcode import write_video
+from tests.helpers import Payload, tiny_config, write_video
 from trainer.config import EvalConfig
 from trainer.data import TINY
 from trainer.train import EXTENSIONS_CACHE

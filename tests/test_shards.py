@@ -9,7 +9,7 @@ import pytest
 from dataloading.schema import Manifest, ShardEntry, shard_name
 from dataloading.shards import BadSample, SampleRef, Shard, ShardReader, list_shards, parse_index
 from dataloading.shardwriter import ShardWriter
-from tests.test_schema import SETTINGS
+from tests.helpers import PREPROCESS_SETTINGS
 
 
 def _members(key: str) -> dict[str, bytes]:
@@ -45,7 +45,7 @@ def test_manifest_counts_are_used_when_present(tmp_path: Path) -> None:
     shards = {
         shard_name(k): ShardEntry(samples=n, bytes=0, sha256="", idx_bytes=0) for k, n in ((0, 2), (1, 3))
     }
-    (tmp_path / "manifest.json").write_bytes(Manifest(SETTINGS, shards).to_json())
+    (tmp_path / "manifest.json").write_bytes(Manifest(PREPROCESS_SETTINGS, shards).to_json())
     (tmp_path / "shard-000001.idx").unlink()  # the manifest alone says how many samples there are
     assert [s.samples for s in list_shards(str(tmp_path))] == [2, 3]
 

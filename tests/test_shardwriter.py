@@ -16,6 +16,7 @@ from dataloading.schema import EXTENSIONS
 from dataloading.shardwriter import ShardWriter, dali_index, sha256_file, sha256_url
 from dataloading.storage import TEMP_MARK
 from dataloading.transcode import Mp4Writer, flac_bytes
+from tests.helpers import dali_read
 
 CFG = PreprocessConfig(video_size=(64, 32), fps=16, gop=8, clip_seconds=1.0)
 
@@ -102,41 +103,6 @@ def test_dali_reads_the_shard_through_its_index_and_decodes_video_and_audio(tmp_
     assert [a.shape for a in audio] == [(2400, 4)] * 3
     assert rate == [24000.0] * 3
     assert sorted(json.loads(m)["s"] for m in meta) == [0, 1, 2]
-
-
-def dali_read(tars: list[str], indexes: list[str], batch_size: int, batches: int = 1) -> list[tuple]:
-    """Read samples with DALI's webdataset reader + CPU video and audio decoders.
-
-    Returns per batch: video [8, H, W, 3] arrays, audio [N, 4] arrays, sample rates, json bytes.
-    """
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
-
-    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None)
-    def pipe():
-        mp4, flac, meta = fn.readers.webdataset(
-            paths=tars, index_paths=indexes, ext=list(EXTENSIONS), missing_component_behavior="error"
-        )
-        video = fn.decoders.video(mp4, device="cpu", sequence_length=8)
-        audio, rate = fn.decoders.audio(flac, downmix=False, dtype=types.FLOAT)
-        return video, audio, rate, meta
-
-    pipeline = pipe()
-    pipeline.build()
-    out = []
-    for _ in range(batches):
-        video, audio, rate, meta = pipeline.run()
-        n = len(video)
-        out.append(
-            (
-                [np.asarray(video.at(i)) for i in range(n)],
-                [np.asarray(audio.at(i)) for i in range(n)],
-                [float(np.asarray(rate.at(i))) for i in range(n)],
-                [bytes(np.asarray(meta.at(i))) for i in range(n)],
-            )
-        )
-    return out
 
 
 def test_tar_bytes_depend_only_on_the_samples(tmp_path) -> None:

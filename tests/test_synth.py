@@ -18,8 +18,8 @@ from dataloading.features import intensity_doa
 from dataloading.synth.assets import Catalog, build_catalog, load_background
 from dataloading.synth.evalsets import held_out_sources
 from dataloading.synth.generate import SynthOptions, generate, scene_for
-from dataloading.synth.render_video import draw_sprite, render_frames, sized_sprite
-from dataloading.synth.scene import unit_vector
+from dataloading.synth.render_video import render_frames, sized_sprite
+from tests.helpers import alpha_of, angle_deg
 
 SIZE = (256, 128)
 FPS = 15
@@ -56,12 +56,6 @@ def decode(path: Path) -> tuple[av.container.InputContainer, list[np.ndarray], n
 
 def truth(opts: SynthOptions, index: int) -> dict:
     return json.loads((Path(opts.out) / f"video_{index:05d}.json").read_text())
-
-
-def angle_deg(az1: float, el1: float, az2: float, el2: float) -> float:
-    """Great-circle angle in degrees between two directions given in radians."""
-    cos = float(unit_vector(np.array(az1), np.array(el1)) @ unit_vector(np.array(az2), np.array(el2)))
-    return float(np.rad2deg(np.arccos(np.clip(cos, -1, 1))))
 
 
 def test_mp4s_decode_with_right_size_fps_duration_and_4ch_48k(opts: SynthOptions, generated: dict) -> None:
@@ -106,16 +100,6 @@ def test_visible_sources_are_heard_from_their_ground_truth_direction(
                 errors.append(angle_deg(float(az), float(el), true_az, true_el))
     assert len(errors) >= 3
     assert max(errors) < 10.0, errors
-
-
-def alpha_of(sprite: np.ndarray, az: float, el: float, width: float) -> tuple[np.ndarray, np.ndarray]:
-    """(alpha [H, W], colour on black [H, W, 3]) of a sprite drawn alone."""
-    black = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-    white = np.full_like(black, 255)
-    draw_sprite(black, sprite, az, el, width)
-    draw_sprite(white, sprite, az, el, width)
-    alpha = 1 - (white.astype(float) - black.astype(float)).mean(axis=2) / 255
-    return alpha, black
 
 
 def pixel_of(az: float, el: float) -> tuple[int, int]:

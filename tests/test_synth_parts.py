@@ -30,7 +30,7 @@ from dataloading.synth.evalsets import (
 from dataloading.synth.render_video import draw_sprite, load_sprite
 from dataloading.synth.scene import ROOM_FAMILIES, Room, unit_vector
 from dataloading.synth.spatialize import render_source, room_impulse_response
-from tests.test_synth import alpha_of, angle_deg
+from tests.helpers import alpha_of, angle_deg
 
 RATE = 48000
 ROOM = Room((7.0, 5.5, 3.2), 0.4, (3.3, 2.6, 1.6), "train")

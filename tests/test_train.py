@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from dataloading.features import CHANNELS
 from tests.distributed import run_distributed
-from trainer.config import Config, load_config
-from trainer.data import TINY, BatchSource, SyntheticSource
+from tests.helpers import tiny_config
+from trainer.config import Config
+from trainer.data import BatchSource, SyntheticSource
 from trainer.deepspeed_config import deepspeed_config, resolve_precision
-
-
-def tiny_config(tmp: Path, **overrides: Any) -> Config:
-    """Tiny model and inputs on synthetic data, no tracking, metrics of every step, checkpoints under
-    ``tmp``."""
-    base = {**TINY, "train.checkpoint_url": str(tmp / "ckpt"), "tracking.uri": "", "tracking.log_every": 1}
-    return load_config(None, base | overrides)
 
 
 def test_deepspeed_config_follows_the_typed_config(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from cluster.jobs import wait_for_job
 from cluster.launch import config_overrides
 from cluster.stack import Stack
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 from trainer.checkpoint import read_text
 from trainer.config import load_config, save_config
 

@@ -17,79 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from cluster.cli import main as avsa
 from dataloading.config import PreprocessConfig
 from dataloading.features import intensity_doa
 from dataloading.transcode import InputError, probe, transcode
+from tests.helpers import bad_inputs, synth_videos, write_video
 
-LAYOUTS = {1: "mono", 2: "stereo", 4: "4.0"}
 CFG = PreprocessConfig(clip_seconds=1.0, video_size=(128, 64), fps=16, gop=8)
-
-
-def synth_videos(out: Path, videos: int, seconds: float, size: str = "256x128", fps: int = 16) -> list[Path]:
-    """Synthetic 360° videos (H.264 + 4-channel AAC FOA) with ground truth, via `avsa synth`."""
-    args = ["--out", str(out), "--videos", str(videos), "--seconds", str(seconds), "--size", size]
-    code = avsa(["synth", *args, "--fps", str(fps), "--workers", "1", "--no-fetch"])
-    assert code == 0
-    return sorted(out.glob("video_*.mp4"))
-
-
-def write_video(
-    path: Path,
-    size: tuple[int, int] = (128, 64),
-    seconds: float = 2.0,
-    fps: int = 16,
-    channels: int | None = 4,
-    rate: int = 48000,
-) -> Path:
-    """A small H.264 mp4 with ``channels``-channel AAC audio (None: no audio track)."""
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height = size
-        video.pix_fmt = "yuv420p"
-        audio = container.add_stream("aac", rate=rate, layout=LAYOUTS[channels]) if channels else None
-        for i in range(round(seconds * fps)):
-            rgb = np.full((size[1], size[0], 3), (i * 7) % 255, np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
-        if audio is not None:
-            samples = (0.1 * rng.standard_normal((channels, round(seconds * rate)))).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=LAYOUTS[channels])
-            frame.sample_rate, frame.pts = rate, 0
-            container.mux(audio.encode(frame))
-            container.mux(audio.encode(None))
-    return path
-
-
-def bad_inputs(folder: Path) -> dict[str, str]:
-    """Write the bad-input corpus into ``folder``; returns input URL -> regex its reason must match."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "corrupt.mp4").write_bytes(np.random.default_rng(1).bytes(20000))
-    (folder / "empty.mp4").write_bytes(b"")
-    good = write_video(folder / "whole.mp4").read_bytes()
-    (folder / "truncated.mp4").write_bytes(good[: len(good) // 2])  # the index (moov) is at the end
-    (folder / "whole.mp4").unlink()
-    write_video(folder / "silent.mp4", channels=None)
-    write_video(folder / "mono.mp4", channels=1)
-    write_video(folder / "stereo.mp4", channels=2)
-    write_video(folder / "tiny.mp4", size=(32, 16))
-    write_video(folder / "banner.mp4", size=(256, 64))
-    write_video(folder / "short.mp4", seconds=0.5)
-    return {
-        str(folder / "corrupt.mp4"): "not a readable media file",
-        str(folder / "empty.mp4"): r"empty file \(0 bytes\)",
-        str(folder / "truncated.mp4"): "not a readable media file|does not decode",
-        str(folder / "silent.mp4"): "no audio",
-        str(folder / "mono.mp4"): "audio has 1 channel;",
-        str(folder / "stereo.mp4"): "audio has 2 channels;",
-        str(folder / "tiny.mp4"): "absurd frame size 32x16",
-        str(folder / "banner.mp4"): "not 2:1",
-        str(folder / "short.mp4"): r"shorter \(0\.\d+ s\) than one clip",
-        str(folder / "missing.mp4"): "does not exist",
-    }
 
 
 @pytest.fixture(scope="module")
