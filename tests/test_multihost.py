@@ -70,7 +70,11 @@ class Cluster:
         """`ray job submit` (blocking: it follows the logs and exits with the job's status) in the
         background; S3 credentials reach the job's processes on both hosts via the runtime env."""
         s3_env = {k: v for k, v in self.env.items() if k.startswith("AWS_")}
-        cmd = [BIN / "ray", "job", "submit", "--runtime-env-json", json.dumps({"env_vars": s3_env})]
+        # Ray's log deduplication drops words with digits, so the worker group listing's lines
+        # ("- (ip=…, pid=…) world_rank=…") all look alike, and it folds them once any other process has
+        # printed a line that looks like them. The tests read that listing: keep every line.
+        env_vars = {**s3_env, "RAY_DEDUP_LOGS": "0"}
+        cmd = [BIN / "ray", "job", "submit", "--runtime-env-json", json.dumps({"env_vars": env_vars})]
         return subprocess.Popen(
             [*cmd, "--", *entrypoint],
             env=self.env,
@@ -199,13 +203,16 @@ def ranks_on(logs: str) -> list[tuple[int, str]]:
 
 def worker_groups(logs: str) -> list[list[str]]:
     """The node address of each rank of every worker group Ray Train started, in order, from the
-    controller's listing (Ray's log deduplication folds the ranks' own lines of bigger groups)."""
+    controller's listing; each listing must be whole (as long as the size it states)."""
     groups: list[list[str]] = []
+    sizes: list[int] = []
     for line in logs.splitlines():
-        if "Started training worker group of size" in line:
+        if found := re.search(r"Started training worker group of size (\d+)", line):
             groups.append([])
+            sizes.append(int(found.group(1)))
         elif groups and (found := re.search(r"- \(ip=([\d.]+), pid=\d+\) world_rank=\d+", line)):
             groups[-1].append(found.group(1))
+    assert [len(g) for g in groups] == sizes, f"listings of {sizes} workers hold {groups}"
     return groups
 
 
