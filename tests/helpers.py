@@ -421,3 +421,57 @@ def sample_manifest() -> Manifest:
         },
         run=RunInfo(1.0, 2.0, 2, 0.5, 1.5, {"written": 1}, {"10.0.0.1": 1}, 0),
     )
+
+
+# ----- Ray jobs ---------------------------------------------------------------------------------------
+RAY_CLI = str(Path(sys.executable).parent / "ray")
+
+
+def submit_job(
+    env: dict[str, str],
+    *entrypoint: str,
+    env_vars: dict[str, str] | None = None,
+    working_dir: Path | None = None,
+) -> subprocess.Popen:
+    """``ray job submit -- entrypoint`` as a user runs it, in the background: the client follows the
+    job's logs (stdout and stderr merged) and exits with the job's status. ``env`` points the client at
+    a cluster; ``env_vars`` reach the job's processes on every node through the runtime env, and
+    ``working_dir`` is uploaded for them."""
+    cmd = [RAY_CLI, "job", "submit"]
+    if working_dir is not None:
+        cmd += ["--working-dir", str(working_dir)]
+    if env_vars:
+        cmd += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
+    return subprocess.Popen(
+        [*cmd, "--", *entrypoint],
+        env=env,
+        cwd=working_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def job_output(job: subprocess.Popen, timeout_s: float) -> tuple[int, str]:
+    """(exit status, logs) of a :func:`submit_job` client; fails the test, after stopping the client,
+    if the job still runs after ``timeout_s`` seconds."""
+    try:
+        logs, _ = job.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        logs, _ = job.communicate()
+        message = f"the Ray job still ran after {timeout_s:.0f} s; its logs end:\n{logs[-3000:]}"
+        raise AssertionError(message) from None
+    return job.returncode, logs
+
+
+def finish_job(job: subprocess.Popen, timeout_s: float = 480) -> str:
+    """The logs of a :func:`submit_job` client, after asserting that its job succeeded."""
+    code, logs = job_output(job, timeout_s)
+    assert code == 0, logs[-4000:]
+    return logs
+
+
+def run_job(env: dict[str, str], *entrypoint: str, timeout_s: float = 480, **options: Any) -> str:
+    """Submit a job, wait for it, assert it succeeded; its logs (see :func:`submit_job`)."""
+    return finish_job(submit_job(env, *entrypoint, **options), timeout_s)

@@ -15,6 +15,7 @@ import pytest
 from cluster import hosts
 from cluster.processes import process_tree
 from cluster.stack import Stack, free_stack_config
+from tests.helpers import run_job
 
 pytestmark = [
     pytest.mark.integration,
@@ -96,16 +97,8 @@ def test_two_host_stack_runs_ray_tasks_on_both_and_serves_b(tmp_path: Path) -> N
             "f = ray.remote(num_cpus=1)(lambda: (time.sleep(2), ray.util.get_node_ip_address())[1]); "
             "print('nodes', sorted(set(ray.get([f.remote() for _ in range(6)]))))"
         )
-        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-        submit = subprocess.run(
-            [ray_cli, "job", "submit", "--", "python", "-c", job],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert submit.returncode == 0, submit.stdout + submit.stderr
-        assert re.search(rf"nodes \['{re.escape(a.address)}', '{re.escape(b.address)}'\]", submit.stdout)
+        logs = run_job(env, "python", "-c", job, timeout_s=300)
+        assert re.search(rf"nodes \['{re.escape(a.address)}', '{re.escape(b.address)}'\]", logs)
     finally:
         stack.down()
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]

@@ -25,7 +25,7 @@ from cluster.stack import Stack
 from dataloading.config import PreprocessConfig
 from dataloading.schema import MANIFEST_NAME, ShardResult
 from dataloading.storage import TEMP_MARK, filesystem, join
-from tests.helpers import CLIPS_PER_VIDEO, VIDEOS, bad_inputs, check_dataset, synth_videos
+from tests.helpers import CLIPS_PER_VIDEO, VIDEOS, bad_inputs, check_dataset, run_job, synth_videos
 
 pytestmark = pytest.mark.integration
 
@@ -97,19 +97,9 @@ def test_ray_job_submit_makes_the_same_manifest_as_a_local_run(stack: Stack, s3_
     output = s3_raw.replace("/raw-", "/job-")
     env = {**os.environ, **stack.client_env()}
     s3_env = {k: v for k, v in stack.client_env().items() if k.startswith("AWS_")}
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    runtime = json.dumps({"env_vars": s3_env})
     command = ["avsa", "preprocess", "--input", s3_raw, "--output", output, *FLAGS]
-    submit = subprocess.run(
-        [ray, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json", runtime, "--", *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert re.search(r"3 of 3 inputs accepted", submit.stdout + submit.stderr)
+    logs = run_job(env, *command, env_vars=s3_env, working_dir=REPO, timeout_s=300)
+    assert "3 of 3 inputs accepted" in logs
     fs, path = filesystem(join(output, MANIFEST_NAME), stack.storage())
     job_manifest = json.loads(fs.cat_file(path))
     assert without_run(job_manifest) == without_run(s3_dataset[1])

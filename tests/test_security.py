@@ -30,7 +30,7 @@ from evaluation.discovery import checkpoints_of
 from evaluation.markers import Marker, marker_key
 from evaluation.service import EvalService
 from tests.distributed import run_distributed
-from tests.helpers import Payload, tiny_config, write_video
+from tests.helpers import Payload, job_output, run_job, submit_job, tiny_config, write_video
 from trainer.config import EvalConfig
 from trainer.data import TINY
 from trainer.train import EXTENSIONS_CACHE
@@ -321,16 +321,13 @@ def test_the_service_evaluates_only_under_its_trusted_roots_and_goes_on(
 def test_ray_job_submit_needs_the_token(secure: Stack, tmp_path: Path) -> None:
     env = secure.client_env()
     stranger = clean_env(tmp_path / "home") | {"RAY_ADDRESS": env["RAY_API_SERVER_ADDRESS"]}
-    cmd = [str(BIN / "ray"), "job", "submit", "--", "python", "-c", "print('ran as you')"]
-    refused = subprocess.run(cmd, env=stranger, capture_output=True, text=True, timeout=180)
-    assert refused.returncode != 0 and "ran as you" not in refused.stdout
-    assert "token authentication is enabled" in refused.stderr  # Ray says why
+    job = ("python", "-c", "print('ran as you')")
+    code, logs = job_output(submit_job(stranger, *job), timeout_s=180)
+    assert code != 0 and "ran as you" not in logs
+    assert "token authentication is enabled" in logs  # Ray says why
     wrong = stranger | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
-    assert subprocess.run(cmd, env=wrong, capture_output=True, text=True, timeout=180).returncode != 0
-    allowed = subprocess.run(
-        cmd, env=clean_env(tmp_path / "home") | env, capture_output=True, text=True, timeout=300
-    )
-    assert allowed.returncode == 0 and "ran as you" in allowed.stdout, allowed.stderr[-3000:]
+    assert job_output(submit_job(wrong, *job), timeout_s=180)[0] != 0
+    assert "ran as you" in run_job(clean_env(tmp_path / "home") | env, *job, timeout_s=300)
 
 
 def test_mlflow_refuses_an_unauthenticated_client(secure: Stack) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cluster.jobs import wait_for_job
 from cluster.stack import Stack
+from tests.helpers import RAY_CLI, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -42,23 +41,14 @@ def test_mlflow_run_logged_over_http_reads_back(stack: Stack, tmp_path) -> None:
 
 def test_ray_job_submit_runs_and_its_logs_are_read(stack: Stack) -> None:
     env = {**os.environ, **stack.client_env()}
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
     code = (
         "import ray; ray.init(); "
         "print('squares', sum(ray.get([ray.remote(lambda x: x * x).remote(i) for i in range(8)])))"
     )
-    submit = subprocess.run(
-        [ray, "job", "submit", "--no-wait", "--", "python", "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert submit.returncode == 0, submit.stderr
-    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
-    status, _ = wait_for_job(env["RAY_API_SERVER_ADDRESS"], job_id, timeout_s=180)
-    assert status == "SUCCEEDED"
+    followed = run_job(env, "python", "-c", code, timeout_s=180)
+    assert "squares 140" in followed
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", followed).group(0)
     logs = subprocess.run(
-        [ray, "job", "logs", job_id], env=env, capture_output=True, text=True, timeout=60
+        [RAY_CLI, "job", "logs", job_id], env=env, capture_output=True, text=True, timeout=60
     ).stdout
-    assert "squares 140" in logs
+    assert "squares 140" in logs  # kept by the head after the job ended

@@ -4,17 +4,15 @@ Ray head, and the DeepSpeed launcher with a hostfile."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from cluster.jobs import wait_for_job
 from cluster.launch import config_overrides
 from cluster.stack import Stack
-from tests.helpers import tiny_config
+from tests.helpers import run_job, tiny_config
 from trainer.checkpoint import read_text
 from trainer.config import load_config, save_config
 
@@ -42,17 +40,7 @@ def test_ray_job_submit_trains_on_two_workers(stack: Stack, tmp_path: Path) -> N
     save_config(cfg, tmp_path / "train.yaml")
     env = {**os.environ, **stack.client_env()}
     entry = [str(BIN / "avsa"), "train", "--ray", "--workers", "2", "--config", str(tmp_path / "train.yaml")]
-    submit = subprocess.run(
-        [BIN / "ray", "job", "submit", "--no-wait", "--", *entry],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert submit.returncode == 0, submit.stderr
-    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
-    status, logs = wait_for_job(env["RAY_API_SERVER_ADDRESS"], job_id, timeout_s=400)
-    assert status == "SUCCEEDED", logs[-3000:]
+    logs = run_job(env, *entry, timeout_s=400)
     assert read_text(f"{cfg.train.checkpoint_url}/latest") == "step_00000004"
     assert "training 4 steps on 2 ranks" in logs
 
