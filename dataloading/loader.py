@@ -28,6 +28,9 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
+import os
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -324,6 +327,30 @@ def identity(item: Any) -> Any:
     return item
 
 
+def worker_signals(_: int) -> None:
+    """A loader worker's ``worker_init_fn``: it ends at a SIGTERM from its rank, and only then.
+
+    A scheduler that terminates every process of a job (as Slurm does) signals the workers too. By
+    torch's own handling a worker dies of it, and the rank's SIGCHLD handler then raises at once, in
+    the middle of the step it was to finish before its preemption checkpoint (see
+    :mod:`trainer.preemption`). A forked worker would also hand its signals to the rank's watcher
+    through the inherited wakeup pipe, as if they were the rank's own. So the worker takes SIGTERM
+    off the table (blocked, with no pipe) and a thread waits for it: from the rank (torch's
+    ``terminate`` when the workers are shut down) it exits as torch's handler would; from anyone else
+    it goes on, and the rank ends it when its loader closes.
+    """
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
+    rank = os.getppid()
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != rank:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm-from-rank", daemon=True).start()
+
+
 def complete_pass(
     cfg: DataConfig, plan: CompletePlan, storage: StorageConfig | None, crops: bool, what: str
 ) -> Iterator[Clip]:
@@ -331,7 +358,9 @@ def complete_pass(
     ``cfg.workers`` loader workers (with ``crops``: decoded and cropped). A bad sample is logged, naming
     ``what`` is being read, and left out; a progress bar shows the pass."""
     stream = ClipStream(cfg, plan, 0, storage, crops=crops, augment=False)
-    items = DataLoader(stream, batch_size=None, num_workers=cfg.workers, collate_fn=identity)
+    items = DataLoader(
+        stream, batch_size=None, num_workers=cfg.workers, collate_fn=identity, worker_init_fn=worker_signals
+    )
     clips = []
     for item in tqdm(items, total=len(plan), desc=what, unit="clip", leave=False):
         if isinstance(item, Skipped):
@@ -394,6 +423,7 @@ class Loader:
             batch_size=None,
             num_workers=workers,
             collate_fn=identity,
+            worker_init_fn=worker_signals,
             # Items are single clips: let the workers run a whole batch ahead of the trainer.
             prefetch_factor=max(2, math.ceil(self.cfg.batch_size / workers)) if workers else None,
             multiprocessing_context=context if workers else None,

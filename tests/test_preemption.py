@@ -19,13 +19,16 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from cluster.processes import free_port
+from cluster.processes import free_port, wait_for
 from cluster.stack import Stack
+from dataloading.config import DataConfig
+from dataloading.loader import build_loader
+from dataloading.synth.samples import write_dataset
 from tests.helpers import tiny_config
 from trainer.checkpoint import read_meta, resolve
 from trainer.config import save_config
 from trainer.export import consolidated_state_dict
-from trainer.preemption import EXIT_AT_ONCE
+from trainer.preemption import EXIT_AT_ONCE, Preemption
 from trainer.tracking import PREEMPTED, PREEMPTED_AT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,3 +197,30 @@ def test_sigterm_to_one_rank_checkpoints_exits_zero_and_resumes_bit_for_bit(
     # Tracking touched only its server: no stray sqlite store beside the run (the Tracker.finish defect).
     assert not list(tmp_path.rglob("mlflow.db")) and not (tmp_path / "mlruns").exists()
     log.info("SIGTERM to exit of every rank: %.1f s (checkpoint at step %d)", latency, step)
+
+
+def test_a_sigterm_to_every_loader_worker_is_not_the_ranks_and_the_workers_go_on(tmp_path: Path) -> None:
+    """A scheduler that terminates every process of a job (Slurm does) signals the loader workers too.
+    They must neither die of it (the rank reads one more batch before it stops) nor pass it on to the
+    rank's watcher as the rank's own (two would make a second SIGTERM: an exit without a checkpoint).
+    A SIGTERM from the rank itself (torch's shutdown of its workers) still ends a worker."""
+    write_dataset(str(tmp_path), [4, 4], seconds=1.5)
+    cfg = DataConfig(url=str(tmp_path), batch_size=2, frames=4, crop_size=32, n_mels=16, workers=2)
+    with Preemption(grace_s=60) as preemption:
+        batches = iter(build_loader(cfg))
+        next(batches)  # the workers are up
+        workers = psutil.Process().children()
+        assert len(workers) == 2
+        for worker in workers:  # from another process, as a scheduler sends it
+            subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+        time.sleep(1.0)
+        assert not preemption.requested
+        assert all(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        assert next(batches).video.shape[0] == 2
+        os.kill(os.getpid(), signal.SIGTERM)  # the rank's own: one, so it finishes the step
+        assert wait_for(lambda: preemption.requested, timeout_s=10)
+        assert preemption.installed  # still here: no second SIGTERM was counted
+
+        os.kill(workers[0].pid, signal.SIGTERM)  # from the rank: the worker ends, successfully
+        assert workers[0].wait(timeout=10) == 0
+        del batches
