@@ -27,7 +27,14 @@ from cluster.processes import free_port, wait_for
 from cluster.stack import Stack, free_stack_config
 from dataloading.schema import MANIFEST_NAME
 from dataloading.storage import filesystem, join
-from tests.helpers import CLIPS_PER_VIDEO, VIDEOS, check_dataset, synth_videos, tiny_config
+from tests.helpers import (
+    VIDEOS,
+    check_dataset,
+    finish_job,
+    submit_job,
+    synth_videos,
+    tiny_config,
+)
 from trainer.checkpoint import read_text
 from trainer.config import Config, save_config
 from trainer.export import consolidated_state_dict
@@ -48,6 +55,9 @@ SCHEDULE = {
     "train.lr": 1e-3,
 }
 JOB_TIMEOUT_S = 480
+# Actors get work once they have started, and a host's first actor takes seconds to start: videos of
+# 4.5 s make 4 one-clip shards each, work enough that host b's actor is up before host a's is done.
+CLIPS_PER_VIDEO = 4
 
 
 @dataclass
@@ -67,21 +77,13 @@ class Cluster:
         return fs.exists(path)
 
     def submit(self, *entrypoint: str) -> subprocess.Popen:
-        """`ray job submit` (blocking: it follows the logs and exits with the job's status) in the
-        background; S3 credentials reach the job's processes on both hosts via the runtime env."""
+        """`ray job submit` in the background; S3 credentials reach the job's processes on both hosts
+        via the runtime env."""
         s3_env = {k: v for k, v in self.env.items() if k.startswith("AWS_")}
         # Ray's log deduplication drops words with digits, so the worker group listing's lines
         # ("- (ip=…, pid=…) world_rank=…") all look alike, and it folds them once any other process has
         # printed a line that looks like them. The tests read that listing: keep every line.
-        env_vars = {**s3_env, "RAY_DEDUP_LOGS": "0"}
-        cmd = [BIN / "ray", "job", "submit", "--runtime-env-json", json.dumps({"env_vars": env_vars})]
-        return subprocess.Popen(
-            [*cmd, "--", *entrypoint],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        return submit_job(self.env, *entrypoint, env_vars={**s3_env, "RAY_DEDUP_LOGS": "0"})
 
     def cpus(self) -> tuple[float, float]:
         """(free, total) CPUs as `ray status` reports them ((0, 0) when it cannot say)."""
@@ -105,13 +107,6 @@ class Cluster:
         assert wait_for(settled, timeout_s=timeout_s, interval_s=2), f"(free, total) CPUs: {readings[-3:]}"
 
 
-def finish(job: subprocess.Popen) -> str:
-    """Wait for a submitted job; its logs, after asserting it succeeded."""
-    logs, _ = job.communicate(timeout=JOB_TIMEOUT_S)
-    assert job.returncode == 0, logs[-4000:]
-    return logs
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cfg = free_stack_config(tmp_path_factory.mktemp("two-hosts"))
@@ -129,7 +124,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def raw(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Synthetic 360° videos on the cluster's S3."""
     folder = tmp_path_factory.mktemp("raw")
-    synth_videos(folder, videos=VIDEOS, seconds=2.5, size="256x128", fps=16)
+    synth_videos(folder, videos=VIDEOS, seconds=CLIPS_PER_VIDEO + 0.5, size="256x128", fps=16)
     url = f"{cluster.bucket}/raw-{uuid.uuid4().hex[:8]}"
     fs, path = filesystem(url, cluster.stack.storage())
     for video in sorted(folder.glob("video_*.mp4")):
@@ -153,9 +148,11 @@ def test_preprocessing_actors_run_on_both_hosts_and_the_manifest_says_which(
     cluster: Cluster, raw: str
 ) -> None:
     output = raw.replace("/raw-", "/shards-")
-    command = ["avsa", "preprocess", "--input", raw, "--output", output, *PREPROCESS]
-    cluster.wait_settled()  # the pool is sized from, and spread over, the CPUs the head knows of
-    logs = finish(cluster.submit(*command))
+    # One actor per host (spread), so that host a's cannot have finished the work on its own by the
+    # time host b's has started.
+    command = ["avsa", "preprocess", "--input", raw, "--output", output, "--workers", "2", *PREPROCESS]
+    cluster.wait_settled()  # the actors are spread over the nodes the head knows of
+    logs = finish_job(cluster.submit(*command))
     assert f"{VIDEOS} of {VIDEOS} inputs accepted" in logs
     manifest = manifest_of(cluster, output)
     check_complete(cluster, output, manifest)
@@ -227,7 +224,7 @@ def uninterrupted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
     """The Ray Train run with no failure (the reference for the others)."""
     cfg, path = train_config(cluster, tmp_path_factory.mktemp("straight"), f"straight-{uuid.uuid4().hex[:6]}")
     cluster.wait_settled()
-    logs = finish(ray_train(cluster, path))
+    logs = finish_job(ray_train(cluster, path))
     return Finished(final_state(cluster, cfg), logs)
 
 
@@ -290,7 +287,7 @@ def test_host_b_dies_mid_training_and_the_restarted_run_ends_where_an_uninterrup
         first = f"{cfg.train.checkpoint_url}/latest"
         assert wait_for(lambda: cluster.exists(first), timeout_s=JOB_TIMEOUT_S, interval_s=0.5), first
         cluster.stack.kill_node("b")  # mid-run: the first checkpoint is out, 6 steps to go
-        logs = finish(job)
+        logs = finish_job(job)
     finally:
         if job.poll() is None:
             job.kill()
@@ -314,7 +311,7 @@ def test_host_b_dies_and_the_elastic_group_goes_on_with_the_ranks_left(
         first = f"{cfg.train.checkpoint_url}/latest"
         assert wait_for(lambda: cluster.exists(first), timeout_s=JOB_TIMEOUT_S, interval_s=0.5), first
         cluster.stack.kill_node("b")
-        logs = finish(job)
+        logs = finish_job(job)
     finally:
         if job.poll() is None:
             job.kill()
@@ -343,7 +340,7 @@ def test_host_b_dies_mid_preprocessing_and_its_shards_are_redone(cluster: Cluste
         first = f"{output}/shard-000000.tar"
         assert wait_for(lambda: cluster.exists(first), timeout_s=JOB_TIMEOUT_S, interval_s=0.2), first
         cluster.stack.kill_node("b")
-        finish(job)
+        finish_job(job)
     finally:
         if job.poll() is None:
             job.kill()
