@@ -123,12 +123,12 @@ def main(argv: list[str]) -> float:
     finally:
         ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
-    run_info = manifest["run"]
-    ours_clips, actors = manifest["totals"]["samples"], run_info["actors"]
+    run_info = manifest.run
+    ours_clips, actors = manifest.totals()["samples"], run_info.actors
     # The floor runs in this process, whose imports (PyAV, numpy) were paid before its clock started; the
     # actors' start-up (a Python process each, importing torch, OpenCV, PyAV) is likewise a fixed cost of a
     # run, not of its clips, so the rate counts the shard stage: everything after the inputs were probed.
-    startup = run_info["probe_seconds"]
+    startup = run_info.probe_seconds
     ours_rate = ours_clips / (ours_wall - startup) / actors
     end_to_end = ours_clips / ours_wall / actors
 
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> float:
         f"({end_to_end:.3f} with it: {end_to_end / floor_rate:.3f} of the floor)"
     )
     ours_cpu, floor_cpu_clip = (
-        run_info["shard_cpu_seconds"] / max(1, ours_clips),
+        run_info.shard_cpu_seconds / max(1, ours_clips),
         floor_cpu / max(1, floor_clips),
     )
     print(

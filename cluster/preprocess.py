@@ -352,9 +352,9 @@ def run(
     storage: StorageConfig | None = None,
     progress: bool = True,
     on_shard: Callable[[ShardResult], None] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Preprocess ``input_spec`` into ``output`` on the connected Ray cluster; returns the manifest
-    as written (its JSON object).
+    as written.
 
     ``on_shard`` is called with each shard result as it arrives (tests use it to inject faults).
     """
@@ -455,7 +455,7 @@ def run(
     _write_manifest(manifest, output, storage)
     for actor in pool:
         ray.kill(actor)
-    return manifest.to_dict()
+    return manifest
 
 
 def _write_manifest(manifest: Manifest, output: str, storage: StorageConfig) -> None:

@@ -24,6 +24,7 @@ from cluster.preprocess import TASK_ATTEMPTS, run, run_on_pool
 from cluster.stack import Stack
 from dataloading.config import PreprocessConfig
 from dataloading.schema import MANIFEST_NAME, ShardResult
+from dataloading.shards import read_manifest
 from dataloading.storage import TEMP_MARK, filesystem, join
 from tests.helpers import CLIPS_PER_VIDEO, VIDEOS, bad_inputs, check_dataset, run_job, synth_videos
 
@@ -54,13 +55,15 @@ def s3_raw(stack: Stack, raw: Path) -> str:
 @pytest.fixture(scope="module")
 def s3_dataset(stack: Stack, ray_head: str, s3_raw: str) -> tuple[str, dict]:
     output = s3_raw.replace("/raw-", "/shards-")
-    return output, run(s3_raw, output, CFG, stack.storage(), progress=False)
+    return output, run(s3_raw, output, CFG, stack.storage(), progress=False).to_dict()
 
 
 @pytest.fixture(scope="module")
 def local_dataset(ray_head: str, raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     output = str(tmp_path_factory.mktemp("local") / "shards")
-    return output, run(str(raw), output, CFG, progress=False)
+    manifest = run(str(raw), output, CFG, progress=False)
+    assert read_manifest(output) == manifest  # what it returns is what it wrote
+    return output, manifest.to_dict()
 
 
 def without_run(manifest: dict) -> dict:
@@ -130,7 +133,7 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
         os.kill(busy[0], signal.SIGKILL)  # the other actor, usually mid-shard
         killed.append(busy[0])
 
-    manifest = run(str(raw), output, cfg, progress=False, on_shard=kill_the_busy_one)
+    manifest = run(str(raw), output, cfg, progress=False, on_shard=kill_the_busy_one).to_dict()
     # The killed process may have finished one shard just before the kill (its result still in
     # flight), never more; the rest of its share went to the actor Ray restarted in a new process.
     assert killed and pids_after_kill.count(killed[0]) <= 1
@@ -140,7 +143,7 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
     check_dataset(output, manifest, None)
 
     Path(output, "shard-000002.tar.tmp-0123abcd").write_bytes(b"half an upload by a killed attempt")
-    again = run(str(raw), output, cfg, progress=False)
+    again = run(str(raw), output, cfg, progress=False).to_dict()
     assert again["run"]["shards"] == {"skipped": VIDEOS * CLIPS_PER_VIDEO}
     assert without_run(again) == without_run(manifest)
     assert not [p.name for p in Path(output).iterdir() if TEMP_MARK in p.name]
@@ -206,7 +209,7 @@ def test_a_damaged_shard_is_redone_on_resume(ray_head: str, local_dataset, tmp_p
     output, manifest = local_dataset
     damaged = Path(output, "shard-000001.tar")
     damaged.write_bytes(damaged.read_bytes()[:1000])  # e.g. a copy cut short outside our control
-    again = run(manifest["settings"]["input"], output, CFG, progress=False)
+    again = run(manifest["settings"]["input"], output, CFG, progress=False).to_dict()
     assert again["run"]["shards"] == {"skipped": 2, "written": 1}
     assert without_run(again) == without_run(manifest)
 

@@ -100,7 +100,7 @@ def starss_tree(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> P
 def starss_dataset(ray_head: str, starss_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     output = str(tmp_path_factory.mktemp("starss-shards"))
     cfg = PreprocessConfig(**{**CFG.__dict__, "layout": "starss23"})
-    return output, run(str(starss_tree), output, cfg, progress=False)
+    return output, run(str(starss_tree), output, cfg, progress=False).to_dict()
 
 
 def samples(output: str, manifest: dict) -> list[dict[str, bytes]]:
@@ -242,7 +242,8 @@ def test_yt360_clips_carry_their_split(
     stray = next((root / "video").glob("*.mp4"))
     shutil.copy(stray, root / "video/notlisted00-5.mp4")  # in no list: rejected
     output = str(tmp_path_factory.mktemp("yt360-shards"))
-    manifest = run(str(root), output, PreprocessConfig(**{**CFG.__dict__, "layout": "yt360"}), progress=False)
+    cfg = PreprocessConfig(**{**CFG.__dict__, "layout": "yt360"})
+    manifest = run(str(root), output, cfg, progress=False).to_dict()
     splits = {ytid: name for name in ("train", "test") for ytid in (root / f"{name}.txt").read_text().split()}
     assert sorted(splits.values()) == ["test", "train", "train"]
     found = samples(output, manifest)

@@ -77,7 +77,7 @@ def test_directions_are_written_in_degrees_to_a_hundredth(azimuth: float, elevat
 def test_manifest_round_trips_with_its_totals() -> None:
     original = sample_manifest()
     assert Manifest.from_json(original.to_json()) == original
-    assert json.loads(original.to_json()) == original.to_dict()  # what run() returns is what it wrote
+    assert json.loads(original.to_json()) == original.to_dict()  # the JSON written is the dict
     assert original.to_dict()["totals"] == {
         "inputs": 2,
         "accepted": 1,

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.cli import add_config_arguments, add_config_flag, parse_size
+from dataloading.schema import INPUT_REJECTED, Manifest
 from trainer.config import Config
 
 log = logging.getLogger(__name__)
@@ -150,28 +151,29 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     finally:
         ray.shutdown()
     summarize(manifest, p.output)
-    return 0 if manifest["totals"]["samples"] > 0 else 1
+    return 0 if manifest.totals()["samples"] > 0 else 1
 
 
-def summarize(manifest: dict, output: str) -> None:
+def summarize(manifest: Manifest, output: str) -> None:
     """Print the totals and every rejected input with its reason."""
     console = Console(stderr=True)
-    totals, run = manifest["totals"], manifest["run"]
-    rate = totals["samples"] / run["seconds"] if run["seconds"] else 0.0
+    totals, run = manifest.totals(), manifest.run
+    assert run is not None, "a manifest that preprocessing returns records its run"
+    rate = totals["samples"] / run.seconds if run.seconds else 0.0
     console.print(
         f"[bold]{totals['accepted']}[/bold] of {totals['inputs']} inputs accepted, "
         f"{totals['rejected']} rejected; {totals['samples']} clips in {totals['shards']} shards "
-        f"({totals['bytes'] / 1e6:.1f} MB) in {run['seconds']:.1f} s ({rate:.2f} clips/s) -> {output}"
+        f"({totals['bytes'] / 1e6:.1f} MB) in {run.seconds:.1f} s ({rate:.2f} clips/s) -> {output}"
     )
-    line = "shards this run: " + ", ".join(f"{n} {s}" for s, n in run["shards"].items())
-    if len(run["shards_by_node"]) > 1:
-        line += " (by node: " + ", ".join(f"{node} {n}" for node, n in run["shards_by_node"].items()) + ")"
-    if run["shards_given_out_again"]:
-        line += f"; {run['shards_given_out_again']} given out again after a lost worker"
+    line = "shards this run: " + ", ".join(f"{n} {s}" for s, n in run.shards.items())
+    if len(run.shards_by_node) > 1:
+        line += " (by node: " + ", ".join(f"{node} {n}" for node, n in run.shards_by_node.items()) + ")"
+    if run.shards_given_out_again:
+        line += f"; {run.shards_given_out_again} given out again after a lost worker"
     console.print(line)
-    rejected = {u: e for u, e in manifest["inputs"].items() if e["status"] == "rejected"}
+    rejected = {u: e for u, e in manifest.inputs.items() if e.status == INPUT_REJECTED}
     if rejected:
         table = Table("rejected input", "reason")
         for url, entry in rejected.items():
-            table.add_row(url, entry["reason"])
+            table.add_row(url, entry.reason or "")
         console.print(table)
