@@ -25,6 +25,7 @@ from cluster import hosts as virtual_hosts
 from cluster import processes
 from cluster.processes import ManagedProcess
 from dataloading.config import StorageConfig
+from dataloading.storage import filesystem
 from trainer.config import StackConfig
 
 log = logging.getLogger(__name__)
@@ -533,19 +534,12 @@ class Stack:
             time.sleep(0.5)
 
     def _create_bucket(self, state: StackState) -> None:
-        import s3fs
-
-        opts = {
-            "key": state.s3_access_key,
-            "secret": state.s3_secret_key,
-            "endpoint_url": state.endpoints["s3"],
-            "skip_instance_cache": True,
-        }
+        fs, bucket = filesystem(f"s3://{state.bucket}", self.storage())
 
         def make() -> bool:
-            fs = s3fs.S3FileSystem(**opts)
-            if not fs.exists(state.bucket):
-                fs.mkdir(state.bucket)
+            fs.invalidate_cache()
+            if not fs.exists(bucket):
+                fs.mkdir(bucket)
             return True
 
         # The S3 gateway answers before the filer behind it accepts writes; retry briefly.
