@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 Stages = Literal["none", "avc", "avsa", "curriculum"]
 PLAN = Path(__file__).with_name("experiments") / "science.yaml"
 REPORT = "report.json"
+TIMING = "seconds.txt"  # beside a unit's report: how long it took to train and evaluate
 
 
 @dataclass
@@ -280,9 +281,10 @@ def run(plan: Plan, base: Config | None = None, on_unit: Callable[[Unit, Any], N
     progress = Progress(plan, len(todo))
     baselines = Baselines()
     reports: dict[str, list[Any]] = {}
+    unit_seconds: list[float | None] = []
     per_pass = None
     for unit in todo:
-        saved = unit.folder(plan) / REPORT
+        saved, timing = unit.folder(plan) / REPORT, unit.folder(plan) / TIMING
         if saved.exists():
             report = report_from_json(json.loads(saved.read_text()))
             progress.record(unit, None, "done before")
@@ -291,11 +293,13 @@ def run(plan: Plan, base: Config | None = None, on_unit: Callable[[Unit, Any], N
             cfg = arm_config(plan, unit.arm, unit.seed, per_pass)
             t0 = time.time()
             report = run_unit(plan, unit, cfg, suite, baselines)
+            timing.write_text(f"{time.time() - t0:.1f}\n")
             progress.record(unit, time.time() - t0, _headline(report))
+        unit_seconds.append(float(timing.read_text()) if timing.exists() else None)
         reports.setdefault(unit.arm, []).append(report)
         if on_unit is not None:
             on_unit(unit, report)
-    return summarise(plan, reports, time.time() - started)
+    return summarise(plan, reports, time.time() - started, unit_seconds)
 
 
 def _headline(report: Any) -> str:
@@ -309,8 +313,12 @@ def _headline(report: Any) -> str:
     )
 
 
-def summarise(plan: Plan, reports: Mapping[str, list[Any]], seconds: float) -> dict:
-    """Pool the reports and write the results (markdown, CSV, plot) to ``plan.results`` and MLflow."""
+def summarise(
+    plan: Plan, reports: Mapping[str, list[Any]], seconds: float, unit_seconds: Sequence[float | None] = ()
+) -> dict:
+    """Pool the reports and write the results (markdown, CSV, plot) to ``plan.results`` and MLflow.
+    ``seconds`` is this run's wall time, ``unit_seconds`` what each unit took to train and evaluate
+    (None where it was not recorded), whichever run did it."""
     from evaluation.aggregate import Source, pool, to_csv, to_markdown
     from evaluation.plots import arm_comparison, png_bytes
 
@@ -324,7 +332,7 @@ def summarise(plan: Plan, reports: Mapping[str, list[Any]], seconds: float) -> d
     results = Path(plan.results)
     results.mkdir(parents=True, exist_ok=True)
     files = [results / f"{plan.name}.{ext}" for ext in ("md", "csv", "png")]
-    files[0].write_text(_page(plan, markdown, seconds))
+    files[0].write_text(_page(plan, markdown, seconds, unit_seconds))
     files[1].write_text(table)
     files[2].write_bytes(png_bytes(arm_comparison(arm_estimates(rows))))
     run_id = log_summary(plan, rows, files)
@@ -373,11 +381,18 @@ def log_summary(plan: Plan, rows: Sequence[Any], files: Sequence[Path]) -> str:
     return run_id
 
 
-def _page(plan: Plan, markdown: str, seconds: float) -> str:
+def _page(plan: Plan, markdown: str, seconds: float, unit_seconds: Sequence[float | None]) -> str:
+    """The results page: what was run, how long it took, the pooled table."""
     seeds = ", ".join(map(str, plan.seeds))
+    known = [s for s in unit_seconds if s is not None]
+    # A run that only pools earlier units trains nothing: its own time says nothing of the experiment's.
+    took = f"{len(known)} units trained and evaluated in {sum(known) / 60:.0f} minutes"
+    if len(known) < len(unit_seconds):
+        took += f" ({len(unit_seconds) - len(known)} more without a recorded time)"
     return (
         f"# {plan.name}: results\n\n"
         f"`avsa experiment` with `cluster/experiments/{plan.name}.yaml`: {plan.data.scenes} training and "
         f"{plan.data.held_out_scenes} held-out scenes of {plan.data.seconds:g} s, {plan.steps} optimizer "
-        f"steps per trained arm, seeds {seeds}; {seconds / 60:.0f} minutes on this machine.\n\n{markdown}"
+        f"steps per trained arm, seeds {seeds}; {took} on this machine, pooled by a run of "
+        f"{seconds / 60:.1f} minutes.\n\n{markdown}"
     )

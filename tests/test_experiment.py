@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,11 @@ def test_a_tiny_plan_runs_end_to_end_and_continues_where_it_stopped(tmp_path: Pa
     assert len(summary.data.metrics) == 3 * (len(csv_rows) - 1)
     artifacts = {f.path for f in client.list_artifacts(result["run_id"])}
     assert artifacts == {"tiny.md", "tiny.csv", "tiny.png"}
-    # A second run finds every unit's report and trains nothing again.
+    page = tmp_path / "results" / "tiny.md"
+    took = re.search(r"2 units trained and evaluated in \d+ minutes", page.read_text())
+    assert took, "the page says what the experiment took"
+    # A second run finds every unit's report and trains nothing again; the page still says what the
+    # units took, not the seconds it spent pooling them.
     again = experiment.run(plan)
     assert again["csv"] == result["csv"]
+    assert took.group(0) in page.read_text()
