@@ -24,3 +24,13 @@ def test_every_path_the_architecture_names_exists() -> None:
 
 def test_the_architecture_stays_under_two_pages() -> None:
     assert len(DOC.read_text().split()) < 1100
+
+
+def test_no_test_module_imports_from_another_or_from_bench() -> None:
+    """Shared test code lives in tests/helpers.py; benchmarks depend on the package, never the reverse."""
+    pattern = re.compile(r"^\s*(from|import) (tests\.test_\w+|bench)\b", re.M)
+    offenders = {
+        path.name: [m.group(0).strip() for m in pattern.finditer(path.read_text())]
+        for path in sorted((ROOT / "tests").glob("*.py"))
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
