@@ -12,12 +12,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 
 from dataloading.dcase import CLASSES, FRAME_SECONDS, Event
-from dataloading.synth.scene import Scene
+
+if TYPE_CHECKING:  # the scene module pulls in scipy: `avsa synth --help` reads the tables here
+    from dataloading.synth.scene import Scene
 
 # Sound label of the packs (dataloading.synth.assets) -> the STARSS23 class it stands for.
 STARSS_CLASS_OF_LABEL = {
