@@ -319,13 +319,13 @@ def summarise(
     """Pool the reports and write the results (markdown, CSV, plot) to ``plan.results`` and MLflow.
     ``seconds`` is this run's wall time, ``unit_seconds`` what each unit took to train and evaluate
     (None where it was not recorded), whichever run did it."""
-    from evaluation.aggregate import Source, pool, to_csv, to_markdown
+    from evaluation.aggregate import ArmRuns, pool, to_csv, to_markdown
     from evaluation.plots import arm_comparison, png_bytes
 
-    sources = {arm: Source(runs) for arm, runs in reports.items()}
+    sources = {arm: ArmRuns(runs) for arm, runs in reports.items()}
     if "random_init" in plan.arms:
         reference = next(a for a in ("curriculum", *reports) if a in reports)
-        sources = {"random_init": Source(reports[reference], "random_init"), **sources}
+        sources = {"random_init": ArmRuns(reports[reference], "random_init"), **sources}
     ordered = {arm: sources[arm] for arm in plan.arms if arm in sources}
     rows = pool(ordered, [d for d in plan.differences if d[0] in ordered and d[1] in ordered])
     markdown, table = to_markdown(rows), to_csv(rows)

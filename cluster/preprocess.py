@@ -233,12 +233,10 @@ class PreprocessWorker:
         for leftover in fs.glob(f"{path}.*{TEMP_MARK}*"):
             fs.rm(leftover)
 
-    def _json(self, key: str, url: str, source: Probe, clip: TranscodedClip) -> bytes:
+    def _json(self, key: str, url: str, probe: Probe, clip: TranscodedClip) -> bytes:
         """The sample's JSON, with the viewpoint candidates found in ``clip``."""
         frames = [(i / self.cfg.fps, clip.frames[i]) for i in self.keep if i in clip.frames]
-        labels = (
-            None if source.labels is None else clip_rows(source.labels, clip.start, self.cfg.clip_seconds)
-        )
+        labels = None if probe.labels is None else clip_rows(probe.labels, clip.start, self.cfg.clip_seconds)
         width, height = self.cfg.video_size
         return SampleMeta(
             key=key,
@@ -247,11 +245,11 @@ class PreprocessWorker:
             duration_s=round(self.cfg.clip_seconds, 6),
             fps=self.cfg.fps,
             video=VideoStream(width, height, self.cfg.codec),
-            audio=AudioStream(self.cfg.audio_rate, source.input_format),
+            audio=AudioStream(self.cfg.audio_rate, probe.input_format),
             objects=tuple(d.record() for d in self.finder.find(frames)),
             detector=self.finder.name,
             labels=labels,
-            dataset=source.dataset,
+            dataset=probe.dataset,
         ).to_json()
 
 

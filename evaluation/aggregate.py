@@ -33,7 +33,7 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Source:
+class ArmRuns:
     """Where an arm's values come from: ``method`` of its runs' reports (``model`` for a trained arm,
     ``random_init`` for the untrained one), one report per seed."""
 
@@ -41,29 +41,29 @@ class Source:
     method: str = "model"
 
 
-def _values(source: Source, task: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``[seeds, items]`` values of ``source`` on (task, metric) and the items' scenes; None if absent."""
+def _values(runs: ArmRuns, task: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``[seeds, items]`` values of ``runs`` on (task, metric) and the items' scenes; None if absent."""
     rows, groups = [], None
-    for report in source.reports:
+    for report in runs.reports:
         result = report.result(task)
         scored = result.items.get(metric) if result else None
-        if scored is None or source.method not in scored.values:
+        if scored is None or runs.method not in scored.values:
             return None
         if groups is not None and not np.array_equal(groups, scored.groups):
             raise ValueError(f"{task} {metric}: the seeds were scored on different items")
-        rows.append(scored.values[source.method])
+        rows.append(scored.values[runs.method])
         groups = scored.groups
     return (np.stack(rows), groups) if rows else None
 
 
-def metrics_of(sources: Mapping[str, Source]) -> list[tuple[str, str]]:
+def metrics_of(arms: Mapping[str, ArmRuns]) -> list[tuple[str, str]]:
     """Every (task, metric) the first arm's first report has, in report order."""
-    first = next(iter(sources.values())).reports[0]
+    first = next(iter(arms.values())).reports[0]
     return [(r.task, m) for r in first.results for m in r.items]
 
 
 def pool(
-    sources: Mapping[str, Source],
+    arms: Mapping[str, ArmRuns],
     differences: Iterable[tuple[str, str]],
     resamples: int = RESAMPLES,
     seed: int = 0,
@@ -71,14 +71,14 @@ def pool(
     """A row per arm, task and metric, then a row per ``(a, b)`` of ``differences`` (arm ``a - b``),
     paired by seed; a metric an arm lacks is left out."""
     out = []
-    for task, metric in metrics_of(sources):
-        for arm, source in sources.items():
-            found = _values(source, task, metric)
+    for task, metric in metrics_of(arms):
+        for arm, runs in arms.items():
+            found = _values(runs, task, metric)
             if found is not None:
                 values, groups = found
                 out.append(Row(arm, task, metric, bootstrap(values, groups, resamples, seed), len(values)))
         for a, b in differences:
-            found_a, found_b = _values(sources[a], task, metric), _values(sources[b], task, metric)
+            found_a, found_b = _values(arms[a], task, metric), _values(arms[b], task, metric)
             if found_a is None or found_b is None:
                 continue
             seeds = min(len(found_a[0]), len(found_b[0]))

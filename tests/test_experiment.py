@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cluster import experiment
-from evaluation.aggregate import CSV_COLUMNS, Source, pool, to_csv, to_markdown
+from evaluation.aggregate import CSV_COLUMNS, ArmRuns, pool, to_csv, to_markdown
 from evaluation.bootstrap import Estimate
 from evaluation.suite import Report
 from evaluation.tasks import Scored, TaskResult
@@ -84,9 +84,9 @@ def test_pooling_over_seeds_pairs_arms_by_seed_and_writes_the_issues_columns() -
     better = [_report({"model": b + 0.1, "random_init": b}, groups) for b in base]
     plain = [_report({"model": b, "random_init": b}, groups) for b in base]
     sources = {
-        "random_init": Source(plain, "random_init"),
-        "curriculum": Source(better),
-        "avc_only": Source(plain),
+        "random_init": ArmRuns(plain, "random_init"),
+        "curriculum": ArmRuns(better),
+        "avc_only": ArmRuns(plain),
     }
     rows = pool(sources, [("curriculum", "avc_only"), ("avc_only", "random_init")], resamples=200)
     by_arm = {r.arm: r for r in rows}
