@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -305,7 +306,15 @@ def test_host_b_dies_and_the_elastic_group_goes_on_with_the_ranks_left(
     """4 workers (2 per host) with --min-workers 2: after host b is lost Ray restarts the group with the
     2 workers host a has room for, and they resume the 4-rank checkpoint (world size 4 -> 2)."""
     cfg, path = train_config(cluster, tmp_path, f"elastic-{uuid.uuid4().hex[:6]}")
-    cluster.wait_settled()  # an elastic group starts with the workers there is room for
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        _AutoscalingCoordinatorActor as Coordinator,
+    )
+
+    cluster.wait_settled()  # an elastic group starts with the workers there is room for...
+    # ...as the cluster's AutoscalingCoordinator sees it: a detached actor that earlier Ray Train runs
+    # started, which looks at the nodes once a tick. Until it has looked since the previous test
+    # restarted host b, it counts only host a's CPUs (measured: a group of 2 instead of 4).
+    time.sleep(Coordinator.TICK_INTERVAL_S + 2)
     job = ray_train(cluster, path, "--workers", "4", "--min-workers", "2")
     try:
         first = f"{cfg.train.checkpoint_url}/latest"
