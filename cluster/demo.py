@@ -86,27 +86,28 @@ def stage_synth(ctx: DemoContext) -> None:
     )
 
 
+def preprocess_command(cfg: Config, command: list[str]) -> list[str]:
+    """``command`` (``avsa preprocess`` with its input and output flags) followed by the rest of the
+    demo's ``preprocess`` section as dotted overrides. The section's input and output are left out:
+    a dotted key wins over its short flag, so they would undo ``--input`` and ``--output``."""
+    from cluster.launch import config_overrides
+
+    own = ("--preprocess.input=", "--preprocess.output=")
+    section = [a for a in config_overrides(cfg) if a.startswith("--preprocess.") and not a.startswith(own)]
+    return [*command, *section]
+
+
 def stage_preprocess(ctx: DemoContext) -> None:
     """Shard the videos with `avsa preprocess`, submitted to the Ray head as users do."""
     from ray.job_submission import JobSubmissionClient
 
-    from cluster.launch import config_overrides
-
-    args = [a for a in config_overrides(ctx.cfg) if a.startswith("--preprocess.")]
     s3_env = {k: v for k, v in ctx.env.items() if k.startswith("AWS_")}
     client = JobSubmissionClient(ctx.env["RAY_API_SERVER_ADDRESS"])
     jobs = {}
     for raw, shards in (("raw", "shards"), ("raw-heldout", "shards-heldout")):
-        command = [
-            "avsa",
-            "preprocess",
-            "--input",
-            ctx.url(raw),
-            "--output",
-            ctx.url(shards),
-            "--no-progress",
-        ]
-        entrypoint = shlex.join([*command, *args])
+        command = ["avsa", "preprocess", "--input", ctx.url(raw), "--output", ctx.url(shards)]
+        command.append("--no-progress")
+        entrypoint = shlex.join(preprocess_command(ctx.cfg, command))
         jobs[shards] = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": s3_env})
         ctx.console.print(f"  ray job {jobs[shards]}: {shlex.join(command)}")
     for shards, job_id in jobs.items():

@@ -109,3 +109,19 @@ def test_config_show_doc_is_commented_yaml_that_loads_back(capsys: pytest.Captur
     path.write_text(text)
     assert yaml.safe_load(text)["train"]["lr"] == 0.003
     assert load_config(path).train.lr == 0.003
+
+
+def test_the_demos_preprocessing_job_reads_the_input_and_output_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo submits `avsa preprocess --input RAW --output SHARDS` plus its preprocess section as
+    dotted keys. A dotted key wins over its short flag, so the section's own input and output (the
+    defaults) once replaced RAW and SHARDS and the job failed on `.avsa/demo/raw`."""
+    from cluster.demo import demo_config, preprocess_command
+
+    cfg = demo_config(None)
+    command = ["preprocess", "--input", "s3://avsa/demo/raw", "--output", "s3://avsa/demo/shards"]
+    resolved = _run_capturing(monkeypatch, preprocess_command(cfg, command)).preprocess
+    assert (resolved.input, resolved.output) == ("s3://avsa/demo/raw", "s3://avsa/demo/shards")
+    others = {k: v for k, v in vars(resolved).items() if k not in ("input", "output")}
+    assert others == {k: v for k, v in vars(cfg.preprocess).items() if k not in ("input", "output")}
