@@ -95,10 +95,10 @@ class Cluster:
         return (float(used.group(2)) - float(used.group(1)), float(used.group(2))) if used else (0.0, 0.0)
 
     def wait_settled(self, timeout_s: float = 120) -> None:
-        """Wait until both hosts' CPUs are registered and free. Work submitted before a (re)started
-        host's CPUs reach the head's resource view all lands on host a, and a previous test's actors
-        hold CPUs for a while after it ends. `ray status` is a periodic snapshot, so one good reading
-        can still be stale: ask for three in a row."""
+        """Wait until both hosts' CPUs are registered and free: a test that places work on both needs
+        host b back after a previous test restarted it, and the previous test's actors hold CPUs for a
+        while after it ends. `ray status` is a periodic snapshot, so one good reading can still be
+        stale: ask for three in a row."""
         readings: list[tuple[float, float]] = []
 
         def settled() -> bool:
