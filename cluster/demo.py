@@ -105,8 +105,15 @@ def stage_preprocess(ctx: DemoContext) -> None:
     client = JobSubmissionClient(ctx.env["RAY_API_SERVER_ADDRESS"])
     jobs = {}
     for raw, shards in (("raw", "shards"), ("raw-heldout", "shards-heldout")):
-        command = ["avsa", "preprocess", "--input", ctx.url(raw), "--output", ctx.url(shards)]
-        command.append("--no-progress")
+        command = [
+            "avsa",
+            "preprocess",
+            "--input",
+            ctx.url(raw),
+            "--output",
+            ctx.url(shards),
+            "--no-progress",
+        ]
         entrypoint = shlex.join(preprocess_command(ctx.cfg, command))
         jobs[shards] = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": s3_env})
         ctx.console.print(f"  ray job {jobs[shards]}: {shlex.join(command)}")
