@@ -293,8 +293,9 @@ def run(plan: Plan, base: Config | None = None, on_unit: Callable[[Unit, Any], N
             cfg = arm_config(plan, unit.arm, unit.seed, per_pass)
             t0 = time.time()
             report = run_unit(plan, unit, cfg, suite, baselines)
-            timing.write_text(f"{time.time() - t0:.1f}\n")
-            progress.record(unit, time.time() - t0, _headline(report))
+            took = time.time() - t0
+            timing.write_text(f"{took:.1f}\n")
+            progress.record(unit, took, _headline(report))
         unit_seconds.append(float(timing.read_text()) if timing.exists() else None)
         reports.setdefault(unit.arm, []).append(report)
         if on_unit is not None:
