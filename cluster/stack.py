@@ -137,7 +137,10 @@ class Stack:
 
     def storage(self) -> StorageConfig:
         """Storage settings that reach this stack's S3 server."""
-        state = self._require_state()
+        return self._storage_of(self._require_state())
+
+    @staticmethod
+    def _storage_of(state: StackState) -> StorageConfig:
         return StorageConfig(
             endpoint_url=state.endpoints["s3"],
             access_key_id=state.s3_access_key,
@@ -534,7 +537,7 @@ class Stack:
             time.sleep(0.5)
 
     def _create_bucket(self, state: StackState) -> None:
-        fs, bucket = filesystem(f"s3://{state.bucket}", self.storage())
+        fs, bucket = filesystem(f"s3://{state.bucket}", self._storage_of(state))
 
         def make() -> bool:
             fs.invalidate_cache()
