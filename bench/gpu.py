@@ -178,7 +178,7 @@ class PaperStep:
     def __call__(self, video: torch.Tensor, audio: torch.Tensor, directions: torch.Tensor) -> None:
         from trainer.losses import pretext_loss
 
-        loss, _ = pretext_loss(self.engine(video, audio, directions), "avsa", self.tau)
+        loss, _ = pretext_loss(self.engine(video, audio, directions), "avsa", self.tau, "trunks")
         self.engine.backward(loss)
         self.engine.step()
 

@@ -25,7 +25,7 @@ def plain_step(cfg: Config, batch: tuple[torch.Tensor, ...]) -> Step:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     def step() -> float:
-        loss, _ = pretext_loss(model(*batch), "avc", cfg.train.tau)
+        loss, _ = pretext_loss(model(*batch), "avc", cfg.train.tau, cfg.train.avc_form)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -46,7 +46,7 @@ def deepspeed_step(cfg: Config, batch: tuple[torch.Tensor, ...]) -> Step:
     )
 
     def step() -> float:
-        loss, _ = pretext_loss(engine(*batch), "avc", cfg.train.tau)
+        loss, _ = pretext_loss(engine(*batch), "avc", cfg.train.tau, cfg.train.avc_form)
         engine.backward(loss)
         engine.step()
         return loss.item()

@@ -147,19 +147,32 @@ def test_pretext_loss_averages_both_directions_of_the_stage() -> None:
     out, tau = random_output(3, 2, 5, seed=0), 0.1
     vp, c = out.viewpoints, out.clips
 
-    loss, metrics = pretext_loss(out, "avc", tau)
+    # AVC on the trunks (the reference's form): audio against video and back, no context predictions.
+    loss, metrics = pretext_loss(out, "avc", tau, "trunks")
+    expected = (info_nce(c.audio, c.video, tau)[0] + info_nce(c.video, c.audio, tau)[0]) / 2
+    avsa_acc = (avsa_loss(vp.audio, vp.video, tau)[2] + avsa_loss(vp.video, vp.audio, tau)[2]) / 2
+    assert loss.item() == pytest.approx(expected.item())
+    assert metrics["avsa_acc"].item() == pytest.approx(avsa_acc.item())
+
+    # AVC on the context predictions (the ablation).
+    loss, metrics = pretext_loss(out, "avc", tau, "context")
     expected = (info_nce(c.video_pred, c.video, tau)[0] + info_nce(c.audio_pred, c.audio, tau)[0]) / 2
     avsa_acc = (avsa_loss(vp.video_pred, vp.video, tau)[2] + avsa_loss(vp.audio_pred, vp.audio, tau)[2]) / 2
     assert loss.item() == pytest.approx(expected.item())
     assert metrics["avsa_acc"].item() == pytest.approx(avsa_acc.item())
 
-    loss, metrics = pretext_loss(out, "avsa", tau)
-    expected = (avsa_loss(vp.video_pred, vp.video, tau)[0] + avsa_loss(vp.audio_pred, vp.audio, tau)[0]) / 2
-    assert loss.item() == pytest.approx(expected.item())
-    assert set(metrics) == {"loss", "avc_acc", "avsa_acc"}
+    for form in ("trunks", "context"):  # AVSA does not depend on the AVC form
+        loss, metrics = pretext_loss(out, "avsa", tau, form)  # type: ignore[arg-type]
+        expected = (
+            avsa_loss(vp.video_pred, vp.video, tau)[0] + avsa_loss(vp.audio_pred, vp.audio, tau)[0]
+        ) / 2
+        assert loss.item() == pytest.approx(expected.item())
+        assert set(metrics) == {"loss", "avc_acc", "avsa_acc"}
 
     with pytest.raises(ValueError, match="stage"):
-        pretext_loss(out, "both", tau)  # type: ignore[arg-type]
+        pretext_loss(out, "both", tau, "trunks")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="AVC form"):
+        pretext_loss(out, "avc", tau, "pooled")  # type: ignore[arg-type]
 
 
 def test_curriculum_switches_after_avc_epochs() -> None:

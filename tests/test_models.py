@@ -159,11 +159,39 @@ def test_channels_last_inputs_and_weights_give_the_same_features() -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("stage", ["avc", "avsa"])
-def test_every_parameter_gets_a_gradient_in_either_stage(stage: str) -> None:
-    # Data-parallel engines need every parameter to take part in every step.
-    model = tiny(direction_encoding=True).train()
-    loss, _ = pretext_loss(model(*inputs()), stage, tau=0.07)  # type: ignore[arg-type]
+@pytest.mark.parametrize("stage,form", [("avc", "trunks"), ("avc", "context"), ("avsa", "trunks")])
+@pytest.mark.parametrize("head", ["linear", "bn_linear", "mlp"])
+def test_every_parameter_takes_part_in_either_stage(stage: str, form: str, head: str) -> None:
+    # Data-parallel engines need every parameter in every step's graph. AVC on the trunks trains the
+    # trunks and target heads only: the context side gets zero gradients, not none.
+    torch.manual_seed(0)
+    model = AVSAModel(ModelConfig(preset="tiny", direction_encoding=True, head=head), 4).train()  # type: ignore[arg-type]
+    loss, _ = pretext_loss(model(*inputs()), stage, 0.07, form)  # type: ignore[arg-type]
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+    resting = ("video_to_audio", "audio_to_video", "video_pred_head", "audio_pred_head")
+    learning = [
+        n
+        for n, p in model.named_parameters()
+        if not (stage == "avc" and form == "trunks" and n.startswith(resting))
+    ]
+    grads = dict(model.named_parameters())
+    assert all(grads[n].grad.abs().sum() > 0 for n in learning)  # type: ignore[union-attr]
+    if stage == "avc" and form == "trunks":
+        assert all(not p.grad.abs().sum() for n, p in model.named_parameters() if n.startswith(resting))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("head,most", [("bn_linear", 0.1), ("mlp", 0.5)])
+def test_centring_heads_spread_the_embeddings_at_init(head: str, most: float) -> None:
+    # ReLU + max pool give every trunk feature a shared positive part; a plain Linear keeps it (the
+    # embeddings of unrelated inputs point almost the same way), a centring head removes it.
+    def mean_cosine(kind: str) -> float:
+        torch.manual_seed(0)
+        model = AVSAModel(ModelConfig(preset="tiny", head=kind), 4).train()  # type: ignore[arg-type]
+        e = model(*inputs(clips=8, views=4)).viewpoints.audio.flatten(0, 1)
+        cos = e @ e.T
+        return ((cos.sum() - cos.diagonal().sum()) / (len(e) * (len(e) - 1))).item()
+
+    # The MLP's ReLU before its last Linear brings back part of the shared component.
+    assert mean_cosine("linear") > 0.8
+    assert abs(mean_cosine(head)) < most

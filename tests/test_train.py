@@ -113,6 +113,18 @@ def test_metrics_are_the_mean_over_each_logging_window_and_both_ranks(tmp_path: 
         assert 0 <= row["data_wait_fraction"] <= 1
 
 
+@pytest.mark.integration
+def test_each_stage_warms_up_again(tmp_path: Path) -> None:
+    """The AVSA stage restarts the linear warm-up: its context transformers start with no Adam moments.
+    Each row logs the rate of the next step; DeepSpeed's WarmupLR begins one iteration before 0, so the
+    first stage's ramp starts a step later."""
+    schedule = {"train.steps_per_epoch": 6, "train.avc_epochs": 1, "train.avsa_epochs": 1, "train.lr": 1e-3}
+    cfg = tiny_config(tmp_path, **schedule, **{"train.warmup_steps": 4, "tracking.log_every": 1})
+    rows = run_distributed(_window_rows, 1, cfg, timeout_s=400)[0]
+    ramp = [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3]
+    assert [r["lr"] for r in rows] == pytest.approx([0.0, *ramp[:-1], *ramp])
+
+
 def _votes(rank: int, world_size: int, wants: list[bool]) -> list[bool]:
     from trainer.preemption import StopVote
 

@@ -26,6 +26,9 @@ from trainer.typed_config import (
     to_dict,
 )
 
+HeadKind = Literal["linear", "bn_linear", "mlp"]
+AvcForm = Literal["trunks", "context"]
+
 
 @dataclass
 class StackConfig:
@@ -83,6 +86,9 @@ class ModelConfig:
     """Dropout probability inside the context transformers."""
     direction_encoding: bool = False
     """Add each viewpoint's direction to its tokens (a shortcut unless backgrounds are randomised)."""
+    head: HeadKind = "linear"
+    """Projection heads: linear (the papers'), bn_linear (non-affine BatchNorm, then Linear) or mlp
+    (Linear-BN-ReLU-Linear). The last two remove the component all max-pooled ReLU features share."""
 
 
 @dataclass
@@ -94,9 +100,14 @@ class TrainConfig:
     weight_decay: float = 1e-5
     """AdamW weight decay."""
     warmup_steps: int = 0
-    """Optimizer steps of linear learning-rate warm-up at the start of each stage."""
+    """Optimizer steps of linear learning-rate warm-up at the start of each stage (AVC, then AVSA:
+    the AVSA stage's context transformers start with empty Adam moments)."""
     tau: float = 0.07
     """Temperature of the contrastive (InfoNCE) losses."""
+    avc_form: AvcForm = "trunks"
+    """What the AVC stage contrasts. trunks: each modality's clip embedding (trunk features max-pooled
+    over the K viewpoints, through its own head) against the other's, as the reference's released AVC
+    config. context: the context transformers' predictions against those embeddings (an ablation)."""
     avc_epochs: int = 50
     """Epochs of the audio-visual correspondence stage (first)."""
     avsa_epochs: int = 50

@@ -82,3 +82,11 @@ def deepspeed_config(cfg: Config, device_type: str, load_universal: bool = False
             },
         }
     return ds
+
+
+def restart_warmup(engine: Any) -> None:
+    """Start ``train.warmup_steps`` of warm-up again from the next step (a new curriculum stage); no-op
+    without a scheduler. The scheduler's position is saved with every checkpoint, so a run resumed
+    inside the warm-up goes on where it was."""
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.step(0)  # WarmupLR's iteration 0: the lr of the warm-up's first step

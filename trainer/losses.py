@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from trainer.models import AVSAOutput
+from trainer.config import AvcForm
+from trainer.models import AVSAOutput, Embeddings
 
 Stage = Literal["avc", "avsa"]
 
@@ -110,25 +111,49 @@ def avsa_loss(
     return loss, avc_acc, avsa_acc
 
 
-def pretext_loss(out: AVSAOutput, stage: Stage, tau: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The curriculum stage's loss, averaged over both directions (audio→video and video→audio).
+def avc_pairs(embeddings: Embeddings, form: AvcForm) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (queries, targets) pairs the AVC stage contrasts, both directions.
 
-    ``avc``: InfoNCE on the clip-level embeddings; ``avsa``: :func:`avsa_loss` per viewpoint.
-    Metrics (detached): ``loss``, ``avc_acc`` (from the stage's own logits) and ``avsa_acc`` (from the
-    per-viewpoint logits, also measured during the AVC stage to show how much spatial alignment the
-    correspondence task alone learns). Every rank must call this with the same stage (collectives).
+    ``trunks``: audio against video and video against audio, each modality's own embeddings (the
+    reference's ``CrossInstDisc``). ``context``: each context prediction against its modality's targets.
     """
-    vp = out.viewpoints
-    pairs = ((vp.video_pred, vp.video), (vp.audio_pred, vp.audio))
+    e = embeddings
+    if form == "trunks":
+        return [(e.audio, e.video), (e.video, e.audio)]
+    if form == "context":
+        return [(e.video_pred, e.video), (e.audio_pred, e.audio)]
+    raise ValueError(f"unknown AVC form {form!r}; expected 'trunks' or 'context'")
+
+
+def avsa_pairs(embeddings: Embeddings) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (queries, targets) pairs the AVSA stage contrasts: each context prediction against its
+    modality's targets (audio→video and video→audio)."""
+    return [(embeddings.video_pred, embeddings.video), (embeddings.audio_pred, embeddings.audio)]
+
+
+def pretext_loss(
+    out: AVSAOutput, stage: Stage, tau: float, avc_form: AvcForm
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The curriculum stage's loss, averaged over both directions of its pairs.
+
+    ``avc``: InfoNCE on the clip-level embeddings (:func:`avc_pairs`); ``avsa``: :func:`avsa_loss` per
+    viewpoint (:func:`avsa_pairs`). Metrics (detached): ``loss``, ``avc_acc`` (from the stage's own
+    logits) and ``avsa_acc``, the spatial alignment of the stage's pairs per viewpoint (during AVC it
+    shows how much spatial alignment correspondence alone learns). Every rank must call this with the
+    same stage (collectives).
+    """
     if stage == "avc":
-        c = out.clips
-        terms = [info_nce(q, t, tau) for q, t in ((c.video_pred, c.video), (c.audio_pred, c.audio))]
+        terms = [info_nce(q, t, tau) for q, t in avc_pairs(out.clips, avc_form)]
         loss = sum(term[0] for term in terms) / 2
+        if avc_form == "trunks":
+            # The context side sits this stage out, but a data-parallel engine needs every parameter
+            # in every step's graph: a zero-weighted term gives them zero gradients.
+            loss = loss + 0.0 * sum(e.sum() for e in (out.clips.video_pred, out.clips.audio_pred))
         avc_acc = sum(term[1] for term in terms) / 2
         with torch.no_grad():
-            avsa_acc = sum(avsa_loss(q, t, tau)[2] for q, t in pairs) / 2
+            avsa_acc = sum(avsa_loss(q, t, tau)[2] for q, t in avc_pairs(out.viewpoints, avc_form)) / 2
     elif stage == "avsa":
-        terms = [avsa_loss(q, t, tau) for q, t in pairs]
+        terms = [avsa_loss(q, t, tau) for q, t in avsa_pairs(out.viewpoints)]
         loss = sum(term[0] for term in terms) / 2
         avc_acc = sum(term[1] for term in terms) / 2
         avsa_acc = sum(term[2] for term in terms) / 2

@@ -29,7 +29,7 @@ from dataloading.features import CHANNELS
 from trainer.checkpoint import Checkpointer, read_meta, resolve
 from trainer.config import Config
 from trainer.data import Batch, BatchSource, make_source
-from trainer.deepspeed_config import deepspeed_config, input_dtype
+from trainer.deepspeed_config import deepspeed_config, input_dtype, restart_warmup
 from trainer.deepspeed_env import import_deepspeed
 from trainer.elastic import uses_universal
 from trainer.losses import pretext_loss, stage_for_epoch
@@ -155,6 +155,8 @@ def train(
             for epoch in range(first_epoch, epochs):
                 source.set_epoch(epoch)
                 stage = stage_for_epoch(epoch, t.avc_epochs)
+                if epoch == t.avc_epochs > 0 and source.batches_left() == len(source):
+                    restart_warmup(engine)  # AVSA starts: its context transformers have no Adam moments yet
                 last_of_stage = epoch in (t.avc_epochs - 1, epochs - 1)
                 batches, count = iter(source), source.batches_left()
                 for i in range(count):
@@ -234,7 +236,7 @@ def train_step(
     directions = batch.directions.to(device, non_blocking=True)
     data_s = torch.tensor(time.perf_counter() - t0)
     out = engine(video, audio, directions)
-    loss, metrics = pretext_loss(out, stage, cfg.train.tau)
+    loss, metrics = pretext_loss(out, stage, cfg.train.tau, cfg.train.avc_form)
     engine.backward(loss)
     engine.step()
     return metrics | {"data_s": data_s.to(loss.device)}, batch

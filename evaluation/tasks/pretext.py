@@ -25,7 +25,9 @@ from dataloading.viewpoints import angular_distance
 from evaluation.encoders import Encoders
 from evaluation.tasks import REFERENCE, Context, Scored, TaskResult, summarise
 from evaluation.tasks.features import held_out
-from trainer.models import AVSAOutput, Embeddings
+from trainer.config import AvcForm
+from trainer.losses import avc_pairs, avsa_pairs
+from trainer.models import AVSAOutput
 
 NAME = "pretext"
 ANGLE_BINS_DEG = (0.0, 60.0, 90.0, 135.0, 180.0)
@@ -40,15 +42,6 @@ def scene_batches(scenes: list[str], size: int, seed: int) -> list[np.ndarray]:
     rank = {unique[u]: r for r, u in enumerate(shuffled)}
     order = sorted(range(len(scenes)), key=lambda i: (rank[scenes[i]], i))
     return [np.array(order[b::count]) for b in range(count)]
-
-
-def _directions(embeddings: Embeddings, rows: Tensor | slice = slice(None)) -> list[tuple[Tensor, Tensor]]:
-    """The (query, targets) pairs of both directions: video predicted from audio vs video (audio→video),
-    and audio predicted from video vs audio; only ``rows`` (clips) of each."""
-    return [
-        (embeddings.video_pred[rows], embeddings.video[rows]),
-        (embeddings.audio_pred[rows], embeddings.audio[rows]),
-    ]
 
 
 def _top1(query: Tensor, targets: Tensor) -> Tensor:
@@ -77,13 +70,13 @@ def _pairwise_angles(directions: Tensor) -> Tensor:
     )
 
 
-def _scores(out: AVSAOutput, batches: list[Tensor], angles: Tensor) -> dict[str, Tensor]:
-    """Per item, averaged over both directions: AVC top-1 per clip, AVSA top-1 and the chosen-angle bin
-    indicators per (clip, viewpoint)."""
+def _scores(out: AVSAOutput, batches: list[Tensor], angles: Tensor, avc_form: AvcForm) -> dict[str, Tensor]:
+    """Per item, averaged over both directions of the pairs each stage trains (:mod:`trainer.losses`):
+    AVC top-1 per clip, AVSA top-1 and the chosen-angle bin indicators per (clip, viewpoint)."""
     avc = torch.zeros(len(angles))
     for rows in batches:
-        avc[rows] = torch.stack([_top1(q, t) for q, t in _directions(out.clips, rows)]).mean(0)
-    pairs = _directions(out.viewpoints)
+        avc[rows] = torch.stack([_top1(q[rows], t[rows]) for q, t in avc_pairs(out.clips, avc_form)]).mean(0)
+    pairs = avsa_pairs(out.viewpoints)
     scores = {"avc_top1": avc, "avsa_top1": torch.stack([_top1(q, t) for q, t in pairs]).mean(0)}
     chosen = torch.stack([_chosen_angle(q, t, angles) for q, t in pairs])  # [2, N, K]
     for lo, hi in itertools.pairwise(ANGLE_BINS_DEG):  # NaN (a hit) falls in no bin
@@ -104,7 +97,7 @@ def run(ctx: Context) -> TaskResult:
             NAME,
             method,
             lambda e=encoders: _scores(
-                e.forward(clips.video, clips.audio, clips.directions), batches, angles
+                e.forward(clips.video, clips.audio, clips.directions), batches, angles, ctx.cfg.train.avc_form
             ),
         )
         for metric, value in scores.items():

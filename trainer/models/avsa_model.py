@@ -7,9 +7,9 @@ Per viewpoint k of a clip, the *targets* are each modality's own embedding (no c
     video_pred[k] = video_pred_head(a2v(A(audio_1..K))[k])
     audio_pred[k] = audio_pred_head(v2a(V(video_1..K))[k])
 
-The AVSA stage contrasts predictions with targets per viewpoint; the AVC stage contrasts clip-level
+The AVSA stage contrasts predictions with targets per viewpoint. The AVC stage contrasts clip-level
 embeddings, which (as in the reference code) max-pool the 512-d features over viewpoints *before*
-the heads. Both sets are always returned, so every parameter gets a gradient in either stage.
+the heads: by default the two modalities' targets against each other (``train.avc_form``).
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ class AVSAModel(nn.Module):
 
         self.video_to_audio = context()
         self.audio_to_video = context()
-        self.video_head = ProjectionHead(d_model, cfg.embed_dim)
-        self.audio_head = ProjectionHead(d_model, cfg.embed_dim)
-        self.video_pred_head = ProjectionHead(d_model, cfg.embed_dim)
-        self.audio_pred_head = ProjectionHead(d_model, cfg.embed_dim)
+        self.video_head = ProjectionHead(d_model, cfg.embed_dim, cfg.head)
+        self.audio_head = ProjectionHead(d_model, cfg.embed_dim, cfg.head)
+        self.video_pred_head = ProjectionHead(d_model, cfg.embed_dim, cfg.head)
+        self.audio_pred_head = ProjectionHead(d_model, cfg.embed_dim, cfg.head)
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, directions: torch.Tensor) -> AVSAOutput:
         b, k = video.shape[:2]
