@@ -85,6 +85,11 @@ def test_loss_falls_and_accuracies_rise_above_chance_on_two_ranks(tmp_path: Path
     assert mean(avc[-10:], "avc_acc") > 1 / 8 + 0.15
     assert mean(avsa[-10:], "avsa_acc") > 1 / 2 + 0.15
     assert [r["stage_avsa"] for r in (avc[-1], avsa[0])] == [0.0, 1.0]
+    # The learning-health telemetry rides along, and the run records when each stage left chance.
+    assert {"cos_clip_video", "cos_video_pred", "margin", "grad_total", "grad_video_encoder"} <= set(avc[0])
+    assert [r["left_plateau_avc"] for r in avc if "left_plateau_avc" in r] == [
+        next(i + 1 for i, r in enumerate(avc) if r["loss"] < r["chance"] - 0.05)
+    ]
     last = history[0][-1]
     assert last["lr"] == pytest.approx(1e-3) and last["clips_per_s"] > 0
     assert 0 <= last["data_wait_fraction"] < 1 and last["memory_gib"] > 0

@@ -160,6 +160,7 @@ class Resumed:
     run_id: str | None
     world_size: int  # the saving run's
     seconds: float  # from the first byte downloaded to the state restored
+    watchdog: dict[str, Any] | None = None  # the plateau watchdog's state, if the run saved one
 
 
 class Checkpointer:
@@ -178,10 +179,13 @@ class Checkpointer:
         source: BatchSource,
         run_id: str | None,
         stage_end: str | None = None,
+        watchdog: dict[str, Any] | None = None,
     ) -> str:
         """Write the state after ``step`` optimizer steps; returns the tag URL once it is committed.
 
-        ``stage_end`` names the curriculum stage whose last step this is (retention keeps those)."""
+        ``stage_end`` names the curriculum stage whose last step this is (retention keeps those);
+        ``watchdog`` is the plateau watchdog's state (:class:`trainer.health.PlateauWatchdog`), kept in
+        the metadata, where it also says when each stage's loss left its plateau."""
         tag = tag_for_step(step)
         url = join(self.root, tag)
         staging = tempfile.mkdtemp(prefix=f"avsa-ckpt-r{self.rank}-")
@@ -213,6 +217,7 @@ class Checkpointer:
                     "world_size": self.world_size,
                     "run_id": run_id,
                     "stage_end": stage_end,
+                    "watchdog": watchdog,
                     "files": sorted({f for rank_files, _ in everyone for f in rank_files} | {LOADER}),
                 }
                 write_bytes_atomic(join(url, META), json.dumps(meta, indent=1).encode(), self.storage)
@@ -274,6 +279,7 @@ class Checkpointer:
             run_id=meta.get("run_id"),
             world_size=int(meta["world_size"]),
             seconds=seconds,
+            watchdog=meta.get("watchdog"),
         )
 
 

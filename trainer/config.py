@@ -118,6 +118,9 @@ class TrainConfig:
     """DeepSpeed ZeRO stage (0-3): how optimizer state, gradients and weights are partitioned."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
+    plateau_warn_steps: int = 200
+    """Steps a stage's loss may sit within 1 % of chance (ln of its candidate count) before the run says
+    so, once per stage, with the figures that tell why (collapse, vanishing gradients, or neither)."""
     grad_clip: float = 1.0
     """Gradient norm clipping threshold."""
     checkpoint_url: str = ".avsa/checkpoints"

@@ -32,6 +32,7 @@ from trainer.data import Batch, BatchSource, make_source
 from trainer.deepspeed_config import deepspeed_config, input_dtype, restart_warmup
 from trainer.deepspeed_env import import_deepspeed
 from trainer.elastic import uses_universal
+from trainer.health import PlateauWatchdog, chance_loss, embedding_health, grad_norms
 from trainer.losses import pretext_loss, stage_for_epoch
 from trainer.models import AVSAModel
 from trainer.preemption import Preemption, StopVote
@@ -141,8 +142,13 @@ def train(
         how = f"resumed from {tag_url}" if resumed else "from scratch"
         log.info("training %d steps on %d ranks (%s), %s", total_steps, world_size, device.type, how)
 
+    watchdog = PlateauWatchdog(max(t.plateau_warn_steps, 1), avc_form=t.avc_form)
+    if resumed and resumed.watchdog:
+        watchdog.load_state_dict(resumed.watchdog)
+
     def checkpoint(done: int, epoch: int, stage_end: str | None, retain: bool = True) -> None:
-        result.checkpoint = checkpointer.save(engine, done, epoch, source, tracker.run_id, stage_end)
+        state = watchdog.state_dict()
+        result.checkpoint = checkpointer.save(engine, done, epoch, source, tracker.run_id, stage_end, state)
         tracker.log_checkpoint(result.checkpoint, done)
         if rank == 0 and t.keep_checkpoints and retain:
             apply_retention(cfg, tracker)
@@ -168,18 +174,24 @@ def train(
                     if done % tr.log_every == 0 or done == total_steps or stop or stage_end:
                         row = window.summary() | {
                             "lr": engine.get_lr()[0],
+                            "tau": t.tau,
                             "epoch": epoch,
                             "stage_avsa": float(stage == "avsa"),
                             "memory_gib": memory_gib(device),
                         }
+                        row["chance"] = chance_loss(
+                            stage, cfg.data.batch_size * world_size, cfg.data.viewpoints
+                        )
+                        left = stage in watchdog.left_at
+                        warning = watchdog.observe(done, stage, row["loss"], row["chance"], row)
+                        if not left and stage in watchdog.left_at:
+                            row[f"left_plateau_{stage}"] = watchdog.left_at[stage]
                         result.history.append(row)
                         tracker.log_metrics(row, done)
                         if rank == 0:
-                            log.info(
-                                "step %d/%d %s loss %.4f avc_acc %.3f avsa_acc %.3f %.1f clips/s data %.0f%%",
-                                *(done, total_steps, stage, row["loss"], row["avc_acc"], row["avsa_acc"]),
-                                *(row["clips_per_s"], 100 * row["data_wait_fraction"]),
-                            )
+                            log.info(progress_line(done, total_steps, stage, row))
+                            if warning and t.plateau_warn_steps > 0:
+                                log.warning(warning)
                     if done == start + 1 or (tr.samples_every and done % tr.samples_every == 0):
                         tracker.log_samples(batch, done)
                     if stop:
@@ -237,6 +249,26 @@ def train_step(
     data_s = torch.tensor(time.perf_counter() - t0)
     out = engine(video, audio, directions)
     loss, metrics = pretext_loss(out, stage, cfg.train.tau, cfg.train.avc_form)
+    metrics |= embedding_health(out, stage, cfg.train.tau, cfg.train.avc_form)
     engine.backward(loss)
+    metrics |= grad_norms(engine.module)  # between backward and step: averaged, not yet clipped
     engine.step()
     return metrics | {"data_s": data_s.to(loss.device)}, batch
+
+
+def progress_line(step: int, total: int, stage: str, row: dict[str, float]) -> str:
+    """The console line of a logged row: progress, the pretext figures against chance, and the learning
+    health (embedding spread of the sets the stage contrasts, logit margin, total gradient norm)."""
+    spread = " ".join(
+        f"{name} {row[key]:.2f}"
+        for name, key in (("v", "cos_clip_video"), ("a", "cos_clip_audio"))
+        if stage == "avc" and key in row
+    ) or " ".join(
+        f"{name} {row[key]:.2f}" for name, key in (("vp", "cos_video_pred"), ("ap", "cos_audio_pred"))
+    )
+    return (
+        f"step {step}/{total} {stage} loss {row['loss']:.4f} (chance {row['chance']:.3f}) "
+        f"avc_acc {row['avc_acc']:.3f} avsa_acc {row['avsa_acc']:.3f} | cos {spread} "
+        f"margin {row['margin']:+.2f} |grad| {row['grad_total']:.2g} | {row['clips_per_s']:.1f} clips/s "
+        f"data {100 * row['data_wait_fraction']:.0f}%"
+    )
