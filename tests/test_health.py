@@ -145,15 +145,17 @@ def test_embedding_health_margin_uses_the_losses_candidates() -> None:
     assert health["margin"].item() == pytest.approx(sum(margins) / len(margins), rel=1e-5)
     assert set(health) >= {"cos_video", "cos_audio_pred", "cos_clip_video", "cos_clip_audio_pred"}
 
-    # AVC on the trunks: audio clips against video clips and back.
+    # AVC on the trunks: per viewpoint, audio against video and back, the other clips' same viewpoint
+    # the negatives.
     health = embedding_health(AVSAOutput(viewpoints=vp, clips=clips), "avc", tau, "trunks")
     margins = []
-    for query, target in ((clips.audio, clips.video), (clips.video, clips.audio)):
-        logits = query @ target.T / tau
-        margins += [
-            (logits[i, i] - logits[i].masked_fill(torch.eye(b)[i].bool(), -math.inf).max()).item()
-            for i in range(b)
-        ]
+    for query, target in ((vp.audio, vp.video), (vp.video, vp.audio)):
+        for v in range(k):
+            logits = query[:, v] @ target[:, v].T / tau
+            margins += [
+                (logits[i, i] - logits[i].masked_fill(torch.eye(b)[i].bool(), -math.inf).max()).item()
+                for i in range(b)
+            ]
     assert health["margin"].item() == pytest.approx(sum(margins) / len(margins), rel=1e-5)
 
 
@@ -322,7 +324,7 @@ def test_a_collapsed_model_warns_once_after_warn_steps_and_names_collapse() -> N
     assert list(warned) == [50]
     message = warned[50]
     assert message.startswith("the avc loss has sat at chance (1.386 = ln 4) for 50 steps")
-    assert "collapsed (mean cosine 1.00 clip video, 1.00 clip audio)" in message
+    assert "collapsed (mean cosine 1.00 video, 1.00 audio)" in message
     # A perfectly collapsed model is a fixed point: equal targets make every embedding gradient zero.
     assert "gradients have vanished" in message
     assert "avc" not in dog.left_at
@@ -379,7 +381,7 @@ def test_vanishing_gradients_are_named() -> None:
 
 def test_only_the_sets_the_stage_contrasts_can_be_collapsed() -> None:
     # AVC on the trunks leaves the context side untrained: its predictions' spread does not matter.
-    assert contrasted_sets("avc", "trunks") == ("cos_clip_video", "cos_clip_audio")
+    assert contrasted_sets("avc", "trunks") == ("cos_video", "cos_audio")
     health = spread_health() | {"cos_clip_video_pred": 0.99, "cos_video_pred": 0.99}
     chance = chance_loss("avc", 8, 2)
     message = PlateauWatchdog(warn_steps=10).observe(10, "avc", chance, chance, health)

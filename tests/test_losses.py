@@ -147,9 +147,11 @@ def test_pretext_loss_averages_both_directions_of_the_stage() -> None:
     out, tau = random_output(3, 2, 5, seed=0), 0.1
     vp, c = out.viewpoints, out.clips
 
-    # AVC on the trunks (the reference's form): audio against video and back, no context predictions.
+    # AVC on the trunks (the reference's form): per viewpoint, audio against video and back, the other
+    # clips' same viewpoint the negatives; no context predictions.
     loss, metrics = pretext_loss(out, "avc", tau, "trunks")
-    expected = (info_nce(c.audio, c.video, tau)[0] + info_nce(c.video, c.audio, tau)[0]) / 2
+    pairs = ((vp.audio, vp.video), (vp.video, vp.audio))
+    expected = sum(info_nce(q[:, k], t[:, k], tau)[0] for q, t in pairs for k in range(2)) / 4
     avsa_acc = (avsa_loss(vp.audio, vp.video, tau)[2] + avsa_loss(vp.video, vp.audio, tau)[2]) / 2
     assert loss.item() == pytest.approx(expected.item())
     assert metrics["avsa_acc"].item() == pytest.approx(avsa_acc.item())

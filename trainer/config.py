@@ -105,9 +105,10 @@ class TrainConfig:
     tau: float = 0.07
     """Temperature of the contrastive (InfoNCE) losses."""
     avc_form: AvcForm = "trunks"
-    """What the AVC stage contrasts. trunks: each modality's clip embedding (trunk features max-pooled
-    over the K viewpoints, through its own head) against the other's, as the reference's released AVC
-    config. context: the context transformers' predictions against those embeddings (an ablation)."""
+    """What the AVC stage contrasts. trunks: each viewpoint's audio embedding against its video embedding
+    (trunks and heads, no context), the other clips' same viewpoint the negatives: K problems like the
+    reference's one crop per clip. context: the context predictions of clip embeddings max-pooled over
+    viewpoints (the first design, kept as an ablation: it stays at chance, docs/results/learnability.md)."""
     avc_epochs: int = 50
     """Epochs of the audio-visual correspondence stage (first)."""
     avsa_epochs: int = 50

@@ -47,7 +47,7 @@ from torch import nn
 
 from trainer.config import AvcForm
 from trainer.losses import Stage, avc_pairs, avsa_pairs
-from trainer.models import AVSAOutput, Embeddings
+from trainer.models import AVSAOutput
 
 COSINE_PREFIX = "cos_"
 """Health keys that hold a mean off-diagonal cosine start with this (the watchdog's collapse test)."""
@@ -106,32 +106,30 @@ _SETS = ("video", "audio", "video_pred", "audio_pred")  # the fields of trainer.
 
 
 def contrasted_sets(stage: Stage, avc_form: AvcForm = "trunks") -> tuple[str, ...]:
-    """The health keys (``cos_*``) of the embedding sets the stage's loss contrasts.
+    """The health keys (``cos_*``) of the embedding sets the stage's loss contrasts (see
+    :func:`trainer.losses.avc_pairs` and :func:`trainer.losses.avsa_pairs`).
 
-    ``avsa``: the per-viewpoint sets (``cos_video`` …); ``avc``: the clip-level ones (``cos_clip_video``
-    …), and with ``avc_form`` ``trunks`` only the two targets: the predictions sit that stage out, and
-    whatever their spread, it cannot hold the AVC loss at chance.
+    ``avsa``: the per-viewpoint predictions and targets; ``avc`` on the trunks: the per-viewpoint targets
+    only (the predictions sit that stage out, and whatever their spread, it cannot hold the AVC loss at
+    chance); ``avc`` on the context: the clip-level sets.
     """
-    # The pairs functions of trainer.losses applied to the sets' *names*: the answer follows any change
-    # to which sets a stage contrasts, with no second copy of that choice here.
-    names = Embeddings(*_SETS)  # type: ignore[arg-type]
+    if stage == "avsa":
+        return tuple(f"{COSINE_PREFIX}{name}" for name in _SETS)
     if stage == "avc":
-        pairs, level = avc_pairs(names, avc_form), "clip_"
-    elif stage == "avsa":
-        pairs, level = avsa_pairs(names), ""
-    else:
-        raise ValueError(f"unknown stage {stage!r}; expected 'avc' or 'avsa'")
-    used = {name for pair in pairs for name in pair}
-    return tuple(f"{COSINE_PREFIX}{level}{name}" for name in _SETS if name in used)
+        if avc_form == "trunks":
+            return (f"{COSINE_PREFIX}video", f"{COSINE_PREFIX}audio")
+        return tuple(f"{COSINE_PREFIX}clip_{name}" for name in _SETS)
+    raise ValueError(f"unknown stage {stage!r}; expected 'avc' or 'avsa'")
 
 
 def _local_margin(out: AVSAOutput, stage: Stage, tau: float, avc_form: AvcForm) -> torch.Tensor:
     """The stage's logit margin, averaged over both directions, against this rank's candidates only."""
     margins = []
     if stage == "avc":
-        for query, target in avc_pairs(out.clips, avc_form):
-            logits = query.float() @ target.float().T / tau  # [B, B], positive on the diagonal
-            margins.append(logit_margin(logits, torch.arange(query.shape[0], device=query.device)))
+        for query, target in avc_pairs(out, avc_form):  # [B, V, E]: V problems of B candidates
+            logits = torch.einsum("bve,cve->vbc", query.float(), target.float()) / tau  # positives: b = c
+            labels = torch.arange(query.shape[0], device=query.device).expand(query.shape[1], -1)
+            margins.append(logit_margin(logits, labels))
     elif stage == "avsa":
         for query, target in avsa_pairs(out.viewpoints):
             query, target = query.float(), target.float()

@@ -111,24 +111,34 @@ def avsa_loss(
     return loss, avc_acc, avsa_acc
 
 
-def avc_pairs(embeddings: Embeddings, form: AvcForm) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (queries, targets) pairs the AVC stage contrasts, both directions.
+def avc_pairs(out: AVSAOutput, form: AvcForm) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (queries, targets) pairs the AVC stage contrasts, both directions, each ``[B, V, E]``: V
+    problems of B candidates (query (b, v)'s positive is target (b, v), its negatives (c≠b, v)).
 
-    ``trunks``: audio against video and video against audio, each modality's own embeddings (the
-    reference's ``CrossInstDisc``). ``context``: each context prediction against its modality's targets.
+    ``trunks``: audio against video and video against audio per viewpoint (V = K), each modality's own
+    embeddings, like the reference's ``CrossInstDisc`` on one crop per clip. ``context``: each context
+    prediction of the clip embeddings (max-pooled over viewpoints) against its modality's targets (V = 1).
     """
-    e = embeddings
     if form == "trunks":
+        e = out.viewpoints
         return [(e.audio, e.video), (e.video, e.audio)]
     if form == "context":
-        return [(e.video_pred, e.video), (e.audio_pred, e.audio)]
+        c = out.clips
+        return [(c.video_pred[:, None], c.video[:, None]), (c.audio_pred[:, None], c.audio[:, None])]
     raise ValueError(f"unknown AVC form {form!r}; expected 'trunks' or 'context'")
 
 
 def avsa_pairs(embeddings: Embeddings) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The (queries, targets) pairs the AVSA stage contrasts: each context prediction against its
-    modality's targets (audio→video and video→audio)."""
+    modality's targets (audio→video and video→audio), each ``[B, K, E]``."""
     return [(embeddings.video_pred, embeddings.video), (embeddings.audio_pred, embeddings.audio)]
+
+
+def avc_loss(query: torch.Tensor, target: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`info_nce` of each of the V problems of ``[B, V, E]`` queries and targets → (mean loss,
+    mean top-1 accuracy) over the V problems."""
+    terms = [info_nce(query[:, v], target[:, v], tau) for v in range(query.shape[1])]
+    return sum(t[0] for t in terms) / len(terms), sum(t[1] for t in terms) / len(terms)
 
 
 def pretext_loss(
@@ -136,22 +146,24 @@ def pretext_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The curriculum stage's loss, averaged over both directions of its pairs.
 
-    ``avc``: InfoNCE on the clip-level embeddings (:func:`avc_pairs`); ``avsa``: :func:`avsa_loss` per
-    viewpoint (:func:`avsa_pairs`). Metrics (detached): ``loss``, ``avc_acc`` (from the stage's own
-    logits) and ``avsa_acc``, the spatial alignment of the stage's pairs per viewpoint (during AVC it
+    ``avc``: :func:`avc_loss` of :func:`avc_pairs`; ``avsa``: :func:`avsa_loss` per viewpoint of
+    :func:`avsa_pairs`. Metrics (detached): ``loss``, ``avc_acc`` (from the stage's own logits) and
+    ``avsa_acc``, the spatial alignment of the stage's pairs per viewpoint (during AVC on the trunks it
     shows how much spatial alignment correspondence alone learns). Every rank must call this with the
     same stage (collectives).
     """
     if stage == "avc":
-        terms = [info_nce(q, t, tau) for q, t in avc_pairs(out.clips, avc_form)]
+        pairs = avc_pairs(out, avc_form)
+        terms = [avc_loss(q, t, tau) for q, t in pairs]
         loss = sum(term[0] for term in terms) / 2
+        avc_acc = sum(term[1] for term in terms) / 2
         if avc_form == "trunks":
             # The context side sits this stage out, but a data-parallel engine needs every parameter
             # in every step's graph: a zero-weighted term gives them zero gradients.
             loss = loss + 0.0 * sum(e.sum() for e in (out.clips.video_pred, out.clips.audio_pred))
-        avc_acc = sum(term[1] for term in terms) / 2
         with torch.no_grad():
-            avsa_acc = sum(avsa_loss(q, t, tau)[2] for q, t in avc_pairs(out.viewpoints, avc_form)) / 2
+            spatial = pairs if avc_form == "trunks" else avsa_pairs(out.viewpoints)
+            avsa_acc = sum(avsa_loss(q, t, tau)[2] for q, t in spatial) / 2
     elif stage == "avsa":
         terms = [avsa_loss(q, t, tau) for q, t in avsa_pairs(out.viewpoints)]
         loss = sum(term[0] for term in terms) / 2

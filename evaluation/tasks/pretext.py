@@ -2,7 +2,8 @@
 and no probe: how often the model's own choice is right, against its chance level.
 
 - ``avc_top1``: among a batch of clips from distinct scenes, does each clip's audio pick its own
-  video (and its video its own audio)? Chance is 1 / batch size.
+  video (and its video its own audio), per viewpoint with ``train.avc_form`` trunks? Chance is
+  1 / batch size.
 - ``avsa_top1``: among a clip's K viewpoints, does the prediction for viewpoint k pick viewpoint k
   (both directions, audio→video and video→audio)? Chance is 1 / K.
 - ``avsa_chosen_<lo>_<hi>``: the angle between the true and the chosen viewpoint, as the share of
@@ -74,8 +75,12 @@ def _scores(out: AVSAOutput, batches: list[Tensor], angles: Tensor, avc_form: Av
     """Per item, averaged over both directions of the pairs each stage trains (:mod:`trainer.losses`):
     AVC top-1 per clip, AVSA top-1 and the chosen-angle bin indicators per (clip, viewpoint)."""
     avc = torch.zeros(len(angles))
-    for rows in batches:
-        avc[rows] = torch.stack([_top1(q[rows], t[rows]) for q, t in avc_pairs(out.clips, avc_form)]).mean(0)
+    for rows in batches:  # each pair [N, V, E]: V problems over the batch's clips, top-1 averaged over V
+        hits = [
+            _top1(q[rows].transpose(0, 1), t[rows].transpose(0, 1)).mean(0)
+            for q, t in avc_pairs(out, avc_form)
+        ]
+        avc[rows] = torch.stack(hits).mean(0)
     pairs = avsa_pairs(out.viewpoints)
     scores = {"avc_top1": avc, "avsa_top1": torch.stack([_top1(q, t) for q, t in pairs]).mean(0)}
     chosen = torch.stack([_chosen_angle(q, t, angles) for q, t in pairs])  # [2, N, K]
