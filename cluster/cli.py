@@ -34,6 +34,7 @@ COMMANDS = (
     "train",
     "export",
     "eval",
+    "probe",
     "eval_service",
     "experiment",
     "stack",

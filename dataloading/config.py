@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Layout = Literal["files", "starss23", "yt360"]
+World = Literal["easy", "default"]  # the synthetic scenes' difficulty (dataloading.synth.scene.WORLDS)
 
 
 def check_equirect(size: tuple[int, int]) -> None:
@@ -55,6 +56,12 @@ class SynthConfig:
     """Frames per second, constant."""
     layout: Layout = "files"
     """files: video_NNNNN.mp4 + .json; starss23 or yt360: the published tree of that dataset."""
+    world: World = "default"
+    """What the scenes hold. default: 2–4 sounding objects 6°–50° wide anywhere (across the seam, near
+    the poles), silent look-alikes, pillars in front, off-screen sounds. easy: 1–2 sounding objects of
+    distinct classes, 35°–60° wide, within 15° of the horizon, clear of the seam and at least 70° apart
+    in azimuth, and nothing else: a check that the trunks can learn objects at all. Rooms, sound timings
+    and backgrounds are alike in both."""
     eval_sets: bool = False
     """Also write the classification and DOA evaluation sets under OUT/eval/."""
     classification_clips: int = 30

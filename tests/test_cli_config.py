@@ -45,6 +45,7 @@ def test_each_command_help_lists_its_sections_keys_with_type_default_and_choices
     assert "--train.lr float = 0.0001" in train and "Peak learning rate" in train
     assert "--preprocess.input" not in train  # only the sections the command reads
     assert "--preprocess.codec {vp9,vp8,mjpeg} = vp9" in helps["preprocess"]
+    assert "--synth.world {easy,default} = default" in helps["synth"]
     assert "--eval.probe_epochs int = 100" in helps["eval-service"]
     assert "--stack.auth {token,none} = token" in helps["stack up"]
     for name, text in helps.items():

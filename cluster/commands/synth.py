@@ -34,6 +34,7 @@ examples:
   avsa synth --out .avsa/demo/raw --videos 4 --seconds 20
   avsa synth --out s3://avsa/raw --videos 20 --seconds 60 --workers 2 --eval-sets
   avsa synth --out /data/fake-STARSS23 --layout starss23 --videos 8 --seconds 30
+  avsa synth --out .avsa/easy/raw --world easy --videos 400 --seconds 2 --size 256x128 --fps 16
 """
 
 
@@ -64,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("workers", "--workers", "W"),
         ("fps", "--fps", None),
         ("layout", "--layout", None),
+        ("world", "--world", None),
         ("classification_clips", "--eval-clips", "N"),
         ("doa_clips", "--doa-clips", "N"),
         ("assets", "--assets", "DIR"),

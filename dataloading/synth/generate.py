@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloading import seeds
-from dataloading.config import StorageConfig, SynthConfig
+from dataloading.config import StorageConfig, SynthConfig, World
 from dataloading.dcase import format_labels
 from dataloading.layouts import STARSS_AUDIO, STARSS_LABELS, STARSS_VIDEO, YT_AUDIO, YT_VIDEO, Layout
 from dataloading.seeds import stable_seed
@@ -62,6 +62,7 @@ class SynthOptions:
     fps: int = 30
     rate: int = 48000  # Hz, as YouTube serves spatial audio
     one_at_a_time: bool = False  # sources take turns (for localisation tests)
+    world: World = "default"  # what the scenes hold (dataloading.synth.scene.WORLDS)
     # How the scenes are written: "files" (video_NNNNN.mp4 with FOA inside + .json ground truth), or the
     # tree of STARSS23 (wav + video-only mp4 + label CSV; needs rate 24000) or YT-360 (mp4 + m4a + lists).
     layout: Layout = "files"
@@ -80,6 +81,7 @@ def options_of(cfg: SynthConfig, storage: StorageConfig, out: str | None = None)
         size=cfg.size,
         fps=cfg.fps,
         layout=cfg.layout,
+        world=cfg.world,
         storage=storage,
     )
     if cfg.layout == "starss23":
@@ -98,6 +100,7 @@ def scene_for(index: int, opts: SynthOptions, catalog: Catalog, held_out: frozen
         stable_seed(seeds.VIDEO, opts.seed, index),
         opts.seconds,
         catalog,
+        world=opts.world,
         exclude_sources=held_out,
         one_at_a_time=opts.one_at_a_time,
         sound_labels=STARSS_SOUNDS if opts.layout == "starss23" else None,

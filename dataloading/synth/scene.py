@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from dataloading import seeds
+from dataloading.config import World
 from dataloading.seeds import stable_seed
 from dataloading.synth.assets import Catalog, SoundAsset
 
@@ -47,6 +48,68 @@ SOUNDING_CLASSES = tuple(k for k, v in OBJECT_CLASSES.items() if v.sound)
 OFFSCREEN_LABELS = ("wind", "bird", "horn", "machinery", "crowd")  # heard, never seen
 
 Kind = Literal["visible", "offscreen", "silent", "occluder"]
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """What a scene of one world (difficulty) holds. Counts are inclusive (low, high) ranges; angles
+    are degrees here, as they are typed in a config.
+
+    ``width_deg`` None: an object's angular width follows from its class's physical width at its
+    distance (6°–50°); a range: drawn from it. ``apart_deg`` None: objects go anywhere (the first may
+    straddle the seam at the back with ``seam_chance``, the second sit high up or low down with
+    ``pole_chance``); a number: every visible object stays whole on one side of the seam and at least
+    this far in azimuth from the others for the whole scene (its drift included).
+    """
+
+    visible: tuple[int, int]  # visible, sounding objects
+    offscreen: tuple[int, int]  # sounds no object makes, heard from anywhere
+    silent: tuple[int, int]  # look-alikes of sounding objects that make no sound
+    pillar_chance: float  # that a visible object has a pillar in front, covering part of it
+    distinct_classes: bool  # no two visible objects of one class
+    elevation_deg: tuple[float, float]  # centre elevation of a visible object (it oscillates ±0–4°)
+    width_deg: tuple[float, float] | None
+    apart_deg: float | None
+    seam_chance: float = 0.0
+    pole_chance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.apart_deg is not None and self.width_deg is None:
+            raise ValueError("objects kept apart need a drawn width_deg: the clearance depends on it")
+
+
+WORLDS: dict[World, WorldSpec] = {
+    # Clutter on purpose: look-alikes that make no sound, pillars, sounds from off screen, objects across
+    # the seam and near the poles.
+    "default": WorldSpec(
+        visible=(2, 4),
+        offscreen=(0, 2),
+        silent=(1, 2),
+        pillar_chance=0.35,
+        distinct_classes=False,
+        elevation_deg=(-15.0, 25.0),
+        width_deg=None,
+        apart_deg=None,
+        seam_chance=0.5,
+        pole_chance=0.5,
+    ),
+    # Whether a trunk can learn objects at all: one or two big objects (a good part of a 25°–76° crop)
+    # of distinct classes near the horizon, far apart, nothing else to see or hear.
+    "easy": WorldSpec(
+        visible=(1, 2),
+        offscreen=(0, 0),
+        silent=(0, 0),
+        pillar_chance=0.0,
+        distinct_classes=True,
+        elevation_deg=(-10.0, 10.0),
+        width_deg=(35.0, 60.0),
+        apart_deg=70.0,
+    ),
+}
+# How much further than half its width a sprite reaches in azimuth off the horizon (its corners, at
+# the elevations of the easy world): the clearance kept from the seam.
+SEAM_MARGIN = np.deg2rad(5.0)
+PLACEMENT_TRIES = 1000  # draws of a position before an object is left out of a constrained world
 
 
 @dataclass(frozen=True)
@@ -189,23 +252,53 @@ def pick_sound(
     return choices[rng.integers(len(choices))] if choices else None
 
 
+def stays_within(start: float, end: float, low: float, high: float) -> bool:
+    """Whether an angle moving linearly from ``start`` to ``end`` (radians, unwrapped) stays inside the
+    arc [``low``, ``high``] (radians, ``low`` <= ``high`` < ``low`` + 2π) modulo 2π the whole way."""
+    lo, hi = min(start, end), max(start, end)
+    turn = 2 * np.pi * np.floor((lo - low) / (2 * np.pi))  # the copy of the arc lo falls in
+    return bool(hi <= high + turn)
+
+
+def drift_rate(rng: np.random.Generator) -> float:
+    """An azimuth drift in radians per second: 0.5–3 °/s either way."""
+    return float(np.deg2rad(rng.uniform(0.5, 3.0)) * rng.choice([-1, 1]))
+
+
+def clear_placement(
+    rng: np.random.Generator, width: float, others: list[Source], seconds: float, apart: float
+) -> tuple[float, float] | None:
+    """(azimuth at t = 0, drift rate) in radians and radians per second of an object ``width`` radians
+    wide that stays clear of the seam and at least ``apart`` radians in azimuth from each of ``others``
+    for ``seconds``; None when :data:`PLACEMENT_TRIES` draws found no such place."""
+    edge = np.pi - width / 2 - SEAM_MARGIN
+    for _ in range(PLACEMENT_TRIES):
+        az, rate = float(rng.uniform(-np.pi, np.pi)), drift_rate(rng)
+        end = az + rate * seconds
+        if stays_within(az, end, -edge, edge) and all(
+            stays_within(az - o.azimuth, end - o.azimuth - o.azimuth_rate * seconds, apart, 2 * np.pi - apart)
+            for o in others
+        ):
+            return az, rate
+    return None
+
+
 def sample_scene(
     seed: int,
     seconds: float,
     catalog: Catalog,
     *,
+    world: World = "default",
     room_family: str = "train",
     exclude_sources: set[str] | frozenset[str] = frozenset(),
-    n_visible: tuple[int, int] = (2, 4),
-    n_offscreen: tuple[int, int] = (0, 2),
-    n_silent: tuple[int, int] = (1, 2),
     one_at_a_time: bool = False,
     sound_labels: Collection[str] | None = None,
 ) -> Scene:
-    """Draw a scene. Counts are inclusive (low, high) ranges. ``exclude_sources`` keeps held-out
-    recordings (the classification test split) out of training videos. ``sound_labels`` (None: any)
-    limits what is heard to those sound labels: visible objects are drawn from the classes whose sound
-    is one, off-screen sounds from the rest of them (those no object makes)."""
+    """Draw a scene of ``world`` (:data:`WORLDS`). ``exclude_sources`` keeps held-out recordings (the
+    classification test split) out of training videos. ``sound_labels`` (None: any) limits what is heard
+    to those sound labels: visible objects are drawn from the classes whose sound is one, off-screen
+    sounds from the rest of them (those no object makes)."""
+    spec = WORLDS[world]
     sounding, offscreen = SOUNDING_CLASSES, OFFSCREEN_LABELS
     if sound_labels is not None:
         sounding = tuple(k for k in SOUNDING_CLASSES if OBJECT_CLASSES[k].sound in sound_labels)
@@ -217,9 +310,17 @@ def sample_scene(
     exclude = set(exclude_sources)
     sources: list[Source] = []
 
-    def add(kind: Kind, object_class: str | None, sound: SoundAsset | None, az: float, el: float) -> Source:
+    def add(
+        kind: Kind,
+        object_class: str | None,
+        sound: SoundAsset | None,
+        az: float,
+        el: float,
+        placed: tuple[float, float] | None = None,
+    ) -> Source:
+        """A source at (az, el) radians; ``placed`` (width, drift rate): both chosen already."""
         obj = OBJECT_CLASSES.get(object_class) if object_class else None
-        rate = np.deg2rad(rng.uniform(0.5, 3.0)) * rng.choice([-1, 1]) if kind != "occluder" else 0.0
+        rate = (drift_rate(rng) if kind != "occluder" else 0.0) if placed is None else placed[1]
         src = Source(
             id=len(sources),
             kind=kind,
@@ -238,7 +339,9 @@ def sample_scene(
             src.elevation_amp = 0.0
         az_t, el_t = src.direction(times)
         src.distance = min(src.distance, 0.9 * max_distance(room, unit_vector(az_t, el_t)))
-        if obj:
+        if placed is not None:
+            src.width = placed[0]
+        elif obj:
             src.width = float(
                 np.clip(2 * np.arctan(obj.width_m / 2 / src.distance), np.deg2rad(6), np.deg2rad(50))
             )
@@ -247,20 +350,37 @@ def sample_scene(
         sources.append(src)
         return src
 
-    for k in range(rng.integers(n_visible[0], n_visible[1] + 1) if sounding else 0):
-        cls = sounding[rng.integers(len(sounding))]
+    visible: list[Source] = []
+    for k in range(rng.integers(spec.visible[0], spec.visible[1] + 1) if sounding else 0):
+        taken = {s.object_class for s in visible} if spec.distinct_classes else set()
+        classes = [c for c in sounding if c not in taken]
+        if not classes:
+            break
+        cls = classes[rng.integers(len(classes))]
         sound = pick_sound(rng, catalog, OBJECT_CLASSES[cls].sound or "", exclude)
-        az, el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(-15, 25))
-        if k == 0 and rng.random() < 0.5:
+        az, el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(*spec.elevation_deg))
+        if k == 0 and rng.random() < spec.seam_chance:
             az = np.pi - np.deg2rad(rng.uniform(-8, 8))  # straddles the seam at the back
-        elif k == 1 and rng.random() < 0.5:
+        elif k == 1 and rng.random() < spec.pole_chance:
             el = np.deg2rad(rng.uniform(35, 50)) * rng.choice([-1, 1])  # high up or low down
-        src = add("visible", cls, sound, float(az), float(el))
-        if rng.random() < 0.35:  # a pillar in front, covering part of it
+        placed = None
+        if spec.width_deg is not None:
+            width = float(np.deg2rad(rng.uniform(*spec.width_deg)))
+            where = (
+                clear_placement(rng, width, visible, seconds, np.deg2rad(spec.apart_deg))
+                if spec.apart_deg is not None
+                else (float(az), drift_rate(rng))
+            )
+            if where is None:
+                break  # no place left this far from the others for the whole scene
+            az, placed = where[0], (width, where[1])
+        src = add("visible", cls, sound, float(az), float(el), placed)
+        visible.append(src)
+        if rng.random() < spec.pillar_chance:  # a pillar in front, covering part of it
             offset = src.width * rng.uniform(0.25, 0.45) * rng.choice([-1, 1])
             pillar = add("occluder", "pillar", None, src.azimuth + offset, 0.0)
             pillar.distance = 0.6 * src.distance  # nearer: drawn over the object
-    for _ in range(rng.integers(n_offscreen[0], n_offscreen[1] + 1) if offscreen else 0):
+    for _ in range(rng.integers(spec.offscreen[0], spec.offscreen[1] + 1) if offscreen else 0):
         label = offscreen[rng.integers(len(offscreen))]
         sound = pick_sound(rng, catalog, label, exclude)
         if sound is not None:
@@ -271,7 +391,7 @@ def sample_scene(
                 float(rng.uniform(-np.pi, np.pi)),
                 float(np.deg2rad(rng.uniform(-10, 40))),
             )
-    for k in range(rng.integers(n_silent[0], n_silent[1] + 1)):
+    for k in range(rng.integers(spec.silent[0], spec.silent[1] + 1)):
         cls = SOUNDING_CLASSES[rng.integers(len(SOUNDING_CLASSES))]  # a look-alike that makes no sound
         el = np.deg2rad(rng.uniform(-15, 20))
         if k == 0 and rng.random() < 0.5:
