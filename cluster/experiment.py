@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
+from dataloading.config import World
 from trainer.config import Config, load_config
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ class DataPlan:
     seconds: float = 2.0
     size: tuple[int, int] = (256, 128)  # equirect pixels (width, height)
     fps: int = 16
+    world: World = "default"  # what the scenes hold (`synth.world`): training and held-out alike
     classification_clips: int = 30  # per class and split
     doa_clips: int = 300  # per split
+    labeled_sets: bool = True  # false: no classification/DOA sets; units are scored on held-out clips only
 
 
 @dataclass
@@ -99,6 +102,8 @@ def load_plan(path: str | Path = PLAN, **changes: Any) -> Plan:
     for a, b in plan.differences:
         if a not in plan.arms or b not in plan.arms:
             raise ValueError(f"{path}: difference {a} - {b} names an arm that is not in arms")
+    if plan.data.world not in get_args(World):
+        raise ValueError(f"{path}: data.world {plan.data.world!r} is none of {list(get_args(World))}")
     if "random_init" in plan.arms and plan.arms["random_init"].stages != "none":
         raise ValueError(f"{path}: the random_init arm trains nothing (stages: none)")
     return plan
@@ -206,14 +211,14 @@ def make_data(plan: Plan, base: Config) -> None:
     catalog = build_catalog()
     for name, videos, seed in (("raw", data.scenes, 0), ("raw-heldout", data.held_out_scenes, 1000)):
         if not (root / name / "synth.json").exists():
-            generate(
-                SynthOptions(str(root / name), videos, data.seconds, seed, size=data.size, fps=data.fps),
-                catalog,
+            options = SynthOptions(
+                str(root / name), videos, data.seconds, seed, size=data.size, fps=data.fps, world=data.world
             )
+            generate(options, catalog)
     labeled = root / "eval"
-    if not (labeled / "classification" / "manifest.json").exists():
+    if data.labeled_sets and not (labeled / "classification" / "manifest.json").exists():
         classification_set(str(labeled / "classification"), catalog, data.classification_clips, 0)
-    if not (labeled / "doa" / "manifest.json").exists():
+    if data.labeled_sets and not (labeled / "doa" / "manifest.json").exists():
         doa_set(str(labeled / "doa"), catalog, data.doa_clips, 0)
     pre = preprocess_config(plan, base)
     for raw, shards in (("raw", "shards"), ("raw-heldout", "shards-heldout")):
@@ -273,8 +278,8 @@ def run(plan: Plan, base: Config | None = None, on_unit: Callable[[Unit, Any], N
     suite = replace(
         base.eval,
         clips_url=str(data / "shards-heldout"),
-        classification_url=str(data / "eval" / "classification"),
-        doa_url=str(data / "eval" / "doa"),
+        classification_url=str(data / "eval" / "classification") if plan.data.labeled_sets else "",
+        doa_url=str(data / "eval" / "doa") if plan.data.labeled_sets else "",
         device="cpu",
     )
     todo = units(plan)
@@ -333,7 +338,7 @@ def summarise(
     results = Path(plan.results)
     results.mkdir(parents=True, exist_ok=True)
     files = [results / f"{plan.name}.{ext}" for ext in ("md", "csv", "png")]
-    files[0].write_text(_page(plan, markdown, seconds, unit_seconds))
+    files[0].write_text(_page(plan, markdown, seconds, unit_seconds) + plateau_table(plan))
     files[1].write_text(table)
     files[2].write_bytes(png_bytes(arm_comparison(arm_estimates(rows))))
     run_id = log_summary(plan, rows, files)
@@ -380,6 +385,37 @@ def log_summary(plan: Plan, rows: Sequence[Any], files: Sequence[Path]) -> str:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
     return run_id
+
+
+def left_plateau(plan: Plan, unit: Unit) -> dict[str, int]:
+    """The step at which each stage's loss of ``unit`` first fell 0.05 nats below chance, from its last
+    checkpoint's plateau watchdog (:class:`trainer.health.PlateauWatchdog`); a stage it never left is
+    missing."""
+    from trainer.checkpoint import read_meta, resolve
+
+    url = resolve("latest", str(unit.folder(plan) / "checkpoints"), None)
+    watchdog = read_meta(url).get("watchdog") if url else None
+    return {stage: int(step) for stage, step in (watchdog or {}).get("left_at", {}).items()}
+
+
+def plateau_table(plan: Plan) -> str:
+    """A markdown table: for every trained unit, the step each of its stages left its plateau ("never":
+    it did not within the budget; "–": the arm does not train that stage)."""
+    rows = ["| arm | seed | AVC left at step | AVSA left at step |", "|---|---|---|---|"]
+    for unit in units(plan):
+        stages = {"avc": ("avc",), "avsa": ("avsa",), "curriculum": ("avc", "avsa")}[
+            plan.arms[unit.arm].stages
+        ]
+        if not (unit.folder(plan) / REPORT).exists():
+            continue
+        left = left_plateau(plan, unit)
+        cells = [str(left.get(stage, "never")) if stage in stages else "–" for stage in ("avc", "avsa")]
+        rows.append(f"| {unit.arm} | {unit.seed} | {cells[0]} | {cells[1]} |")
+    return (
+        "\n\n## When each run left its plateau\n\nThe first logged step at which the stage's training loss "
+        "(mean over 10 steps) fell 0.05 nats below chance, ln of its candidates (a curriculum's AVSA stage "
+        "counts from the run's first step).\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 def _page(plan: Plan, markdown: str, seconds: float, unit_seconds: Sequence[float | None]) -> str:

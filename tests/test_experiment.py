@@ -41,6 +41,29 @@ def test_unknown_keys_and_unknown_arms_are_refused(tmp_path: Path) -> None:
         experiment.load_plan(bad)
 
 
+def test_the_plans_world_reaches_the_training_and_held_out_scenes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataloading.synth.assets
+    import dataloading.synth.evalsets
+    import dataloading.synth.generate
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"out: {tmp_path / 'work'}\ndata: {{world: easy, scenes: 3, held_out_scenes: 2}}\n")
+    plan = experiment.load_plan(path)
+    made: list = []
+    monkeypatch.setattr(dataloading.synth.assets, "build_catalog", lambda: None)
+    monkeypatch.setattr(dataloading.synth.generate, "generate", lambda opts, catalog: made.append(opts))
+    monkeypatch.setattr(dataloading.synth.evalsets, "classification_set", lambda *a, **k: None)
+    monkeypatch.setattr(dataloading.synth.evalsets, "doa_set", lambda *a, **k: None)
+    monkeypatch.setattr(experiment.subprocess, "run", lambda *a, **k: None)
+    experiment.make_data(plan, experiment.load_config())
+    assert [(o.videos, o.world) for o in made] == [(3, "easy"), (2, "easy")]
+    path.write_text("data: {world: hard}\n")
+    with pytest.raises(ValueError, match=r"data.world 'hard'"):
+        experiment.load_plan(path)
+
+
 def test_arms_differ_only_in_what_they_name_and_get_the_same_steps() -> None:
     plan = experiment.load_plan()
     per_pass = plan.data.scenes // plan.overrides["data.batch_size"]  # one clip per scene, one rank
@@ -160,6 +183,11 @@ def test_a_tiny_plan_runs_end_to_end_and_continues_where_it_stopped(tmp_path: Pa
     page = tmp_path / "results" / "tiny.md"
     took = re.search(r"2 units trained and evaluated in \d+ minutes", page.read_text())
     assert took, "the page says what the experiment took"
+    # Every unit's row says when each of its stages left the plateau, from its checkpoint's watchdog.
+    for seed in (0, 1):
+        left = experiment.left_plateau(plan, experiment.Unit("curriculum", seed))
+        cells = [str(left.get(stage, "never")) for stage in ("avc", "avsa")]
+        assert f"| curriculum | {seed} | {cells[0]} | {cells[1]} |" in page.read_text()
     # A second run finds every unit's report and trains nothing again; the page still says what the
     # units took, not the seconds it spent pooling them.
     again = experiment.run(plan)
