@@ -172,3 +172,9 @@ class DataConfig:
     """Seed of the epoch plan (shard and clip order) and of the crops."""
     resampled: bool = False
     """Open-ended training: sample shards with replacement."""
+    cache_passes: int = 0
+    """0: read the shards every epoch; N: draw N sets of K viewpoints per clip (N loader epochs,
+    augmentation included) once, keep them, and let every epoch pick one set per clip."""
+    cache_dir: str = ""
+    """Local folder of those replay caches (one file per dataset and setting, reused across runs);
+    empty: ~/.cache/avsa/replay."""

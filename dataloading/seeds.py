@@ -22,6 +22,8 @@ DATASET_SAMPLE = 3  # a sample read in dataset order, for evaluation and statist
 DATASET_SUBSET = 4  # which samples a CompletePlan with a limit keeps
 PAIR_FOLDS = 5  # the pairs task: which of two folds each held-out scene falls in
 PRETEXT_BATCHES = 6  # the pretext task: the order in which scenes are dealt into batches
+REPLAY_ORDER = 7  # the replay cache: the order of the cached clips in an epoch (ReplaySource)
+REPLAY_SET = 8  # the replay cache: which cached set of viewpoints each clip shows in an epoch
 
 # Salts of stable_seed, first of its parts (the synthetic data).
 VIDEO = "video"  # generate: the scene seed of video i, from (SynthOptions.seed, i)

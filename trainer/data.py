@@ -161,14 +161,21 @@ def make_source(cfg: Config, rank: int, world_size: int, device: torch.device) -
 
     ``train.steps_per_epoch`` sets the batches per epoch (synthetic data has no natural epoch, so
     16 when unset; for a dataset 0 means one pass). A dataset's features are standardised with its
-    statistics (:mod:`dataloading.dataset_stats`), computed by rank 0 on the first run.
+    statistics (:mod:`dataloading.dataset_stats`), computed by rank 0 on the first run. With
+    ``data.cache_passes`` > 0 the batches come from the replay cache of the dataset
+    (:mod:`dataloading.replay`), built by rank 0 on the first run.
     """
     if cfg.data.url.startswith(SYNTHETIC_SCHEME):
         return SyntheticSource(cfg.data, cfg.train.steps_per_epoch or 16, rank, world_size)
-    # Both import DALI: only when real data is read.
+    # These import DALI: only when real data is read.
     from dataloading.dataset_stats import shared_stats
     from dataloading.loader import build_loader
+    from dataloading.replay import replay_source
 
+    stats = shared_stats(cfg.data, cfg.storage, rank)
+    if cfg.data.cache_passes > 0:
+        steps = cfg.train.steps_per_epoch
+        return replay_source(cfg.data, cfg.storage, rank, world_size, device, steps, stats)
     return build_loader(
         cfg.data,
         rank,
@@ -176,5 +183,5 @@ def make_source(cfg: Config, rank: int, world_size: int, device: torch.device) -
         storage=cfg.storage,
         device=device,
         batches_per_epoch=cfg.train.steps_per_epoch,
-        stats=shared_stats(cfg.data, cfg.storage, rank),
+        stats=stats,
     )
