@@ -122,7 +122,6 @@ def main(argv: list[str]) -> float:
             "train.avsa_epochs": args.avsa_epochs,
             "train.checkpoint_every": 10**9,
             "tracking.uri": "",
-            "tracking.log_every": 4,
         }
         loader_cfg = load_config(None, overrides | {"train.checkpoint_url": str(folder / "ckpt-loader")})
         replay_cfg = load_config(

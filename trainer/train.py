@@ -33,7 +33,7 @@ from trainer.deepspeed_config import deepspeed_config, input_dtype, restart_warm
 from trainer.deepspeed_env import import_deepspeed
 from trainer.elastic import uses_universal
 from trainer.health import PlateauWatchdog, chance_loss, embedding_health, grad_norms
-from trainer.losses import pretext_loss, stage_for_epoch
+from trainer.losses import Stage, pretext_loss, stage_for_epoch
 from trainer.models import AVSAModel
 from trainer.preemption import Preemption, StopVote
 from trainer.retention import apply_retention
@@ -153,8 +153,30 @@ def train(
         if rank == 0 and t.keep_checkpoints and retain:
             apply_retention(cfg, tracker)
 
-    preemption, vote = Preemption(t.preempt_grace_s), StopVote(world_size)
     window = MetricWindow(world_size, cfg.data.batch_size * world_size)
+
+    def report(done: int, epoch: int, stage: Stage) -> None:
+        """Log the window's means with the learning health; the watchdog reads them."""
+        row = window.summary() | {
+            "lr": engine.get_lr()[0],
+            "tau": t.tau,
+            "epoch": epoch,
+            "stage_avsa": float(stage == "avsa"),
+            "memory_gib": memory_gib(device),
+            "chance": chance_loss(stage, cfg.data.batch_size * world_size, cfg.data.viewpoints),
+        }
+        left = stage in watchdog.left_at
+        warning = watchdog.observe(done, stage, row["loss"], row["chance"], row)
+        if not left and stage in watchdog.left_at:
+            row[f"left_plateau_{stage}"] = watchdog.left_at[stage]
+        result.history.append(row)
+        tracker.log_metrics(row, done)
+        if rank == 0:
+            log.info(progress_line(done, total_steps, stage, row))
+            if warning and t.plateau_warn_steps > 0:
+                log.warning(warning)
+
+    preemption, vote = Preemption(t.preempt_grace_s), StopVote(world_size)
     try:
         with preemption:
             done = start
@@ -172,26 +194,7 @@ def train(
                     done = result.step = done + 1
                     stage_end = stage if last_of_stage and i == count - 1 else None
                     if done % tr.log_every == 0 or done == total_steps or stop or stage_end:
-                        row = window.summary() | {
-                            "lr": engine.get_lr()[0],
-                            "tau": t.tau,
-                            "epoch": epoch,
-                            "stage_avsa": float(stage == "avsa"),
-                            "memory_gib": memory_gib(device),
-                        }
-                        row["chance"] = chance_loss(
-                            stage, cfg.data.batch_size * world_size, cfg.data.viewpoints
-                        )
-                        left = stage in watchdog.left_at
-                        warning = watchdog.observe(done, stage, row["loss"], row["chance"], row)
-                        if not left and stage in watchdog.left_at:
-                            row[f"left_plateau_{stage}"] = watchdog.left_at[stage]
-                        result.history.append(row)
-                        tracker.log_metrics(row, done)
-                        if rank == 0:
-                            log.info(progress_line(done, total_steps, stage, row))
-                            if warning and t.plateau_warn_steps > 0:
-                                log.warning(warning)
+                        report(done, epoch, stage)
                     if done == start + 1 or (tr.samples_every and done % tr.samples_every == 0):
                         tracker.log_samples(batch, done)
                     if stop:
