@@ -36,6 +36,7 @@ one all-reduce of (children + 1) floats.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -47,7 +48,7 @@ from torch import nn
 
 from trainer.config import AvcForm
 from trainer.losses import Stage, avc_pairs, avsa_pairs
-from trainer.models import AVSAOutput
+from trainer.models import AVSAOutput, Embeddings
 
 COSINE_PREFIX = "cos_"
 """Health keys that hold a mean off-diagonal cosine start with this (the watchdog's collapse test)."""
@@ -102,7 +103,7 @@ def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, mean, math.nan)
 
 
-_SETS = ("video", "audio", "video_pred", "audio_pred")  # the fields of trainer.models.Embeddings
+_SETS = tuple(f.name for f in dataclasses.fields(Embeddings))  # video, audio, video_pred, audio_pred
 
 
 def contrasted_sets(stage: Stage, avc_form: AvcForm = "trunks") -> tuple[str, ...]:
