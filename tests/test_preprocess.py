@@ -123,12 +123,19 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
         if killed:
             pids_after_kill.append(result.pid)
             return
-        alive = list_actors(
-            address=stack.client_env()["RAY_API_SERVER_ADDRESS"],
-            filters=[("class_name", "=", "PreprocessWorker"), ("state", "=", "ALIVE")],
-        )
+        # The other actor may still be starting when the first shard comes back (its process is
+        # spawned on demand), and the state API lags the GCS: wait for it to be listed as alive.
+        deadline = time.monotonic() + 60
+        while True:
+            alive = list_actors(
+                address=stack.client_env()["RAY_API_SERVER_ADDRESS"],
+                filters=[("class_name", "=", "PreprocessWorker"), ("state", "=", "ALIVE")],
+            )
+            busy = [a.pid for a in alive if a.pid != result.pid]
+            if busy or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         before_kill.update(a.pid for a in alive)
-        busy = [a.pid for a in alive if a.pid != result.pid]
         assert busy, alive
         os.kill(busy[0], signal.SIGKILL)  # the other actor, usually mid-shard
         killed.append(busy[0])
