@@ -8,17 +8,21 @@
 3. Pool: each arm over its seeds and the paired differences between arms, with 95 % intervals from a
    bootstrap over seeds × held-out scenes, as markdown, CSV and a plot, logged to MLflow too.
 
+A plan names one or more worlds (``synth.world``); every arm runs in each of them unless it names
+its own, so one plan compares the arms on an easy and a hard world with one page of results.
+
 Folder of an experiment (``out`` in the plan)::
 
-    data/raw, data/raw-heldout, data/eval/{classification,doa}   generated
-    data/shards, data/shards-heldout                              preprocessed
-    runs/<arm>/seed<k>/checkpoints/ and report.json               trained and evaluated units
-    progress.json                                                 units done and an ETA
-    mlflow.db, mlartifacts/                                       the runs and the summary in MLflow
+    data/<world>/raw, data/<world>/raw-heldout, data/eval/{classification,doa}   generated
+    data/<world>/shards, data/<world>/shards-heldout                             preprocessed
+    runs/<world>/<arm>/seed<k>/checkpoints/ and report.json          trained and evaluated units
+    progress.json                                                    units done and an ETA
+    mlflow.db, mlartifacts/                                          the runs and the summary in MLflow
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import subprocess
@@ -51,7 +55,6 @@ class DataPlan:
     seconds: float = 2.0
     size: tuple[int, int] = (256, 128)  # equirect pixels (width, height)
     fps: int = 16
-    world: World = "default"  # what the scenes hold (`synth.world`): training and held-out alike
     classification_clips: int = 30  # per class and split
     doa_clips: int = 300  # per split
     labeled_sets: bool = True  # false: no classification/DOA sets; units are scored on held-out clips only
@@ -63,6 +66,7 @@ class Arm:
 
     stages: Stages = "curriculum"
     overrides: dict[str, Any] = field(default_factory=dict)
+    worlds: list[World] = field(default_factory=list)  # empty: every world of the plan
 
 
 @dataclass
@@ -74,6 +78,8 @@ class Plan:
     out: str = ".avsa/experiments/science"
     results: str = "docs/results"
     data: DataPlan = field(default_factory=DataPlan)
+    worlds: list[World] = field(default_factory=lambda: ["default"])
+    """What the scenes hold (`synth.world`), training and held-out alike; each world has its own data."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     steps: int = 600
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +89,14 @@ class Plan:
     @property
     def folder(self) -> Path:
         return Path(self.out)
+
+    def arms_in(self, world: World) -> list[str]:
+        """The arms that run in ``world``, in plan order."""
+        return [name for name, arm in self.arms.items() if not arm.worlds or world in arm.worlds]
+
+    def data_folder(self, world: World) -> Path:
+        """Scenes and shards of ``world``."""
+        return self.folder / "data" / world
 
 
 def load_plan(path: str | Path = PLAN, **changes: Any) -> Plan:
@@ -102,31 +116,33 @@ def load_plan(path: str | Path = PLAN, **changes: Any) -> Plan:
     for a, b in plan.differences:
         if a not in plan.arms or b not in plan.arms:
             raise ValueError(f"{path}: difference {a} - {b} names an arm that is not in arms")
-    if plan.data.world not in get_args(World):
-        raise ValueError(f"{path}: data.world {plan.data.world!r} is none of {list(get_args(World))}")
+    for world in [*plan.worlds, *(w for arm in plan.arms.values() for w in arm.worlds)]:
+        if world not in get_args(World):
+            raise ValueError(f"{path}: world {world!r} is none of {list(get_args(World))}")
+    if strays := {w for arm in plan.arms.values() for w in arm.worlds} - set(plan.worlds):
+        raise ValueError(f"{path}: arms name worlds {sorted(strays)} that are not in worlds {plan.worlds}")
     if "random_init" in plan.arms and plan.arms["random_init"].stages != "none":
         raise ValueError(f"{path}: the random_init arm trains nothing (stages: none)")
     return plan
 
 
-def arm_config(plan: Plan, arm: str, seed: int, steps_per_pass: int) -> Config:
-    """The training config of ``arm`` at ``seed``: the plan's overrides, then the arm's, then its
-    curriculum as whole passes over the data, the seed, and the unit's folders. Arms therefore differ
-    only in the keys they name."""
-    spec = plan.arms[arm]
+def arm_config(plan: Plan, unit: Unit, steps_per_pass: int) -> Config:
+    """The training config of ``unit``: the plan's overrides, then its arm's, then its curriculum as
+    whole passes over its world's data, the seed, and the unit's folders. Arms therefore differ only
+    in the keys they name."""
+    spec, seed = plan.arms[unit.arm], unit.seed
     passes = 0 if spec.stages == "none" else max(1, round(plan.steps / steps_per_pass))
     avc = {"none": 0, "avc": passes, "avsa": 0, "curriculum": passes // 2}[spec.stages]
-    unit = plan.folder / "runs" / arm / f"seed{seed}"
     overrides = {
         **plan.overrides,
         **spec.overrides,
-        "data.url": str(plan.folder / "data" / "shards"),
+        "data.url": str(plan.data_folder(unit.world) / "shards"),
         "train.steps_per_epoch": steps_per_pass,
         "train.avc_epochs": avc,
         "train.avsa_epochs": passes - avc,
         "train.seed": seed,
         "data.seed": seed,
-        "train.checkpoint_url": str(unit / "checkpoints"),
+        "train.checkpoint_url": str(unit.folder(plan) / "checkpoints"),
         "tracking.uri": tracking_uri(plan),
         "tracking.experiment": f"{plan.name}-runs",
     }
@@ -138,21 +154,30 @@ def tracking_uri(plan: Plan) -> str:
     return f"sqlite:///{(plan.folder / 'mlflow.db').resolve()}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Unit:
-    """One trained and evaluated (arm, seed)."""
+    """One trained and evaluated (world, arm, seed)."""
 
+    world: World
     arm: str
     seed: int
 
     def folder(self, plan: Plan) -> Path:
-        return plan.folder / "runs" / self.arm / f"seed{self.seed}"
+        return plan.folder / "runs" / self.world / self.arm / f"seed{self.seed}"
+
+    def __str__(self) -> str:
+        return f"{self.world}/{self.arm} seed {self.seed}"
 
 
 def units(plan: Plan) -> list[Unit]:
-    """Every (arm, seed) that trains, seed-major: an interrupted experiment has whole seeds done."""
+    """Every (world, arm, seed) that trains, seed-major: an interrupted experiment has whole seeds
+    done."""
     return [
-        Unit(arm, seed) for seed in plan.seeds for arm, spec in plan.arms.items() if spec.stages != "none"
+        Unit(world, arm, seed)
+        for seed in plan.seeds
+        for world in plan.worlds
+        for arm in plan.arms_in(world)
+        if plan.arms[arm].stages != "none"
     ]
 
 
@@ -178,15 +203,14 @@ class Progress:
         eta = self.eta_s()
         when = "-" if eta is None else time.strftime("%H:%M", time.localtime(time.time() + eta))
         log.info(
-            "[%d/%d] %s seed %d %s; ETA %s (%s left)",
-            *(self.done, self.total, unit.arm, unit.seed, summary, when, _duration(eta)),
+            "[%d/%d] %s %s; ETA %s (%s left)", self.done, self.total, unit, summary, when, _duration(eta)
         )
         state = {
             "done": self.done,
             "total": self.total,
             "elapsed_s": round(time.time() - self.started),
             "eta_s": None if eta is None else round(eta),
-            "last": f"{unit.arm} seed {unit.seed}",
+            "last": str(unit),
         }
         self.path.write_text(json.dumps(state, indent=1))
 
@@ -207,21 +231,25 @@ def make_data(plan: Plan, base: Config) -> None:
     from dataloading.synth.evalsets import classification_set, doa_set
     from dataloading.synth.generate import SynthOptions, generate
 
-    data, root = plan.data, plan.folder / "data"
+    data = plan.data
     catalog = build_catalog()
-    for name, videos, seed in (("raw", data.scenes, 0), ("raw-heldout", data.held_out_scenes, 1000)):
-        if not (root / name / "synth.json").exists():
-            options = SynthOptions(
-                str(root / name), videos, data.seconds, seed, size=data.size, fps=data.fps, world=data.world
-            )
-            generate(options, catalog)
-    labeled = root / "eval"
+    for world in plan.worlds:
+        root = plan.data_folder(world)
+        for name, videos, seed in (("raw", data.scenes, 0), ("raw-heldout", data.held_out_scenes, 1000)):
+            if not (root / name / "synth.json").exists():
+                options = SynthOptions(
+                    str(root / name), videos, data.seconds, seed, size=data.size, fps=data.fps, world=world
+                )
+                generate(options, catalog)
+    labeled = plan.folder / "data" / "eval"  # sounds alone: the same sets serve every world
     if data.labeled_sets and not (labeled / "classification" / "manifest.json").exists():
         classification_set(str(labeled / "classification"), catalog, data.classification_clips, 0)
     if data.labeled_sets and not (labeled / "doa" / "manifest.json").exists():
         doa_set(str(labeled / "doa"), catalog, data.doa_clips, 0)
     pre = preprocess_config(plan, base)
-    for raw, shards in (("raw", "shards"), ("raw-heldout", "shards-heldout")):
+    for root, (raw, shards) in itertools.product(
+        map(plan.data_folder, plan.worlds), (("raw", "shards"), ("raw-heldout", "shards-heldout"))
+    ):
         if not (root / shards / "manifest.json").exists():
             # In a process of its own: a Ray started and shut down in this one cannot be started again
             # here with token auth (the driver keeps the first token's state).
@@ -259,7 +287,7 @@ def run_unit(plan: Plan, unit: Unit, cfg: Config, suite: Any, baselines: Any) ->
 
     code = run_local(cfg, resume="auto")
     if code != 0:
-        raise RuntimeError(f"training {unit.arm} seed {unit.seed} failed (exit {code}); rerun to resume it")
+        raise RuntimeError(f"training {unit} failed (exit {code}); rerun to resume it")
     checkpoint = resolve("latest", cfg.train.checkpoint_url, cfg.storage)
     assert checkpoint is not None
     report = evaluate_checkpoint(checkpoint, suite, cfg.storage, baselines)
@@ -274,35 +302,39 @@ def run(plan: Plan, base: Config | None = None, on_unit: Callable[[Unit, Any], N
     started = time.time()
     base = base or load_config()
     make_data(plan, base)
-    data = plan.folder / "data"
-    suite = replace(
-        base.eval,
-        clips_url=str(data / "shards-heldout"),
-        classification_url=str(data / "eval" / "classification") if plan.data.labeled_sets else "",
-        doa_url=str(data / "eval" / "doa") if plan.data.labeled_sets else "",
-        device="cpu",
-    )
+    labeled = plan.folder / "data" / "eval"
+    suites = {
+        world: replace(
+            base.eval,
+            clips_url=str(plan.data_folder(world) / "shards-heldout"),
+            classification_url=str(labeled / "classification") if plan.data.labeled_sets else "",
+            doa_url=str(labeled / "doa") if plan.data.labeled_sets else "",
+            device="cpu",
+        )
+        for world in plan.worlds
+    }
     todo = units(plan)
     progress = Progress(plan, len(todo))
     baselines = Baselines()
-    reports: dict[str, list[Any]] = {}
+    reports: dict[Unit, Any] = {}
     unit_seconds: list[float | None] = []
-    per_pass = None
+    per_pass: dict[World, int] = {}
     for unit in todo:
         saved, timing = unit.folder(plan) / REPORT, unit.folder(plan) / TIMING
         if saved.exists():
             report = report_from_json(json.loads(saved.read_text()))
             progress.record(unit, None, "done before")
         else:
-            per_pass = per_pass or steps_per_pass(plan, arm_config(plan, unit.arm, unit.seed, 1))
-            cfg = arm_config(plan, unit.arm, unit.seed, per_pass)
+            if unit.world not in per_pass:
+                per_pass[unit.world] = steps_per_pass(plan, arm_config(plan, unit, 1))
+            cfg = arm_config(plan, unit, per_pass[unit.world])
             t0 = time.time()
-            report = run_unit(plan, unit, cfg, suite, baselines)
+            report = run_unit(plan, unit, cfg, suites[unit.world], baselines)
             took = time.time() - t0
             timing.write_text(f"{took:.1f}\n")
             progress.record(unit, took, _headline(report))
         unit_seconds.append(float(timing.read_text()) if timing.exists() else None)
-        reports.setdefault(unit.arm, []).append(report)
+        reports[unit] = report
         if on_unit is not None:
             on_unit(unit, report)
     return summarise(plan, reports, time.time() - started, unit_seconds)
@@ -319,22 +351,46 @@ def _headline(report: Any) -> str:
     )
 
 
-def summarise(
-    plan: Plan, reports: Mapping[str, list[Any]], seconds: float, unit_seconds: Sequence[float | None] = ()
-) -> dict:
-    """Pool the reports and write the results (markdown, CSV, plot) to ``plan.results`` and MLflow.
-    ``seconds`` is this run's wall time, ``unit_seconds`` what each unit took to train and evaluate
-    (None where it was not recorded), whichever run did it."""
-    from evaluation.aggregate import ArmRuns, pool, to_csv, to_markdown
-    from evaluation.plots import arm_comparison, png_bytes
+def pool_world(plan: Plan, world: World, reports: Mapping[str, Sequence[Any]]) -> list[Any]:
+    """The rows of ``world``: its arms over their seeds (``reports`` by arm), then the plan's differences
+    between them. The untrained arm's values are the random-init scores in a trained arm's reports."""
+    from evaluation.aggregate import ArmRuns, pool
 
+    if not reports:
+        return []
     sources = {arm: ArmRuns(runs) for arm, runs in reports.items()}
-    if "random_init" in plan.arms:
+    if "random_init" in plan.arms_in(world):
         reference = next(a for a in ("curriculum", *reports) if a in reports)
         sources = {"random_init": ArmRuns(reports[reference], "random_init"), **sources}
-    ordered = {arm: sources[arm] for arm in plan.arms if arm in sources}
-    rows = pool(ordered, [d for d in plan.differences if d[0] in ordered and d[1] in ordered])
-    markdown, table = to_markdown(rows), to_csv(rows)
+    ordered = {arm: sources[arm] for arm in plan.arms_in(world) if arm in sources}
+    return pool(ordered, [d for d in plan.differences if d[0] in ordered and d[1] in ordered])
+
+
+def in_world(world: World, arm: str) -> str:
+    """``easy/curriculum`` for an arm, ``easy/curriculum - easy/avc_only`` for a difference."""
+    return " - ".join(f"{world}/{name}" for name in arm.split(" - "))
+
+
+def summarise(
+    plan: Plan, reports: Mapping[Unit, Any], seconds: float, unit_seconds: Sequence[float | None] = ()
+) -> dict:
+    """Pool the reports and write the results (markdown, CSV, plot) to ``plan.results`` and MLflow:
+    a table per world, and in the CSV, the plot and MLflow every arm named ``<world>/<arm>``.
+    ``seconds`` is this run's wall time, ``unit_seconds`` what each unit took to train and evaluate
+    (None where it was not recorded), whichever run did it."""
+    from evaluation.aggregate import to_csv, to_markdown
+    from evaluation.plots import arm_comparison, png_bytes
+
+    sections, rows = [], []
+    for world in plan.worlds:
+        by_arm: dict[str, list[Any]] = {}
+        for unit, report in reports.items():
+            if unit.world == world:
+                by_arm.setdefault(unit.arm, []).append(report)
+        if world_rows := pool_world(plan, world, by_arm):
+            sections.append(f"## The {world} world\n\n{to_markdown(world_rows)}")
+            rows += [replace(r, arm=in_world(world, r.arm)) for r in world_rows]
+    markdown, table = "\n".join(sections), to_csv(rows)
     results = Path(plan.results)
     results.mkdir(parents=True, exist_ok=True)
     files = [results / f"{plan.name}.{ext}" for ext in ("md", "csv", "png")]
@@ -401,7 +457,7 @@ def left_plateau(plan: Plan, unit: Unit) -> dict[str, int]:
 def plateau_table(plan: Plan) -> str:
     """A markdown table: for every trained unit, the step each of its stages left its plateau ("never":
     it did not within the budget; "–": the arm does not train that stage)."""
-    rows = ["| arm | seed | AVC left at step | AVSA left at step |", "|---|---|---|---|"]
+    rows = ["| world | arm | seed | AVC left at step | AVSA left at step |", "|---|---|---|---|---|"]
     for unit in units(plan):
         stages = {"avc": ("avc",), "avsa": ("avsa",), "curriculum": ("avc", "avsa")}[
             plan.arms[unit.arm].stages
@@ -410,7 +466,7 @@ def plateau_table(plan: Plan) -> str:
             continue
         left = left_plateau(plan, unit)
         cells = [str(left.get(stage, "never")) if stage in stages else "–" for stage in ("avc", "avsa")]
-        rows.append(f"| {unit.arm} | {unit.seed} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {unit.world} | {unit.arm} | {unit.seed} | {cells[0]} | {cells[1]} |")
     return (
         "\n\n## When each run left its plateau\n\nThe first logged step at which the stage's training loss "
         "(mean over 10 steps) fell 0.05 nats below chance, ln of its candidates (a curriculum's AVSA stage "
@@ -429,7 +485,8 @@ def _page(plan: Plan, markdown: str, seconds: float, unit_seconds: Sequence[floa
     return (
         f"# {plan.name}: results\n\n"
         f"`avsa experiment` with `cluster/experiments/{plan.name}.yaml`: {plan.data.scenes} training and "
-        f"{plan.data.held_out_scenes} held-out scenes of {plan.data.seconds:g} s, {plan.steps} optimizer "
-        f"steps per trained arm, seeds {seeds}; {took} on this machine, pooled by a run of "
+        f"{plan.data.held_out_scenes} held-out scenes of {plan.data.seconds:g} s in each world "
+        f"({', '.join(plan.worlds)}), {plan.steps} optimizer steps per trained arm, seeds {seeds}; "
+        f"{took} on this machine, pooled by a run of "
         f"{seconds / 60:.1f} minutes.\n\n{markdown}"
     )

@@ -23,12 +23,15 @@ CURRICULUM_KEYS = {"train.avc_epochs", "train.avsa_epochs", "train.checkpoint_ur
 
 def test_the_science_plan_has_every_arm_the_issue_names_and_valid_differences() -> None:
     plan = experiment.load_plan()
-    assert set(plan.arms) >= {
-        "random_init", "avc_only", "curriculum", "avsa_scratch", "negative_control",
-        "curriculum_logmel", "curriculum_cardioids",
-    }  # fmt: skip
+    assert plan.worlds == ["easy", "default"]
+    both = {"random_init", "avc_only", "curriculum", "negative_control"}
+    assert set(plan.arms_in("default")) == both  # avsa_scratch is cut for time (see the plan)
+    assert set(plan.arms_in("easy")) == both | {"curriculum_logmel", "curriculum_cardioids"}
     assert len(plan.seeds) >= 3 and plan.data.scenes >= 300
     assert ("curriculum", "avc_only") in plan.differences and ("avc_only", "random_init") in plan.differences
+    trained = experiment.units(plan)
+    assert len(trained) == 3 * (5 + 3) and len(set(trained)) == len(trained)
+    assert [u.seed for u in trained] == sorted(u.seed for u in trained)  # whole seeds first
 
 
 def test_unknown_keys_and_unknown_arms_are_refused(tmp_path: Path) -> None:
@@ -49,7 +52,9 @@ def test_the_plans_world_reaches_the_training_and_held_out_scenes(
     import dataloading.synth.generate
 
     path = tmp_path / "plan.yaml"
-    path.write_text(f"out: {tmp_path / 'work'}\ndata: {{world: easy, scenes: 3, held_out_scenes: 2}}\n")
+    path.write_text(
+        f"out: {tmp_path / 'work'}\nworlds: [easy, default]\ndata: {{scenes: 3, held_out_scenes: 2}}\n"
+    )
     plan = experiment.load_plan(path)
     made: list = []
     monkeypatch.setattr(dataloading.synth.assets, "build_catalog", lambda: None)
@@ -58,16 +63,39 @@ def test_the_plans_world_reaches_the_training_and_held_out_scenes(
     monkeypatch.setattr(dataloading.synth.evalsets, "doa_set", lambda *a, **k: None)
     monkeypatch.setattr(experiment.subprocess, "run", lambda *a, **k: None)
     experiment.make_data(plan, experiment.load_config())
-    assert [(o.videos, o.world) for o in made] == [(3, "easy"), (2, "easy")]
-    path.write_text("data: {world: hard}\n")
-    with pytest.raises(ValueError, match=r"data.world 'hard'"):
+    assert [(o.videos, o.world) for o in made] == [(3, "easy"), (2, "easy"), (3, "default"), (2, "default")]
+    assert len({o.out for o in made}) == 4  # each world's scenes in a folder of their own
+    path.write_text("worlds: [hard]\n")
+    with pytest.raises(ValueError, match=r"world 'hard'"):
         experiment.load_plan(path)
+    path.write_text("worlds: [default]\narms: {a: {stages: avc, worlds: [easy]}}\n")
+    with pytest.raises(ValueError, match=r"worlds \['easy'\] that are not in worlds"):
+        experiment.load_plan(path)
+
+
+def test_each_world_gets_its_own_table_and_rows_named_by_world() -> None:
+    plan = experiment.load_plan()
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 2)
+    reports = {
+        arm: [_report({"model": rng.random(40), "random_init": rng.random(40)}, groups) for _ in range(2)]
+        for arm in ("curriculum", "avc_only", "curriculum_logmel")
+    }
+    rows = experiment.pool_world(plan, "easy", reports)
+    arms = {r.arm for r in rows}
+    assert {"random_init", "curriculum", "curriculum - avc_only", "curriculum - curriculum_logmel"} <= arms
+    assert "curriculum - curriculum_cardioids" not in arms  # an arm without runs has no difference
+    assert experiment.in_world("easy", "curriculum - avc_only") == "easy/curriculum - easy/avc_only"
+    assert experiment.pool_world(plan, "default", {}) == []
 
 
 def test_arms_differ_only_in_what_they_name_and_get_the_same_steps() -> None:
     plan = experiment.load_plan()
     per_pass = plan.data.scenes // plan.overrides["data.batch_size"]  # one clip per scene, one rank
-    configs = {arm: flatten(experiment.arm_config(plan, arm, 0, per_pass)) for arm in plan.arms}
+    configs = {
+        arm: flatten(experiment.arm_config(plan, experiment.Unit("easy", arm, 0), per_pass))
+        for arm in plan.arms
+    }
     reference = configs["curriculum"]
     for arm, cfg in configs.items():
         named = {f"{k}" for k in plan.arms[arm].overrides}
@@ -75,16 +103,19 @@ def test_arms_differ_only_in_what_they_name_and_get_the_same_steps() -> None:
         assert differing <= named | CURRICULUM_KEYS, (arm, differing - named - CURRICULUM_KEYS)
         steps = (cfg["train.avc_epochs"] + cfg["train.avsa_epochs"]) * cfg["train.steps_per_epoch"]
         assert steps == (0 if arm == "random_init" else plan.steps), arm
-    assert configs["avc_only"]["train.avsa_epochs"] == 0 and configs["avsa_scratch"]["train.avc_epochs"] == 0
+    assert configs["avc_only"]["train.avsa_epochs"] == 0
     assert configs["curriculum"]["train.avc_epochs"] == configs["curriculum"]["train.avsa_epochs"]
     assert tuple(configs["negative_control"]["data.audio_yaw_offset_deg"]) == (90.0, 270.0)
     # Seeds change the initial weights and the data order, nothing else.
-    other = flatten(experiment.arm_config(plan, "curriculum", 1, per_pass))
+    other = flatten(experiment.arm_config(plan, experiment.Unit("easy", "curriculum", 1), per_pass))
     assert {k for k in other if other[k] != reference[k]} == {
         "train.seed",
         "data.seed",
         "train.checkpoint_url",
     }
+    # Worlds change the data, nothing else.
+    hard = flatten(experiment.arm_config(plan, experiment.Unit("default", "curriculum", 0), per_pass))
+    assert {k for k in hard if hard[k] != reference[k]} == {"data.url", "train.checkpoint_url"}
 
 
 def test_one_clip_per_scene_so_no_batch_holds_a_same_scene_negative() -> None:
@@ -165,7 +196,7 @@ def test_a_tiny_plan_runs_end_to_end_and_continues_where_it_stopped(tmp_path: Pa
     assert seen == [("curriculum", 0), ("curriculum", 1)]
     csv_rows = (tmp_path / "results" / "tiny.csv").read_text().splitlines()
     arms = {line.split(",")[0] for line in csv_rows[1:]}
-    assert arms == {"random_init", "curriculum", "curriculum - random_init"}
+    assert arms == {"default/random_init", "default/curriculum", "default/curriculum - default/random_init"}
     assert {line.split(",")[1] for line in csv_rows[1:]} >= {"avc_bin", "avsa_bin", "doa", "doa_steered"}
     assert all(line.endswith(",2") for line in csv_rows[1:])  # two seeds behind every row
     progress = json.loads((tmp_path / "work" / "progress.json").read_text())
@@ -185,9 +216,9 @@ def test_a_tiny_plan_runs_end_to_end_and_continues_where_it_stopped(tmp_path: Pa
     assert took, "the page says what the experiment took"
     # Every unit's row says when each of its stages left the plateau, from its checkpoint's watchdog.
     for seed in (0, 1):
-        left = experiment.left_plateau(plan, experiment.Unit("curriculum", seed))
+        left = experiment.left_plateau(plan, experiment.Unit("default", "curriculum", seed))
         cells = [str(left.get(stage, "never")) for stage in ("avc", "avsa")]
-        assert f"| curriculum | {seed} | {cells[0]} | {cells[1]} |" in page.read_text()
+        assert f"| default | curriculum | {seed} | {cells[0]} | {cells[1]} |" in page.read_text()
     # A second run finds every unit's report and trains nothing again; the page still says what the
     # units took, not the seconds it spent pooling them.
     again = experiment.run(plan)
