@@ -121,7 +121,7 @@ def main(argv: list[str]) -> float:
             "train.avc_epochs": args.avc_epochs,
             "train.avsa_epochs": args.avsa_epochs,
             "train.checkpoint_every": 10**9,
-            "tracking.uri": "",
+            "tracking.uri": "off",
         }
         loader_cfg = load_config(None, overrides | {"train.checkpoint_url": str(folder / "ckpt-loader")})
         replay_cfg = load_config(

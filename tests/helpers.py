@@ -92,7 +92,7 @@ def write_starss_tree(
 def tiny_config(tmp: Path, **overrides: Any) -> Config:
     """Tiny model and inputs on synthetic data, no tracking, metrics of every step, checkpoints under
     ``tmp``."""
-    base = {**TINY, "train.checkpoint_url": str(tmp / "ckpt"), "tracking.uri": "", "tracking.log_every": 1}
+    base = {**TINY, "train.checkpoint_url": str(tmp / "ckpt"), "tracking.uri": "off", "tracking.log_every": 1}
     return load_config(None, base | overrides)
 
 

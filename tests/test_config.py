@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainer.config import Config, load_config, save_config
+from trainer.config import LOCAL_TRACKING, Config, TrackingConfig, load_config, save_config
 from trainer.typed_config import ConfigError, flatten, parse_overrides
 
 
@@ -112,3 +112,17 @@ def test_every_command_loads_and_one_that_cannot_stops_the_cli(monkeypatch: pyte
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "no_such_command"))
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):
         cli.build_parser()
+
+
+def test_an_empty_tracking_uri_takes_mlflow_tracking_uri_then_the_local_file_and_off_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert TrackingConfig().resolved() == (
+        LOCAL_TRACKING,
+        "neither tracking.uri nor MLFLOW_TRACKING_URI is set",
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")  # what `eval $(avsa stack env)` sets
+    assert TrackingConfig().resolved()[0] == "http://10.0.0.5:5000"
+    assert TrackingConfig(uri="sqlite:///runs.db").resolved() == ("sqlite:///runs.db", "tracking.uri")
+    assert TrackingConfig(uri="off").resolved()[0] == ""  # benchmarks and unit tests

@@ -39,7 +39,7 @@ OVERRIDES = {
     "train.steps_per_epoch": 1,
     "train.avc_epochs": 1,
     "train.avsa_epochs": 1,
-    "tracking.uri": "",
+    "tracking.uri": "off",
 }
 
 

@@ -7,6 +7,7 @@ overrides, validating types and names with errors that name the key.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from trainer.typed_config import (
 
 HeadKind = Literal["linear", "bn_linear", "mlp"]
 AvcForm = Literal["trunks", "context"]
+TRACKING_OFF = "off"  # the tracking.uri that turns tracking off
+LOCAL_TRACKING = "sqlite:///.avsa/mlflow.db"  # where runs go when nothing names a store
 
 
 @dataclass
@@ -140,10 +143,12 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow. The embedded default is a local sqlite store; the stack serves it over HTTP."""
+    """MLflow. Without a URI, runs go where MLflow's own clients would: MLFLOW_TRACKING_URI (which
+    `eval $(avsa stack env)` sets to the stack's server), else a local sqlite store."""
 
-    uri: str = "sqlite:///.avsa/mlflow.db"
-    """MLflow tracking URI (http://, sqlite:///, a folder); empty: no tracking."""
+    uri: str = ""
+    """MLflow tracking URI (http://, sqlite:///, a folder); empty: MLFLOW_TRACKING_URI when it is set,
+    else sqlite:///.avsa/mlflow.db; off: no tracking."""
     experiment: str = "avsa"
     """MLflow experiment the runs go to."""
     log_every: int = 10
@@ -151,6 +156,16 @@ class TrackingConfig:
     all-reduce) and console lines."""
     samples_every: int = 500
     """Steps between sample figures (also the first step of a run); 0: the first step only."""
+
+    def resolved(self) -> tuple[str, str]:
+        """The store runs go to ("" when tracking is off) and, in words, why that one."""
+        if self.uri == TRACKING_OFF:
+            return "", "tracking.uri is off"
+        if self.uri:
+            return self.uri, "tracking.uri"
+        if env := os.environ.get("MLFLOW_TRACKING_URI"):
+            return env, "MLFLOW_TRACKING_URI, as tracking.uri is empty"
+        return LOCAL_TRACKING, "neither tracking.uri nor MLFLOW_TRACKING_URI is set"
 
 
 @dataclass
@@ -190,7 +205,7 @@ class EvalConfig:
     device: str = "auto"
     """cuda, cpu, or auto (CUDA when present)."""
     tracking_uri: str = ""
-    """MLflow the service watches and logs to; empty: tracking.uri."""
+    """MLflow the service watches and logs to; empty: the runs' store (see tracking.uri)."""
     experiments: tuple[str, ...] = ()
     """MLflow experiments the service watches; empty: every experiment."""
     poll_seconds: float = 60.0

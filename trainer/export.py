@@ -110,7 +110,7 @@ def export(
         for name in sorted(os.listdir(tmp)):
             upload_atomic(os.path.join(tmp, name), join(out, name), storage)
         run_id = meta.get("run_id")
-        if cfg.tracking.uri and run_id:
+        if cfg.tracking.resolved()[0] and run_id:
             name = register_as or f"{trained.tracking.experiment}-encoders"
             info["model_version"] = register(cfg, run_id, tmp, name)
     return info
@@ -121,7 +121,7 @@ def register(cfg: Config, run_id: str, folder: str, name: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg.tracking.uri)
+    client = MlflowClient(cfg.tracking.resolved()[0])
     client.log_artifacts(run_id, folder, "encoders")
     try:
         client.create_registered_model(name)
@@ -136,9 +136,10 @@ def checkpoint_of_run(cfg: Config, run_id: str) -> str:
     """The newest checkpoint URL that the tracked run ``run_id`` recorded (its ``checkpoint.latest`` tag)."""
     from mlflow.tracking import MlflowClient
 
-    if not cfg.tracking.uri:
+    uri = cfg.tracking.resolved()[0]
+    if not uri:
         raise ValueError("--run needs a tracking server: set --tracking.uri")
-    tags = MlflowClient(cfg.tracking.uri).get_run(run_id).data.tags
+    tags = MlflowClient(uri).get_run(run_id).data.tags
     if "checkpoint.latest" not in tags:
         raise ValueError(f"MLflow run {run_id} recorded no checkpoint (no checkpoint.latest tag)")
     return tags["checkpoint.latest"]

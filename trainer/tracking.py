@@ -1,8 +1,9 @@
 """MLflow for a training job: one run per job, written by rank 0 only.
 
 Rank 0 creates (or, on resume, reopens) the run and broadcasts its id, so every rank can name it
-(in checkpoint metadata, in logs) while only one process talks to the tracking server. An empty
-``tracking.uri`` turns tracking off (benchmarks, unit tests).
+(in checkpoint metadata, in logs) while only one process talks to the tracking server. The store is
+``tracking.uri``, else MLFLOW_TRACKING_URI, else a local sqlite file; ``off`` turns tracking off
+(benchmarks, unit tests).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Tracker:
     """
 
     def __init__(self, cfg: Config, rank: int, world_size: int, resume_run_id: str | None = None) -> None:
-        self.enabled = bool(cfg.tracking.uri)
+        uri = cfg.tracking.resolved()[0]
+        self.enabled = bool(uri)
         self.rank = rank
         self.client = None
         # Futures of the metric batches sent without waiting; finish() waits on them. (The fluent
@@ -63,8 +65,8 @@ class Tracker:
         if self.enabled and rank == 0:
             from mlflow.tracking import MlflowClient
 
-            self.client = MlflowClient(cfg.tracking.uri)
-            run_id = resume_run_id or self._create_run(cfg, world_size)
+            self.client = MlflowClient(uri)
+            run_id = resume_run_id or self._create_run(cfg, uri, world_size)
             if resume_run_id:  # the interrupted attempt marked it FAILED or KILLED; the job goes on in it
                 self.client.update_run(run_id, status="RUNNING")
                 if self.client.get_run(run_id).data.tags.get(PREEMPTED) == "true":
@@ -76,7 +78,7 @@ class Tracker:
         """True on the one process that writes to MLflow."""
         return self.client is not None
 
-    def _create_run(self, cfg: Config, world_size: int) -> str:
+    def _create_run(self, cfg: Config, uri: str, world_size: int) -> str:
         from mlflow.entities import Param
 
         assert self.client is not None
@@ -88,12 +90,11 @@ class Tracker:
         )
         params = [Param(k, v) for k, v in public_params(cfg).items()]
         self.client.log_batch(run.info.run_id, params=params)
-        if cfg.tracking.uri.startswith(("http://", "https://")):
-            log.info("MLflow run: %s", ui_url(cfg.tracking.uri, experiment_id, run.info.run_id))
+        if uri.startswith(("http://", "https://")):
+            log.info("MLflow run: %s", ui_url(uri, experiment_id, run.info.run_id))
         else:  # a file or database store has no UI of its own to link to
             log.info(
-                "MLflow run %s in %s (browse: mlflow ui --backend-store-uri %s)",
-                *(run.info.run_id, cfg.tracking.uri, cfg.tracking.uri),
+                "MLflow run %s in %s (browse: mlflow ui --backend-store-uri %s)", run.info.run_id, uri, uri
             )
         return run.info.run_id
 

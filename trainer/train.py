@@ -121,6 +121,9 @@ def train(
     if t.keep_checkpoints < 0:
         raise ValueError(f"train.keep_checkpoints must be 0 (keep all) or more; got {t.keep_checkpoints}")
     rank, world_size, device, created_group = setup_distributed()
+    if rank == 0:  # first, so a run that went to an unexpected store says so before anything else
+        store, why = tr.resolved()
+        log.info("tracking: %s (%s)", store or "off", why)
     source = source or make_source(cfg, rank, world_size, device)
     epochs = t.avc_epochs + t.avsa_epochs
     dtype = input_dtype(t.precision, device.type)

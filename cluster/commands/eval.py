@@ -31,8 +31,8 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tracking_uri(cfg: Config) -> str:
-    """``eval.tracking_uri``, else ``tracking.uri``."""
-    return cfg.eval.tracking_uri or cfg.tracking.uri
+    """``eval.tracking_uri``, else the runs' store (``tracking.uri``, MLFLOW_TRACKING_URI, sqlite)."""
+    return cfg.eval.tracking_uri or cfg.tracking.resolved()[0]
 
 
 def trusted_roots(cfg: Config) -> tuple[str, ...]:

@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="pretrain the audio and video encoders (AVC then AVSA) with DeepSpeed",
         description="Runs the AVC -> AVSA curriculum with checkpoints to --train.checkpoint_url and metrics "
-        "to --tracking.uri (an empty URI disables tracking). Without --ray or --hostfile, starts "
-        "--train.processes ranks on this machine.",
+        "to --tracking.uri (empty: MLFLOW_TRACKING_URI, else a local sqlite file; off: none). "
+        "Without --ray or --hostfile, starts --train.processes ranks on this machine.",
         epilog=EPILOG,
     )
     parser.add_argument(
