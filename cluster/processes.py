@@ -96,7 +96,27 @@ def process_tree(root: psutil.Process) -> list[psutil.Process]:
 
 def stop(managed: Sequence[ManagedProcess], grace_s: float = 10.0) -> None:
     """SIGTERM the process trees of ``managed`` together, then SIGKILL what is left after ``grace_s``."""
-    tree = [proc for m in managed if (root := m.handle()) is not None for proc in process_tree(root)]
+    terminate(
+        [proc for m in managed if (root := m.handle()) is not None for proc in process_tree(root)], grace_s
+    )
+
+
+def leftovers(managed: ManagedProcess) -> list[psutil.Process]:
+    """What is left of ``managed`` once its root process is gone: the other processes of the session it
+    led (a server's workers outlive a SIGKILL of their parent and keep its ports). A session id is not
+    reused while a process is in it, so these are ours."""
+    if managed.alive():
+        return []
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getsid(proc.pid) == managed.pid:
+                found.append(proc)
+    return found
+
+
+def terminate(tree: Sequence[psutil.Process], grace_s: float = 10.0) -> None:
+    """SIGTERM every process of ``tree``, then SIGKILL what is left after ``grace_s``."""
     for proc in tree:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)

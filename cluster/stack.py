@@ -193,13 +193,10 @@ class Stack:
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise StackError(f"unknown services {sorted(unknown)}; choose from {list(SERVICES)}")
-        existing = self.state()
-        if existing is not None:
-            if any(p.alive() for p in existing.services.values()):
-                raise StackError(
-                    f"a stack from {self.state_dir} is already running; "
-                    "see `avsa stack status`, or stop it with `avsa stack down`"
-                )
+        if self.running():
+            self.heal(services)
+            return self._require_state()
+        if self.state() is not None:
             self.state_path.unlink()  # left over from a crashed run: nothing of it is alive
         state = StackState(
             host=self.cfg.host,
@@ -236,6 +233,41 @@ class Stack:
             raise
         log.info("stack up in %.1f s: %s", time.monotonic() - started, state.endpoints)
         return state
+
+    def running(self) -> bool:
+        """True while any recorded service process is alive."""
+        state = self.state()
+        return state is not None and any(p.alive() for p in state.services.values())
+
+    def heal(self, services: Sequence[str] = SERVICES) -> list[str]:
+        """Restart the recorded services that are down (what a dead root left behind is stopped first)
+        and start those of ``services`` the stack lacks, with the stack's credentials, ports and data;
+        the live ones keep their processes. Returns what was started, in start order."""
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise StackError(f"unknown services {sorted(unknown)}; choose from {list(SERVICES)}")
+        state = self._require_state()
+        wanted = list(dict.fromkeys([*state.services, *services]))  # the Ray head before its workers
+        down = [name for name in wanted if name not in state.services or not state.services[name].alive()]
+        hosts = {f"ray@{host.name}": host for host in self._worker_hosts(state)}
+        for name in down:
+            if name in state.services:
+                processes.terminate(processes.leftovers(state.services[name]))
+            if name not in hosts and state.host_network() is None:
+                self._check_ports([name])
+            proc, endpoint = (
+                self._start_ray_worker(state, hosts[name])
+                if name in hosts
+                else getattr(self, f"_start_{name}")(state)
+            )
+            state.services[name], state.endpoints[name] = proc, endpoint
+            state.write(self.state_path)
+        if down:
+            self._wait_healthy(state)
+            if "s3" in down:
+                self._create_bucket(state)
+            log.info("stack healed: started %s again", ", ".join(down))
+        return down
 
     def down(self) -> list[str]:
         """Stop every recorded process (by PID) and forget the state; returns what was stopped."""

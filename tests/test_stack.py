@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -88,13 +89,29 @@ def test_a_taken_port_is_refused_clearly_and_nothing_starts(tmp_path: Path) -> N
     assert not started
 
 
-def test_a_second_up_on_a_running_stack_is_refused(tmp_path: Path) -> None:
-    stack = Stack(free_stack_config(tmp_path / "state"))
-    stack.up(["s3"])
+def test_up_on_a_running_stack_restarts_only_the_killed_service_with_its_data(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cfg = free_stack_config(tmp_path / "state")
+    overrides = [f"--stack.{k.split('.', 1)[1]}={v}" for k, v in flatten(cfg, "stack.").items()]
+    stack = Stack(cfg)
+    stack.up(["s3", "mlflow"])
     try:
-        with pytest.raises(StackError, match="already running"):
-            stack.up(["s3"])
-        assert stack.status()["s3"]["healthy"]
+        before = {name: s["pid"] for name, s in stack.status().items()}
+        uri = stack.client_env()["MLFLOW_TRACKING_URI"]
+        experiment = MlflowClient(uri).create_experiment("kept")
+        os.kill(before["mlflow"], signal.SIGKILL)  # its workers live on, holding the port
+        status = avsa("stack", "status", *overrides, cwd=tmp_path)
+        assert status.returncode == 1 and "down" in status.stdout
+        up = avsa("stack", "up", "--services", "s3,mlflow", *overrides, cwd=tmp_path)
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert "started again: mlflow" in up.stdout
+        after = stack.status()
+        assert after["s3"]["pid"] == before["s3"] and after["mlflow"]["pid"] != before["mlflow"]
+        assert all(s["healthy"] for s in after.values())
+        assert MlflowClient(uri).get_experiment(experiment).name == "kept"  # the same store
+        again = avsa("stack", "up", "--services", "s3,mlflow", *overrides, cwd=tmp_path)
+        assert "every service is up" in again.stdout and stack.status() == after
     finally:
-        assert stack.down() == ["s3"]
+        assert set(stack.down()) == {"s3", "mlflow"}
     assert stack.status() == {}

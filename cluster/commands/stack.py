@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stack.state_dir (state.json and ray_token are readable by you only).",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    up = actions.add_parser("up", help="start the services and wait until they are healthy")
+    up = actions.add_parser(
+        "up",
+        help="start the services and wait until they are healthy; on a running stack, restart those "
+        "that are down and keep the others (same PIDs, same data)",
+    )
     up.add_argument(
         "--services",
         default=",".join(SERVICES),
@@ -53,8 +57,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     try:
         if args.action == "up":
             services = [s.strip() for s in args.services.split(",") if s.strip()]
-            with console.status(f"starting {', '.join(services)} …"):
-                stack.up(services)
+            if stack.running():  # heal: restart what is down, keep what is up (same PIDs, same data)
+                with console.status("restarting the services that are down …"):
+                    started = stack.heal(services)
+                console.print(f"started again: {', '.join(started)}" if started else "every service is up")
+            else:
+                with console.status(f"starting {', '.join(services)} …"):
+                    stack.up(services)
             show_status(stack, console)
             console.print("clients: [bold]eval $(avsa stack env)[/bold]")
             return 0
