@@ -36,6 +36,7 @@ COMMANDS = (
     "eval",
     "probe",
     "eval_service",
+    "tracking",
     "experiment",
     "stack",
     "config",

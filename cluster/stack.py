@@ -276,6 +276,8 @@ class Stack:
             return []
         running = {name: proc for name, proc in state.services.items() if proc.alive()}
         processes.stop(list(running.values()))
+        for proc in state.services.values():  # a killed server's workers may still hold its port
+            processes.terminate(processes.leftovers(proc))
         if (network := state.host_network()) is not None:
             network.destroy()
         self.state_path.unlink(missing_ok=True)

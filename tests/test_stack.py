@@ -100,7 +100,7 @@ def test_up_on_a_running_stack_restarts_only_the_killed_service_with_its_data(tm
         before = {name: s["pid"] for name, s in stack.status().items()}
         uri = stack.client_env()["MLFLOW_TRACKING_URI"]
         experiment = MlflowClient(uri).create_experiment("kept")
-        os.kill(before["mlflow"], signal.SIGKILL)  # its workers live on, holding the port
+        os.kill(before["mlflow"], signal.SIGKILL)  # its uvicorn worker lives on, holding the port
         status = avsa("stack", "status", *overrides, cwd=tmp_path)
         assert status.returncode == 1 and "down" in status.stdout
         up = avsa("stack", "up", "--services", "s3,mlflow", *overrides, cwd=tmp_path)

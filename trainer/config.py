@@ -156,6 +156,15 @@ class TrackingConfig:
     all-reduce) and console lines."""
     samples_every: int = 500
     """Steps between sample figures (also the first step of a run); 0: the first step only."""
+    flush_timeout_s: float = 60.0
+    """Seconds the end of a run waits for an unreachable server to take what is queued (and the start
+    of a run waits to open it); the rest goes to a backlog file for `avsa tracking replay`."""
+    backlog_dir: str = ".avsa/tracking-backlog"
+    """Local folder for what rank 0 could not send yet: a spill file past ``backlog_memory`` records,
+    the sample figures not yet sent and, after an outage that outlasted the run, its backlog file."""
+    backlog_memory: int = 10000
+    """Records (a metrics row, a tag, a figure) kept in memory while the server is unreachable; later
+    ones are appended to a spill file until the server takes the backlog."""
 
     def resolved(self) -> tuple[str, str]:
         """The store runs go to ("" when tracking is off) and, in words, why that one."""

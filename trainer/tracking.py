@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,16 +21,13 @@ from trainer.config import Config
 from trainer.credentials import is_secret
 from trainer.data import Batch
 from trainer.mlflow_ui import training_experiment, ui_url
+from trainer.outbox import Outbox, quick_http_failures, with_retries
 from trainer.typed_config import flatten
-
-if TYPE_CHECKING:  # mlflow is imported only where tracking is on
-    from mlflow.utils.async_logging.run_operations import RunOperations
 
 log = logging.getLogger(__name__)
 
 PREEMPTED = "avsa.preempted"  # "true" while the run waits for `--resume` after a SIGTERM
 PREEMPTED_AT = "avsa.preempted_at_step"
-_MAX_PENDING = 64  # queued metric batches kept before the oldest are waited on
 
 
 def public_params(cfg: Config) -> dict[str, str]:
@@ -46,42 +44,58 @@ def broadcast_from_rank0(value: Any) -> Any:
     return box[0]
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached right now (what needs an answer from it must wait)."""
+
+
 class Tracker:
-    """The job's MLflow run. Every rank constructs one (it is a collective); only rank 0 logs.
+    """The job's MLflow run. Every rank constructs one (it is a collective); only rank 0 logs, through
+    an :class:`~trainer.outbox.Outbox`, so that no step waits on the server and no outage ends the job.
 
     A resumed job continues in the run its checkpoint names: one run per job, however many attempts.
     """
 
     def __init__(self, cfg: Config, rank: int, world_size: int, resume_run_id: str | None = None) -> None:
         uri = cfg.tracking.resolved()[0]
-        self.enabled = bool(uri)
-        self.rank = rank
-        self.client = None
-        # Futures of the metric batches sent without waiting; finish() waits on them. (The fluent
-        # mlflow.flush_async_logging() would resolve MLflow's *default* store, a sqlite mlflow.db in
-        # the working directory, rather than this client's server.)
-        self._pending: list[RunOperations] = []
+        self.rank, self.flush_timeout_s = rank, cfg.tracking.flush_timeout_s
+        self.client: Any = None
+        self.outbox: Outbox | None = None
+        self.backlog: Path | None = None  # where undelivered records went at the end, if anywhere
         run_id = None
-        if self.enabled and rank == 0:
+        if uri and rank == 0:
             from mlflow.tracking import MlflowClient
 
+            quick_http_failures()
             self.client = MlflowClient(uri)
-            run_id = resume_run_id or self._create_run(cfg, uri, world_size)
-            if resume_run_id:  # the interrupted attempt marked it FAILED or KILLED; the job goes on in it
-                self.client.update_run(run_id, status="RUNNING")
-                if self.client.get_run(run_id).data.tags.get(PREEMPTED) == "true":
-                    self.client.set_tag(run_id, PREEMPTED, "false")  # PREEMPTED_AT stays, as history
+            # The run must exist before the first step (its id goes into every checkpoint): a server
+            # that is down now is waited for, as long as the end of a run would wait for it.
+            run_id = with_retries(
+                lambda: self._open_run(cfg, uri, world_size, resume_run_id),
+                self.flush_timeout_s,
+                "opening the run",
+            )
+            self.outbox = Outbox(
+                self.client, run_id, uri, Path(cfg.tracking.backlog_dir), cfg.tracking.backlog_memory
+            )
         self.run_id: str | None = broadcast_from_rank0(run_id)
 
     @property
     def active(self) -> bool:
         """True on the one process that writes to MLflow."""
-        return self.client is not None
+        return self.outbox is not None
+
+    def _open_run(self, cfg: Config, uri: str, world_size: int, resume_run_id: str | None) -> str:
+        if not resume_run_id:
+            return self._create_run(cfg, uri, world_size)
+        # The interrupted attempt marked it FAILED or KILLED; the job goes on in it.
+        self.client.update_run(resume_run_id, status="RUNNING")
+        if self.client.get_run(resume_run_id).data.tags.get(PREEMPTED) == "true":
+            self.client.set_tag(resume_run_id, PREEMPTED, "false")  # PREEMPTED_AT stays, as history
+        return resume_run_id
 
     def _create_run(self, cfg: Config, uri: str, world_size: int) -> str:
         from mlflow.entities import Param
 
-        assert self.client is not None
         experiment_id = training_experiment(self.client, cfg.tracking.experiment)
         run = self.client.create_run(
             experiment_id,
@@ -99,58 +113,64 @@ class Tracker:
         return run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Queue metrics for ``step`` without waiting for the server (flushed by :meth:`finish`)."""
-        if not self.active:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
-        if len(self._pending) > _MAX_PENDING:  # the oldest are long sent: keep the list short
-            self._wait(_MAX_PENDING // 2)
+        """Queue metrics for ``step`` (non-finite values left out); never waits for the server."""
+        if self.outbox is not None:
+            values = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+            self.outbox.put({"op": "metrics", "step": step, "ts": int(time.time() * 1000), "values": values})
 
     def log_checkpoint(self, url: str, step: int) -> None:
         """Tag the run with its newest checkpoint (what `avsa export --run` and evaluation read)."""
-        if self.active:
-            self.client.set_tag(self.run_id, "checkpoint.latest", url)
-            self.client.set_tag(self.run_id, "checkpoint.step", str(step))
+        if self.outbox is not None:
+            self.outbox.put({"op": "tag", "key": "checkpoint.latest", "value": url})
+            self.outbox.put({"op": "tag", "key": "checkpoint.step", "value": str(step)})
 
     def log_samples(self, batch: Batch, step: int, count: int = 4) -> None:
         """A figure of ``count`` viewpoints: the middle video frame above its steered-audio features."""
-        if not self.active:
+        if self.outbox is None:
             return
-        figure = sample_figure(batch, count)
-        self.client.log_figure(self.run_id, figure, f"samples/step_{step:08d}.png")
         import matplotlib.pyplot as plt
 
+        figure = sample_figure(batch, count)
+        path = self.outbox.file(f"step_{step:08d}.png")
+        figure.savefig(path)
         plt.close(figure)
-
-    def _wait(self, count: int) -> None:
-        """Block until the oldest ``count`` queued metric batches reached the server."""
-        done, self._pending = self._pending[:count], self._pending[count:]
-        for operations in done:
-            operations.wait()
+        self.outbox.put({"op": "artifact", "file": str(path), "dir": "samples"})
 
     def tags(self) -> dict[str, str] | None:
         """The run's tags as the server has them now (the evaluation service's markers among them);
-        None without tracking."""
-        if not self.active:
+        None without tracking. Raises :class:`TrackingUnavailable` at once while the server is down."""
+        if self.outbox is None:
             return None
+        if self.outbox.down_since is not None:
+            raise TrackingUnavailable(f"tracking server {self.outbox.uri} is unreachable")
         return dict(self.client.get_run(self.run_id).data.tags)
 
     def preempted(self, step: int) -> None:
         """End the run as KILLED and tagged preempted after ``step`` (not FAILED: a resume continues it)."""
-        if self.active:
-            self.client.set_tag(self.run_id, PREEMPTED, "true")
-            self.client.set_tag(self.run_id, PREEMPTED_AT, str(step))
+        if self.outbox is not None:
+            self.outbox.put({"op": "tag", "key": PREEMPTED, "value": "true"})
+            self.outbox.put({"op": "tag", "key": PREEMPTED_AT, "value": str(step)})
         self.finish("KILLED")
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Flush the queued metrics to the configured server, then end the run with ``status``."""
-        if self.active:
-            self._wait(len(self._pending))
-            self.client.set_terminated(self.run_id, status)
+        """End the run with ``status`` after delivering what is queued, waiting at most
+        ``tracking.flush_timeout_s``; what the server did not take by then is left in a backlog file,
+        named in a warning, for `avsa tracking replay`."""
+        if self.outbox is None:
+            return
+        outbox, self.outbox = self.outbox, None
+        outbox.put({"op": "end", "status": status})
+        self.backlog = outbox.close(self.flush_timeout_s)
+        if self.backlog is not None:
+            log.warning(
+                "tracking: server %s still unreachable after %.0f s; the run's last %d records are in %s: "
+                "deliver them with `avsa tracking replay %s`",
+                outbox.uri,
+                self.flush_timeout_s,
+                outbox.left,
+                self.backlog,
+                self.backlog,
+            )
 
 
 def sample_figure(batch: Batch, count: int) -> Any:
