@@ -158,7 +158,7 @@ class TrackingConfig:
     """Steps between sample figures (also the first step of a run); 0: the first step only."""
     flush_timeout_s: float = 60.0
     """Seconds the end of a run waits for an unreachable server to take what is queued (and the start
-    of a run waits to open it); the rest goes to a backlog file for `avsa tracking replay`."""
+    of a run waits to open it, and `avsa tracking replay` to deliver); the rest goes to a backlog file."""
     backlog_dir: str = ".avsa/tracking-backlog"
     """Local folder for what rank 0 could not send yet: a spill file past ``backlog_memory`` records,
     the sample figures not yet sent and, after an outage that outlasted the run, its backlog file."""

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cluster.cli import add_config_arguments
 from trainer.config import Config
 
 EPILOG = """\
 A run whose tracking server was still unreachable when it ended leaves its last metrics, tags, sample
 figures and end status in a backlog file and names it in its last warning, e.g.
   .avsa/tracking-backlog/<run id>/backlog.jsonl
-Replaying delivers them to the same run, in order; what cannot be delivered before --deadline stays in
-the file for another replay.
+Replaying delivers them to the same run, in order, on the server the run used (or --tracking.uri);
+what cannot be delivered within --tracking.flush_timeout_s stays in the file for another replay.
 
 examples:
   avsa tracking replay .avsa/tracking-backlog/3f2a…/backlog.jsonl
-  avsa tracking replay backlog.jsonl --uri http://mlflow.internal:5000   # the server moved
+  avsa tracking replay backlog.jsonl --tracking.uri http://mlflow.internal:5000   # the server moved
 """
 
 
@@ -36,14 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     replay.add_argument("file", metavar="FILE", type=Path, help="the backlog file a run named")
-    replay.add_argument("--uri", default="", help="tracking server (default: the one the run used)")
-    replay.add_argument(
-        "--deadline",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="give up after this long (default 300)",
-    )
+    add_config_arguments(replay, "tracking")
     parser.set_defaults(func=run)
 
 
@@ -54,7 +48,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise SystemExit(
             f"avsa tracking replay: {args.file} is not a file; give the path the run's warning named"
         )
-    delivered, left = replay(args.file, args.uri, args.deadline)
+    # tracking.uri as given, not resolved: empty means the server the run itself used.
+    delivered, left = replay(args.file, cfg.tracking.uri, cfg.tracking.flush_timeout_s)
     if left:
         print(f"delivered {delivered} records; {left} are left in {args.file}: replay it again later")
         return 1
