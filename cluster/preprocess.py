@@ -71,8 +71,8 @@ class PreprocessError(RuntimeError):
 
 
 # ----- inputs and plan ---------------------------------------------------------------------------
-def _url(fs: Any, path: str, like: str) -> str:
-    """A path from ``fs`` as a URL in the same scheme as ``like``."""
+def _url(path: str, like: str) -> str:
+    """``path`` as a filesystem lists it (no scheme), as a URL in the same scheme as ``like``."""
     return f"{like.split('://', 1)[0]}://{path}" if "://" in like else path
 
 
@@ -94,7 +94,7 @@ def list_inputs(spec: str, storage: StorageConfig | None = None) -> list[str]:
     if fs.isdir(path):
         found = fs.find(path)
         return sorted(
-            _url(fs, p, spec) for p in found if p.lower().endswith(VIDEO_SUFFIXES) and TEMP_MARK not in p
+            _url(p, spec) for p in found if p.lower().endswith(VIDEO_SUFFIXES) and TEMP_MARK not in p
         )
     if fs.exists(path):
         return [spec]

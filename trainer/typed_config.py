@@ -10,6 +10,7 @@ config): :func:`keys` reads them from the source, so the help text cannot drift 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -47,12 +48,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arm in (a for a in args if a is not type(None)):
-            try:
+            with contextlib.suppress(ConfigError):  # the union's own message names every arm
                 return _coerce(value, arm, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         if value in args:

@@ -94,7 +94,7 @@ def render_clip(
     """FOA [4, N] of static sources (each with its mono recording) in ``room`` plus diffuse noise,
     peak-normalised to 0.9."""
     n = int(seconds * rate)
-    mix = diffuse_noise(n, rate, float(rng.uniform(-40, -30)), rng)
+    mix = diffuse_noise(n, float(rng.uniform(-40, -30)), rng)
     for source, wave in sources:
         mix += render_source(
             source, dry_signal(source, wave, n, rate, rng), room, rate, int(rng.integers(2**31))

@@ -105,8 +105,9 @@ def render_source(source: Source, dry: np.ndarray, room: Room, rate: int, seed: 
     return out[:, :n] * 10 ** (source.gain_db / 20)
 
 
-def diffuse_noise(n: int, rate: int, level_db: float, rng: np.random.Generator) -> np.ndarray:
-    """Isotropic pink-ish background noise [4, N] (SN3D: X,Y,Z at 1/√3 of W), RMS ``level_db``."""
+def diffuse_noise(n: int, level_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Isotropic pink-ish background noise [4, N samples] (SN3D: X,Y,Z at 1/√3 of W), RMS ``level_db``
+    (dB re full scale)."""
     white = rng.standard_normal((4, n))
     # Paul Kellet's economy pink filter, as a 3-pole IIR: -3 dB/octave across the audio band
     b, a = (
@@ -149,7 +150,7 @@ def render_scene_audio(
     """
     n = round(scene.seconds * rate)
     rng = np.random.default_rng(stable_seed(seeds.SCENE_AUDIO, scene.seed))
-    mix = diffuse_noise(n, rate, scene.noise_db, rng)
+    mix = diffuse_noise(n, scene.noise_db, rng)
     skipped = []
     for source in list(scene.sources):
         if source.sound is None or not source.events:
