@@ -20,7 +20,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainer.config import Config, load_config
-from trainer.typed_config import ConfigError, Key, describe, flow_yaml, keys, parse_overrides, parse_value
+from trainer.typed_config import (
+    ConfigError,
+    Key,
+    describe,
+    flatten,
+    flow_yaml,
+    keys,
+    parse_overrides,
+    parse_value,
+)
 
 ALIAS = "config:"  # argparse dest prefix of a short flag that sets a config key
 
@@ -111,19 +120,21 @@ def add_config_flag(
     const: Any = _UNSET,
     append: bool = False,
     metavar: str | None = None,
+    says: str | None = None,
 ) -> None:
     """A short flag (``--input``) that sets config key ``name`` (``preprocess.input``). Its help is the
     key's docstring, allowed values and default, so the two cannot disagree.
 
     The flag takes one value, read by ``value`` (default: as a dotted override reads it; a string key
     keeps the text as typed); with ``const`` it takes none and sets the key to ``const``; with
-    ``append`` it may repeat, each value one item of the key's list.
+    ``append`` it may repeat, each value one item of the key's list. ``says`` is the help of a flag
+    that sets the key to the opposite of what its docstring describes (``--no-fetch``).
     """
     key = config_keys()[name]
     options: dict[str, Any] = {"dest": ALIAS + name, "default": argparse.SUPPRESS}
     if const is not _UNSET:
         options |= {"action": "store_const", "const": const}
-        help_text = f"{key.doc} (sets --{name} {flow_yaml(const)})"
+        help_text = f"{says or key.doc} (sets --{name} {flow_yaml(const)})"
     else:
         if metavar or not key.choices:  # a literal without one shows its choices
             options["metavar"] = metavar or name.rsplit(".", 1)[-1].upper()
@@ -144,6 +155,34 @@ def parse_size(text: str) -> list[int]:
     return [int(match[1]), int(match[2])]
 
 
+def refuse_contradictions(
+    parser: argparse.ArgumentParser, argv: list[str], aliased: dict[str, Any], dotted: dict[str, Any]
+) -> None:
+    """Raise :class:`ConfigError` when a short flag and its dotted key are both given with different
+    values (``--input A --preprocess.input B``), naming both spellings: neither may silently win."""
+    given = {token.split("=", 1)[0] for token in argv}
+    for key in sorted(aliased.keys() & dotted.keys()):
+        short, long = (flatten(load_config(None, {key: v}))[key] for v in (aliased[key], dotted[key]))
+        if short != long:
+            flag = next((f for f in _option_strings(parser, ALIAS + key) if f in given), "its short flag")
+            raise ConfigError(
+                f"{flag} {flow_yaml(short)} and --{key} {flow_yaml(long)} set the same key to different "
+                "values; give one of them"
+            )
+
+
+def _option_strings(parser: argparse.ArgumentParser, dest: str) -> list[str]:
+    """Every option string of an action with ``dest``, in ``parser`` and its subcommands."""
+    found = []
+    for action in parser._actions:
+        if action.dest == dest:
+            found += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _option_strings(sub, dest)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -152,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         aliased = {k.removeprefix(ALIAS): v for k, v in vars(args).items() if k.startswith(ALIAS)}
+        dotted = parse_overrides(extra)
+        refuse_contradictions(parser, list(sys.argv[1:] if argv is None else argv), aliased, dotted)
         # kept on args: commands with their own config layers (the demo) resolve them again
-        args.overrides = aliased | parse_overrides(extra)
+        args.overrides = aliased | dotted
         cfg: Config = load_config(getattr(args, "config", None), args.overrides)
     except ConfigError as exc:
         parser.error(str(exc))

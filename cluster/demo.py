@@ -89,7 +89,7 @@ def stage_synth(ctx: DemoContext) -> None:
 def preprocess_command(cfg: Config, command: list[str]) -> list[str]:
     """``command`` (``avsa preprocess`` with its input and output flags) followed by the rest of the
     demo's ``preprocess`` section as dotted overrides. The section's input and output are left out:
-    a dotted key wins over its short flag, so they would undo ``--input`` and ``--output``."""
+    they would contradict ``--input`` and ``--output``, which the CLI refuses."""
     from cluster.launch import config_overrides
 
     own = ("--preprocess.input=", "--preprocess.output=")

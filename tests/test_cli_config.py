@@ -117,12 +117,28 @@ def test_the_demos_preprocessing_job_reads_the_input_and_output_it_names(
 ) -> None:
     """The demo submits `avsa preprocess --input RAW --output SHARDS` plus its preprocess section as
     dotted keys. A dotted key wins over its short flag, so the section's own input and output (the
-    defaults) once replaced RAW and SHARDS and the job failed on `.avsa/demo/raw`."""
+    defaults) once replaced RAW and SHARDS and the job failed on `.avsa/demo/raw`; such a command line
+    is now refused."""
     from cluster.demo import demo_config, preprocess_command
 
     cfg = demo_config(None)
     command = ["preprocess", "--input", "s3://avsa/demo/raw", "--output", "s3://avsa/demo/shards"]
+    with pytest.raises(SystemExit):  # the section's own input contradicts --input: refused, not overruled
+        _run_capturing(monkeypatch, [*command, "--preprocess.input", cfg.preprocess.input])
     resolved = _run_capturing(monkeypatch, preprocess_command(cfg, command)).preprocess
     assert (resolved.input, resolved.output) == ("s3://avsa/demo/raw", "s3://avsa/demo/shards")
     others = {k: v for k, v in vars(resolved).items() if k not in ("input", "output")}
     assert others == {k: v for k, v in vars(cfg.preprocess).items() if k not in ("input", "output")}
+
+
+def test_a_short_flag_and_its_dotted_key_must_agree(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    cfg = _run_capturing(monkeypatch, ["synth", "--videos", "3", "--synth.videos", "3"])  # the same: fine
+    assert cfg.synth.videos == 3
+    with pytest.raises(SystemExit) as refused:
+        _run_capturing(monkeypatch, ["synth", "--videos", "3", "--synth.videos=4"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "--videos 3 and --synth.videos 4 set the same key to different values" in err
+    with pytest.raises(SystemExit):
+        _run_capturing(monkeypatch, ["synth", "--no-fetch", "--synth.fetch", "true"])
+    assert "--no-fetch false and --synth.fetch true" in capsys.readouterr().err

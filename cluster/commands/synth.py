@@ -73,7 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_config_flag(parser, f"synth.{name}", flag, metavar=metavar)
     add_config_flag(parser, "synth.size", "--size", value=parse_size, metavar="WxH")
     add_config_flag(parser, "synth.eval_sets", "--eval-sets", const=True)
-    add_config_flag(parser, "synth.fetch", "--no-fetch", const=False)
+    add_config_flag(
+        parser,
+        "synth.fetch",
+        "--no-fetch",
+        const=False,
+        says="Use only the real assets the cache holds; fetch none.",
+    )
     add_config_arguments(parser, "synth", "storage")
     parser.set_defaults(func=run)
 
