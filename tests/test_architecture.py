@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -34,3 +35,27 @@ def test_no_test_module_imports_from_another_or_from_bench() -> None:
         for path in sorted((ROOT / "tests").glob("*.py"))
     }
     assert {name: found for name, found in offenders.items() if found} == {}
+
+
+ROOMS = ("dataloading", "trainer", "evaluation", "cluster")  # lowest first
+
+
+def imported_rooms(path: Path) -> set[str]:
+    """The rooms ``path`` imports from anywhere in it (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(ROOMS)
+
+
+def test_imports_only_go_downward() -> None:
+    """ARCHITECTURE.md: `cluster/` → `evaluation/` → `trainer/` → `dataloading/`."""
+    upward = {
+        str(path.relative_to(ROOT)): sorted(room for room in imported_rooms(path) if ROOMS.index(room) > rank)
+        for rank, name in enumerate(ROOMS)
+        for path in sorted((ROOT / name).rglob("*.py"))
+    }
+    assert {path: rooms for path, rooms in upward.items() if rooms} == {}

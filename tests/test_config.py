@@ -56,6 +56,8 @@ def test_unknown_key_is_named_with_a_suggestion() -> None:
         (["--data.resampled", "maybe"], "data.resampled: expected true/false"),
         (["--data.feature", "wavelets"], "data.feature: expected one of"),
         (["--data.fov_deg", "[1, 2, 3]"], "data.fov_deg: expected 2 items"),
+        (["--train.zero_stage", "4"], r"train.zero_stage: expected one of \[0, 1, 2, 3\]"),
+        (["--train.precision", "fp16"], "train.precision: expected one of"),
         (["--train.lr"], "has no value"),
         (["train.lr", "1"], "expected an override like"),
     ],

@@ -118,7 +118,7 @@ class TrainConfig:
     """Epochs of the audio-visual spatial alignment stage (second)."""
     steps_per_epoch: int = 0
     """Optimizer steps per epoch; 0: one pass over the data."""
-    zero_stage: int = 1
+    zero_stage: Literal[0, 1, 2, 3] = 1
     """DeepSpeed ZeRO stage (0-3): how optimizer state, gradients and weights are partitioned."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
