@@ -157,7 +157,7 @@ class PaperStep:
     compiled."""
 
     def __init__(self, cfg: Any, device: torch.device, compiled: bool) -> None:
-        from dataloading.features import CHANNELS
+        from dataloading.features import FeatureSettings
         from trainer.deepspeed_config import deepspeed_config, resolve_precision
         from trainer.deepspeed_env import import_deepspeed
         from trainer.models import AVSAModel
@@ -165,7 +165,7 @@ class PaperStep:
         deepspeed = import_deepspeed()
 
         torch.manual_seed(cfg.train.seed)
-        model = AVSAModel(cfg.model, CHANNELS[cfg.data.feature]).to(device)
+        model = AVSAModel(cfg.model, FeatureSettings.of(cfg.data).channels).to(device)
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg, device.type)
         )
@@ -186,7 +186,7 @@ class PaperStep:
 def paper_steps(cfg: Any, device: torch.device, steps: int) -> tuple[float, PaperStep | None]:
     """Step time, clips/s and MFU with channels_last and torch.compile on and off; returns the best MFU
     and the fastest step (None if every variant failed; a failure is printed and the others still run)."""
-    from dataloading.features import CHANNELS
+    from dataloading.features import FeatureSettings
     from trainer.data import SyntheticSource
     from trainer.models import AVSAModel
 
@@ -194,7 +194,8 @@ def paper_steps(cfg: Any, device: torch.device, steps: int) -> tuple[float, Pape
     video, audio = (x.to(device, torch.bfloat16) for x in (source.video, source.audio))
     directions = source.directions.to(device)
     shapes = [tuple(video.shape), tuple(audio.shape), tuple(directions.shape)]
-    flops = training_flops(lambda: AVSAModel(cfg.model, CHANNELS[cfg.data.feature]), shapes, embedding_sum)
+    channels = FeatureSettings.of(cfg.data).channels
+    flops = training_flops(lambda: AVSAModel(cfg.model, channels), shapes, embedding_sum)
     name = torch.cuda.get_device_name(device)
     peak = peak_flops(name)
     print(

@@ -11,6 +11,10 @@ from typing import Literal
 
 Layout = Literal["files", "starss23", "yt360"]
 World = Literal["easy", "default"]  # the synthetic scenes' difficulty (dataloading.synth.scene.WORLDS)
+# Audio features of a steered view; their channel counts are dataloading.features.CHANNELS.
+Feature = Literal["logmel", "logmel_iv", "cardioids", "stereo", "mono"]
+MelScale = Literal["slaney", "htk"]
+ViewpointSampler = Literal["random", "audio", "objects", "labels", "mix"]
 
 
 def check_equirect(size: tuple[int, int]) -> None:
@@ -136,7 +140,7 @@ class DataConfig:
     """Largest viewpoint elevation in degrees, up or down."""
     min_separation_deg: float = 36.0
     """Smallest great-circle angle between a clip's viewpoints in degrees."""
-    viewpoint_sampler: Literal["random", "audio", "objects", "labels", "mix"] = "mix"
+    viewpoint_sampler: ViewpointSampler = "mix"
     """Where viewpoints look: random directions, sound peaks, detected objects, the labelled sound events
     (STARSS23), or mix: labels where a clip has them, then objects, then sound peaks."""
     audio_seconds: float = 1.0
@@ -149,11 +153,11 @@ class DataConfig:
     """Hop of the spectrograms in samples (100 frames per second at 24 kHz)."""
     n_mels: int = 128
     """Mel bands."""
-    mel_scale: Literal["slaney", "htk"] = "slaney"
+    mel_scale: MelScale = "slaney"
     """Mel scale formula."""
     top_db: float = 100.0
     """Dynamic range kept below each spectrogram's peak, in dB."""
-    feature: Literal["logmel", "logmel_iv", "cardioids", "stereo", "mono"] = "logmel_iv"
+    feature: Feature = "logmel_iv"
     """Audio feature of each steered view: logmel_iv keeps the sign of direction (log-mel of W plus
     the intensity vector); logmel (magnitudes) cannot tell a view from its antipode."""
     stats_url: str = ""

@@ -28,22 +28,51 @@ viewpoint. Only ``stereo`` (GCC-PHAT needs the per-bin phase) mixes the spectrum
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from dataloading.config import Feature, MelScale
 from dataloading.feature_stats import FeatureStats
 from dataloading.foa import steering_matrix
-from dataloading.mel import MelScale, mel_filterbank
+from dataloading.mel import mel_filterbank
 
-Feature = Literal["logmel", "logmel_iv", "cardioids", "stereo", "mono"]
-CHANNELS: dict[str, int] = {"logmel": 4, "logmel_iv": 7, "cardioids": 6, "stereo": 3, "mono": 1}
+CHANNELS: dict[Feature, int] = {"logmel": 4, "logmel_iv": 7, "cardioids": 6, "stereo": 3, "mono": 1}
 #: The definition of the features, recorded with their statistics: bump it when a feature's values change,
 #: so statistics computed by older code are refused instead of silently mis-normalising.
 FEATURE_VERSION = 2
-_SETTINGS = ("sample_rate", "n_fft", "hop", "n_mels", "mel_scale", "top_db", "feature")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What the audio features' values depend on: the settings training used, which an exported
+    embedder and any fine-tuning pipeline must reproduce (``config.json``'s ``audio_features``)."""
+
+    sample_rate: int = 24000  # Hz
+    n_fft: int = 512  # samples
+    hop: int = 240  # samples
+    n_mels: int = 128
+    mel_scale: MelScale = "slaney"
+    top_db: float | None = 100.0  # dB below each spectrogram's peak; None: no floor
+    feature: Feature = "logmel_iv"
+
+    @classmethod
+    def of(cls, source: object) -> FeatureSettings:
+        """The settings of a :class:`dataloading.config.DataConfig` (or of a mapping with these keys;
+        other keys are ignored)."""
+        get = source.get if isinstance(source, Mapping) else lambda name: getattr(source, name)
+        return cls(**{f.name: get(f.name) for f in fields(cls)})
+
+    @property
+    def channels(self) -> int:
+        """Number of feature channels C (what the audio encoder's first layer takes)."""
+        return CHANNELS[self.feature]
+
+
+_SETTINGS = tuple(f.name for f in fields(FeatureSettings))
 
 #: Decibels per feature unit of the log-mel channels.
 DB_PER_UNIT = 20.0
@@ -201,8 +230,9 @@ class FeatureExtractor:
 
     @classmethod
     def from_config(cls, cfg: object, stats: FeatureStats | None = None) -> FeatureExtractor:
-        """Build from a :class:`dataloading.config.DataConfig` (or anything with the same fields)."""
-        return cls(**{name: getattr(cfg, name) for name in _SETTINGS}, stats=stats)
+        """Build from :class:`FeatureSettings`, a :class:`dataloading.config.DataConfig` or a mapping
+        of the settings (see :meth:`FeatureSettings.of`)."""
+        return cls(**asdict(FeatureSettings.of(cfg)), stats=stats)
 
     @property
     def channels(self) -> int:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-MelScale = Literal["slaney", "htk"]
+from dataloading.config import MelScale
 
 # Slaney's Auditory Toolbox scale: linear (200/3 Hz per mel) below 1 kHz, logarithmic above.
 _SLANEY_F_SP = 200.0 / 3.0

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
 
 import numpy as np
 import torch
 
+from dataloading.config import ViewpointSampler
 from dataloading.foa import beam_weights, direction_vector
 
-Sampler = Literal["random", "audio", "objects", "labels", "mix"]
 Directions = tuple[np.ndarray, np.ndarray]
 
 # Random draws per attempt and attempts per viewpoint before the separation is relaxed.
@@ -182,7 +181,7 @@ def mix_viewpoints(
 
 
 def sample_viewpoints(
-    sampler: Sampler,
+    sampler: ViewpointSampler,
     k: int,
     rng: np.random.Generator,
     max_elevation: float,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dataloading.config import StorageConfig
-from dataloading.features import CHANNELS, FeatureExtractor
+from dataloading.features import FeatureExtractor, FeatureSettings
 from trainer.checkpoint import read_stats
 from trainer.config import Config
 from trainer.export import consolidated_state_dict
@@ -112,7 +112,7 @@ def _encoders(model: AVSAModel, cfg: Config, device: torch.device) -> Encoders:
 def random_init(cfg: Config, device: torch.device) -> Encoders:
     """The run's model before training: same architecture, same seed."""
     torch.manual_seed(cfg.train.seed)
-    return _encoders(AVSAModel(cfg.model, CHANNELS[cfg.data.feature]), cfg, device)
+    return _encoders(AVSAModel(cfg.model, FeatureSettings.of(cfg.data).channels), cfg, device)
 
 
 def from_checkpoint(
@@ -122,9 +122,9 @@ def from_checkpoint(
     extractor it was trained with (its settings and normalisation statistics) and its ``meta.json``
     (step, run id). Raises if the checkpoint is incomplete or does not load strictly."""
     state, cfg, meta = consolidated_state_dict(tag_url, storage)
-    model = AVSAModel(cfg.model, CHANNELS[cfg.data.feature])
-    model.load_state_dict(state)
     extractor = FeatureExtractor.from_config(cfg.data, read_stats(tag_url, storage))
+    model = AVSAModel(cfg.model, extractor.channels)
+    model.load_state_dict(state)
     return _encoders(model, cfg, device), extractor, meta
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -12,12 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataloading.config import DataConfig
+from dataloading.config import DataConfig, Feature
 from dataloading.feature_stats import FeatureStats, StatsMismatch, compute_stats
+from dataloading.features import CHANNELS as CHANNEL_COUNTS
 from dataloading.features import (
-    CHANNELS,
     DB_PER_UNIT,
     FeatureExtractor,
+    FeatureSettings,
     gcc_phat,
     intensity_doa,
     power_to_db,
@@ -137,7 +139,7 @@ def test_gcc_phat_peaks_at_known_delay(delay: int) -> None:
     assert lag == -delay
 
 
-@pytest.mark.parametrize("feature", sorted(CHANNELS))
+@pytest.mark.parametrize("feature", sorted(get_args(Feature)))
 def test_spectral_steering_equals_time_domain_steering(feature: str) -> None:
     """Steering the covariance (one STFT per clip) is exact: in float64 it matches steering the waveforms
     first to rounding, and in float32 to a hundredth of a feature unit (0.2 dB) near a cardioid's null."""
@@ -150,7 +152,7 @@ def test_spectral_steering_equals_time_domain_steering(feature: str) -> None:
     extractor = FeatureExtractor(feature=feature)
     shared = extractor(foa, az, el)
     direct = extractor(steer(foa, az, el))  # [2, 3, 4, N] steered in the time domain first
-    assert shared.shape == (2, 3, CHANNELS[feature], 128, 4800 // 240 + 1)
+    assert shared.shape == (2, 3, FeatureSettings(feature=feature).channels, 128, 4800 // 240 + 1)
     torch.testing.assert_close(shared, direct, atol=1e-9, rtol=1e-9)
     single = extractor(foa.float(), az.float(), el.float())
     torch.testing.assert_close(single, direct.float(), atol=1e-2, rtol=0)
@@ -249,3 +251,10 @@ def test_from_config_filterbank_cached_and_stats_roundtrip(tmp_path) -> None:
 def test_unknown_feature_rejected() -> None:
     with pytest.raises(ValueError):
         FeatureExtractor(feature="binaural")  # type: ignore[arg-type]
+
+
+def test_every_feature_named_in_the_config_has_a_channel_count_and_nothing_else_does() -> None:
+    assert set(CHANNEL_COUNTS) == set(get_args(Feature))
+    settings = FeatureSettings.of(DataConfig(feature="cardioids", n_mels=64))
+    assert (settings.channels, settings.n_mels) == (6, 64)
+    assert FeatureExtractor.from_config(settings).channels == settings.channels

@@ -197,7 +197,7 @@ def _engine_grad_norms(rank: int, world_size: int, cfg: Any, zero_stages: list[i
     left any p.grad set."""
     from deepspeed.utils import safe_get_full_grad
 
-    from dataloading.features import CHANNELS
+    from dataloading.features import FeatureSettings
     from trainer.data import SyntheticSource
     from trainer.models import AVSAModel
     from trainer.train import make_engine, setup_distributed
@@ -210,7 +210,7 @@ def _engine_grad_norms(rank: int, world_size: int, cfg: Any, zero_stages: list[i
     for zero in zero_stages:
         cfg.train.zero_stage = zero
         torch.manual_seed(cfg.train.seed)  # make_engine's initial weights
-        plain = AVSAModel(cfg.model, CHANNELS[cfg.data.feature])
+        plain = AVSAModel(cfg.model, FeatureSettings.of(cfg.data).channels)
         engine = make_engine(cfg, device)
         norms = []
         for model, backward in ((engine, engine.backward), (plain, torch.Tensor.backward)):

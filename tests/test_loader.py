@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import psutil
@@ -16,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dataloading.config import DataConfig, PreprocessConfig, StorageConfig
+from dataloading.config import DataConfig, Feature, PreprocessConfig, StorageConfig
 from dataloading.dali_pipeline import SampleDecoder, trim_window
-from dataloading.features import CHANNELS, DB_PER_UNIT
+from dataloading.features import DB_PER_UNIT, FeatureSettings
 from dataloading.foa import direction_vector, steering_matrix
 from dataloading.geometry import crop_views, stacked_remap_maps, unstack_remapped, wrap_pad
 from dataloading.loader import Loader, build_loader
@@ -145,20 +146,28 @@ def test_resume_on_one_and_three_ranks_reads_every_remaining_sample_once(
         build_loader(small(url, seed=1)).load_state_dict(saved)
 
 
-@pytest.mark.parametrize("feature", sorted(CHANNELS))
+@pytest.mark.parametrize("feature", sorted(get_args(Feature)))
 def test_shapes_dtypes_and_ranges(dataset: tuple[str, list[str]], feature: str) -> None:
     url, _ = dataset
     cfg = small(url, feature=feature)
     batch = next(iter(build_loader(cfg)))
     b, k = cfg.batch_size, cfg.viewpoints
     assert batch.video.shape == (b, k, 3, cfg.frames, cfg.crop_size, cfg.crop_size)
-    assert batch.audio.shape == (b, k, CHANNELS[feature], cfg.n_mels, 101)  # 1 s at 100 frames/s, centred
+    assert batch.audio.shape == (
+        b,
+        k,
+        FeatureSettings(feature=feature).channels,
+        cfg.n_mels,
+        101,
+    )  # 1 s at 100 frames/s, centred
     assert batch.directions.shape == (b, k, 2)
     for tensor in (batch.video, batch.audio, batch.directions):
         assert tensor.dtype == torch.float32 and tensor.isfinite().all()
     assert batch.video.min() >= 0.0 and batch.video.max() <= 1.0 and batch.video.std() > 0.05
     assert batch.directions[..., 1].abs().max() <= math.radians(cfg.max_elevation_deg) + 1e-6
-    logmel = batch.audio[:, :, : {"stereo": 2}.get(feature, min(CHANNELS[feature], 4))]
+    logmel = batch.audio[
+        :, :, : {"stereo": 2}.get(feature, min(FeatureSettings(feature=feature).channels, 4))
+    ]
     spread = (logmel.amax((2, 3, 4)) - logmel.amin((2, 3, 4))) * DB_PER_UNIT  # dB
     assert (spread <= cfg.top_db + 1e-3).all() and (spread > 1.0).all()
     if feature == "stereo":  # GCC-PHAT is a normalised correlation

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from dataloading.features import FeatureSettings
 from trainer.config import ModelConfig
 from trainer.losses import pretext_loss
 from trainer.models import AudioEncoder, AVSAModel, AVSAOutput, VideoEncoder
 from trainer.models.video import r2plus1d_mid_channels
 
-CHANNELS = {"logmel": 4, "logmel_iv": 7, "cardioids": 6, "stereo": 3, "mono": 1}
+CHANNEL_COUNT = {"logmel": 4, "logmel_iv": 7, "cardioids": 6, "stereo": 3, "mono": 1}  # the paper's
 
 
 def n_params(module: nn.Module) -> int:
@@ -58,9 +59,10 @@ def test_video_trunk_is_r2plus1d_18() -> None:
     assert n_params(VideoEncoder()) == expected == 31_313_004
 
 
-@pytest.mark.parametrize("feature", sorted(CHANNELS))
+@pytest.mark.parametrize("feature", sorted(CHANNEL_COUNT))
 def test_audio_trunk_has_nine_convs_and_takes_the_feature_channels(feature: str) -> None:
-    c = CHANNELS[feature]
+    c = CHANNEL_COUNT[feature]
+    assert FeatureSettings(feature=feature).channels == c  # the extractor yields what the encoder takes
     encoder = AudioEncoder(c)
     convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
     assert len(convs) == 9 and convs[0].in_channels == c and convs[0].kernel_size == (7, 7)

@@ -208,7 +208,7 @@ def _resume_each(rank: int, world_size: int, cfg: Any, tags: list[str]) -> list[
     what each load raised ("" if it loaded)."""
     import deepspeed
 
-    from dataloading.features import CHANNELS
+    from dataloading.features import FeatureSettings
     from trainer.checkpoint import Checkpointer
     from trainer.data import SyntheticSource
     from trainer.deepspeed_config import deepspeed_config
@@ -216,7 +216,7 @@ def _resume_each(rank: int, world_size: int, cfg: Any, tags: list[str]) -> list[
     from trainer.train import setup_distributed
 
     setup_distributed()
-    model = AVSAModel(cfg.model, CHANNELS[cfg.data.feature])
+    model = AVSAModel(cfg.model, FeatureSettings.of(cfg.data).channels)
     ds_config = deepspeed_config(cfg, "cpu")
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     errors = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataloading.features import CHANNELS
+from dataloading.features import FeatureSettings
 from tests.distributed import run_distributed
 from tests.helpers import tiny_config
 from trainer.config import Config
@@ -42,7 +42,7 @@ def test_synthetic_source_is_deterministic_resumable_and_rank_specific(tmp_path:
     assert len(batches) == 3
     b = batches[0]
     assert b.video.shape == (4, 2, 3, 4, 32, 32)
-    assert b.audio.shape == (4, 2, CHANNELS[data.feature], 32, 33)
+    assert b.audio.shape == (4, 2, FeatureSettings.of(data).channels, 32, 33)
     assert b.directions.shape == (4, 2, 2)
     assert b.directions[..., 0].abs().max() <= torch.pi
 

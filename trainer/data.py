@@ -19,7 +19,7 @@ import torch
 from dataloading.batch import Batch
 from dataloading.config import DataConfig
 from dataloading.feature_stats import FeatureStats
-from dataloading.features import CHANNELS
+from dataloading.features import FeatureSettings
 from trainer.config import Config
 
 SYNTHETIC_SCHEME = "synthetic://"
@@ -101,7 +101,7 @@ class SyntheticSource:
         self.stats = None  # the features are drawn standardised already
         d = data
         self.video_shape = (3, d.frames, d.crop_size, d.crop_size)
-        self.audio_shape = (CHANNELS[d.feature], d.n_mels, audio_frames(d))
+        self.audio_shape = (FeatureSettings.of(d).channels, d.n_mels, audio_frames(d))
         # The maps depend on the seed only: the relation to learn is the same in every epoch and rank.
         g = self._generator()
         self.video_map = torch.randn(latent_dim, int(np.prod(self.video_shape)), generator=g)

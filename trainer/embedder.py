@@ -13,7 +13,6 @@ the URL): no DeepSpeed, DALI, Ray or MLflow is imported.
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 from safetensors.torch import load as load_safetensors
@@ -107,10 +106,10 @@ def load_video_encoder(url: str, storage: StorageConfig | None = None) -> VideoE
 def load_audio_embedder(url: str, storage: StorageConfig | None = None) -> AudioEmbedder:
     """The exported :class:`AudioEmbedder` of folder ``url`` (a path or fsspec URL), in eval mode."""
     info = read_export_config(url, storage)
-    features = SimpleNamespace(**info["audio_features"])
+    features = info["audio_features"]
     stats = None
     if info.get("feature_stats"):
         fs, path = filesystem(join(url, STATS_FILE), storage)
         stats = FeatureStats.from_json(fs.cat_file(path))
     extractor = FeatureExtractor.from_config(features, stats)
-    return AudioEmbedder(load_audio_encoder(url, storage), extractor, int(features.sample_rate)).eval()
+    return AudioEmbedder(load_audio_encoder(url, storage), extractor, extractor.sample_rate).eval()

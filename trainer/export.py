@@ -25,16 +25,13 @@ from safetensors.torch import save_file
 
 from dataloading.config import StorageConfig
 from dataloading.feature_stats import STATS_FILE
+from dataloading.features import FeatureSettings
 from dataloading.storage import join, upload_atomic
 from trainer import safe_load
 from trainer.checkpoint import CONFIG, download, read_meta, read_stats, resolve
 from trainer.config import Config, load_config
 from trainer.embedder import FORMAT_VERSION
 from trainer.models import PRESETS
-from trainer.typed_config import to_dict
-
-# Audio feature settings a fine-tuning pipeline must reproduce to feed the audio encoder.
-FEATURE_KEYS = ("feature", "sample_rate", "n_fft", "hop", "n_mels", "mel_scale", "top_db", "audio_seconds")
 
 
 def consolidated_state_dict(
@@ -89,7 +86,9 @@ def export(
         "widths": list(preset.widths),
         "video_depths": list(preset.video_depths),
         "audio_channels": int(state["audio_encoder.stem.0.weight"].shape[1]),
-        "audio_features": {k: to_dict(getattr(trained.data, k)) for k in FEATURE_KEYS},
+        # What a fine-tuning pipeline must reproduce to feed the audio encoder.
+        "audio_features": asdict(FeatureSettings.of(trained.data))
+        | {"audio_seconds": trained.data.audio_seconds},
         "feature_stats": stats is not None,
         "video": {
             "frames": trained.data.frames,

@@ -25,7 +25,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from dataloading.features import CHANNELS
+from dataloading.features import FeatureSettings
 from trainer.checkpoint import Checkpointer, read_meta, resolve
 from trainer.config import Config
 from trainer.data import Batch, BatchSource, make_source
@@ -94,7 +94,7 @@ def make_engine(cfg: Config, device: torch.device, load_universal: bool = False)
     when it will resume a ZeRO checkpoint saved on another world size."""
     deepspeed = import_deepspeed()
     torch.manual_seed(cfg.train.seed)
-    model = AVSAModel(cfg.model, CHANNELS[cfg.data.feature])
+    model = AVSAModel(cfg.model, FeatureSettings.of(cfg.data).channels)
     ds_config = deepspeed_config(cfg, device.type, load_universal=load_universal)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     return engine
