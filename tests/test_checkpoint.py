@@ -26,7 +26,7 @@ def test_latest_moves_only_after_a_complete_save(tmp_path: Path, monkeypatch: py
     root = cfg.train.checkpoint_url
     source = SyntheticSource(cfg.data, 2)
     saver = Checkpointer(cfg, rank=0, world_size=1)
-    first = saver.save(FakeEngine(), step=2, epoch=1, source=source, run_id="r1")
+    first = saver.write(FakeEngine(), step=2, epoch=1, source=source, run_id="r1")
     assert first == f"{root}/step_00000002"
     assert resolve("latest", root) == resolve("auto", root) == resolve(root, "unused") == first
     assert resolve(first, "unused") == first
@@ -43,7 +43,7 @@ def test_latest_moves_only_after_a_complete_save(tmp_path: Path, monkeypatch: py
     dying_upload.__wrapped__ = checkpoint.upload_atomic  # type: ignore[attr-defined]
     monkeypatch.setattr(checkpoint, "upload_atomic", dying_upload)
     with pytest.raises(OSError, match="mid-upload"):
-        saver.save(FakeEngine(), step=4, epoch=2, source=source, run_id="r1")
+        saver.write(FakeEngine(), step=4, epoch=2, source=source, run_id="r1")
     assert read_text(f"{root}/latest") == "step_00000002"  # the half-written step 4 is never named
 
 

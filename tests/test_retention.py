@@ -58,7 +58,7 @@ def test_kept_are_the_newest_the_stage_ends_and_the_unevaluated(
 def _saves(cfg: Config, steps: list[int], run_id: str, stage_ends: dict[int, str]) -> None:
     saver = Checkpointer(cfg, rank=0, world_size=1)
     for step in steps:
-        saver.save(FakeEngine(), step, 0, SyntheticSource(cfg.data, 2), run_id, stage_ends.get(step))
+        saver.write(FakeEngine(), step, 0, SyntheticSource(cfg.data, 2), run_id, stage_ends.get(step))
 
 
 def test_a_killed_deletion_leaves_latest_complete_and_the_next_pass_finishes_it(

@@ -163,15 +163,52 @@ class Resumed:
     watchdog: dict[str, Any] | None = None  # the plateau watchdog's state, if the run saved one
 
 
+@dataclass
+class _Bound:
+    """What :meth:`Checkpointer.save` saves: the engine, the data position, the run, the watchdog."""
+
+    engine: Any
+    source: BatchSource
+    tracker: Any  # trainer.tracking.Tracker
+    watchdog: Any  # trainer.health.PlateauWatchdog
+
+
 class Checkpointer:
-    """Save and load training state for one rank; every rank must call :meth:`save` and :meth:`load`."""
+    """Save and load training state for one rank; every rank must call :meth:`save`, :meth:`write`
+    and :meth:`load`. :meth:`save` also decides when a checkpoint is due (torchtitan's
+    ``save(step, force)``), so the training loop only says which step it finished."""
 
     def __init__(self, cfg: Config, rank: int, world_size: int) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.root = cfg.train.checkpoint_url
         self.storage = cfg.storage
+        self._bound: _Bound | None = None
 
-    def save(
+    def bind(self, engine: Any, source: BatchSource, tracker: Any, watchdog: Any) -> None:
+        """The training state :meth:`save` writes: ``engine``, ``source``'s position, ``tracker``'s run
+        (tagged with each checkpoint) and ``watchdog``'s state."""
+        self._bound = _Bound(engine, source, tracker, watchdog)
+
+    def save(self, step: int, epoch: int, stage_end: str | None = None, *, force: bool = False) -> str | None:
+        """Write the bound state after ``step`` if a checkpoint is due: every ``train.checkpoint_every``
+        steps, at the last step of a stage (``stage_end`` names it), or when ``force``d (a preemption).
+        Tags the run with it and applies retention, except after a forced save, whose grace time is
+        short. Returns the tag URL, or None when none was due."""
+        if not (force or stage_end or step % self.cfg.train.checkpoint_every == 0):
+            return None
+        bound = self._bound
+        if bound is None:
+            raise RuntimeError("Checkpointer.save before bind(): nothing to save")
+        state = bound.watchdog.state_dict()
+        url = self.write(bound.engine, step, epoch, bound.source, bound.tracker.run_id, stage_end, state)
+        bound.tracker.log_checkpoint(url, step)
+        if self.rank == 0 and self.cfg.train.keep_checkpoints and not force:
+            from trainer.retention import apply_retention  # retention reads checkpoints: it imports this
+
+            apply_retention(self.cfg, bound.tracker)
+        return url
+
+    def write(
         self,
         engine: Any,
         step: int,

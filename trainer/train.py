@@ -36,7 +36,6 @@ from trainer.health import PlateauWatchdog, chance_loss, embedding_health, grad_
 from trainer.losses import Stage, pretext_loss, stage_for_epoch
 from trainer.models import AVSAModel
 from trainer.preemption import Preemption, StopVote
-from trainer.retention import apply_retention
 from trainer.tracking import Tracker
 from trainer.window import MetricWindow
 
@@ -124,7 +123,7 @@ def train(
     if rank == 0:  # first, so a run that went to an unexpected store says so before anything else
         store, why = tr.resolved()
         log.info("tracking: %s (%s)", store or "off", why)
-    source = source or make_source(cfg, rank, world_size, device)
+    source = source if source is not None else make_source(cfg, rank, world_size, device)
     epochs = t.avc_epochs + t.avsa_epochs
     dtype = input_dtype(t.precision, device.type)
 
@@ -149,13 +148,7 @@ def train(
     if resumed and resumed.watchdog:
         watchdog.load_state_dict(resumed.watchdog)
 
-    def checkpoint(done: int, epoch: int, stage_end: str | None, retain: bool = True) -> None:
-        state = watchdog.state_dict()
-        result.checkpoint = checkpointer.save(engine, done, epoch, source, tracker.run_id, stage_end, state)
-        tracker.log_checkpoint(result.checkpoint, done)
-        if rank == 0 and t.keep_checkpoints and retain:
-            apply_retention(cfg, tracker)
-
+    checkpointer.bind(engine, source, tracker, watchdog)
     window = MetricWindow(world_size, cfg.data.batch_size * world_size)
 
     def report(done: int, epoch: int, stage: Stage) -> None:
@@ -191,7 +184,7 @@ def train(
                 last_of_stage = epoch in (t.avc_epochs - 1, epochs - 1)
                 batches, count = iter(source), source.batches_left()
                 for i in range(count):
-                    metrics, batch = train_step(engine, batches, stage, cfg, device, dtype, epoch, done)
+                    metrics, batch = train_step(engine, batches, stage, cfg=cfg, device=device, dtype=dtype)
                     window.add(metrics)
                     stop = vote.cast(preemption.requested)  # whether any rank got a SIGTERM a step ago
                     done = result.step = done + 1
@@ -202,11 +195,11 @@ def train(
                         tracker.log_samples(batch, done)
                     if stop:
                         preemption.begin()  # this rank's grace period, if a peer's SIGTERM started it
-                        checkpoint(done, epoch, stage_end, retain=False)  # the grace time is short
                         result.preempted = True
+                    saved = checkpointer.save(done, epoch, stage_end, force=stop)
+                    result.checkpoint = saved or result.checkpoint
+                    if result.preempted:
                         break
-                    if done % t.checkpoint_every == 0 or stage_end:
-                        checkpoint(done, epoch, stage_end)
                     if on_step is not None:
                         on_step(done)
                 if result.preempted:
@@ -237,18 +230,19 @@ def train_step(
     engine: Any,
     batches: Iterator[Batch],
     stage: str,
+    *,
     cfg: Config,
     device: torch.device,
     dtype: torch.dtype,
-    epoch: int,
-    done: int,
 ) -> tuple[dict[str, torch.Tensor], Batch]:
     """One optimizer step on the next batch → (this rank's metrics as tensors, not read yet; the batch).
     The metrics include ``data_s``, the seconds spent waiting for the batch."""
     t0 = time.perf_counter()
     batch = next(batches, None)
-    if batch is None:
-        raise RuntimeError(f"the data source ran out in epoch {epoch} after {done} steps")
+    if batch is None:  # the last logged step says where
+        raise RuntimeError(
+            "the data source ran out before the end of its epoch (its batches_left() was wrong)"
+        )
     video = batch.video.to(device, dtype, non_blocking=True)
     audio = batch.audio.to(device, dtype, non_blocking=True)
     directions = batch.directions.to(device, non_blocking=True)
