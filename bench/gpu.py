@@ -187,7 +187,7 @@ def paper_steps(cfg: Any, device: torch.device, steps: int) -> tuple[float, Pape
     """Step time, clips/s and MFU with channels_last and torch.compile on and off; returns the best MFU
     and the fastest step (None if every variant failed; a failure is printed and the others still run)."""
     from dataloading.features import FeatureSettings
-    from trainer.data import SyntheticSource
+    from dataloading.synth.batches import SyntheticSource
     from trainer.models import AVSAModel
 
     source = SyntheticSource(cfg.data, 1).batch(0, 0)

@@ -22,8 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from cluster.jobs import wait_for_job
 from cluster.stack import Stack, free_stack_config
+from dataloading.synth.batches import SYNTHETIC_SCHEME
 from trainer.config import load_config, save_config
-from trainer.data import SYNTHETIC_SCHEME, TINY
+from trainer.data import TINY
 
 JOB_TIMEOUT_S = 900.0
 WARMUP_STEPS = 2  # the first steps include gloo connection set-up and allocator warm-up

@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import torch
 
+from dataloading.synth.batches import SyntheticSource
 from trainer.config import Config, load_config
-from trainer.data import TINY, SyntheticSource
+from trainer.data import TINY
 from trainer.deepspeed_config import deepspeed_config
 from trainer.losses import pretext_loss
 from trainer.models import AVSAModel

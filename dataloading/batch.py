@@ -1,4 +1,5 @@
-"""The training batch: B clips × K viewpoints of video crops and steered FOA features, and its making.
+"""The training batch: B clips × K viewpoints of video crops and steered FOA features, its making, and
+:class:`BatchSource`, the protocol every source of batches satisfies (what the trainer is written against).
 
 - :class:`Clip` (made in a loader worker): one sample's FOA window, K viewpoints and its video part, either
   uint8 crops (CPU path: :func:`dataloading.geometry.crop_views`, then :func:`to_uint8`) or the encoded
@@ -12,8 +13,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -122,3 +124,32 @@ class BatchBuilder:
             [c.audio_offset if c.audio_offset is not None else torch.zeros(len(c.azimuth)) for c in clips]
         )
         return azimuth + torch.where(flipped[:, None], -offset, offset).to(azimuth)
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """An epoch-structured, resumable stream of :class:`Batch` for one rank.
+
+    ``set_epoch(e)`` then iterating yields epoch ``e``'s batches, the same number on every rank
+    (``batches_left()``; ``len(source)`` for a whole epoch), so no rank waits in a collective for a
+    peer that ran out. If the source was positioned inside epoch ``e`` by ``load_state_dict``,
+    iteration continues from there. ``state_dict()`` describes this rank's position after the last
+    batch handed out, in plain JSON types; ``load_state_dict`` takes the states of every rank of the
+    saving run, in rank order, whatever the world size was. ``stats`` are the normalisation statistics
+    the audio features were standardised with (None: used as they are), saved with every checkpoint so
+    evaluation and export normalise the same way.
+    """
+
+    stats: FeatureStats | None
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def batches_left(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, states: Sequence[dict[str, Any]]) -> None: ...

@@ -366,7 +366,7 @@ def _store(arrays: dict[str, np.ndarray], row: int, p: int, batch: Batch, crops:
 
 # ----- serving ---------------------------------------------------------------------------------------
 class ReplaySource:
-    """One rank's epochs of batches from a :class:`ReplayCache`; a :class:`trainer.data.BatchSource`.
+    """One rank's epochs of batches from a :class:`ReplayCache`; a :class:`dataloading.batch.BatchSource`.
 
     See the module docstring for the order. ``len(source)`` batches per whole epoch on this world size:
     ``batches_per_epoch`` when > 0, else the global batches one pass over the clips fills. The state

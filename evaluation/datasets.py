@@ -29,9 +29,9 @@ from dataloading.layouts import read_labels, starss23
 from dataloading.resample import resample
 from dataloading.schema import MANIFEST_NAME, SchemaError
 from dataloading.storage import filesystem, join
+from dataloading.synth.batches import SYNTHETIC_SCHEME, SyntheticSource
 from dataloading.synth.evalsets import EVALSET_SCHEMA_VERSION
 from trainer.config import Config
-from trainer.data import SYNTHETIC_SCHEME, SyntheticSource
 
 log = logging.getLogger(__name__)
 

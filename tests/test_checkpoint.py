@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from cluster.stack import Stack
+from dataloading.synth.batches import SyntheticSource
 from tests.distributed import DistributedError, run_distributed
 from tests.helpers import FakeEngine, tiny_config
 from trainer import checkpoint
 from trainer.checkpoint import Checkpointer, read_text, resolve, rng_state, set_rng_state
-from trainer.data import SyntheticSource
 
 
 def test_latest_moves_only_after_a_complete_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from cluster.stack import Stack
+from dataloading.batch import Batch, BatchSource
 from dataloading.storage import filesystem
 from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
 from tests.helpers import tiny_config
 from trainer import safe_load
 from trainer.config import Config
-from trainer.data import Batch, BatchSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 

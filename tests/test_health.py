@@ -198,7 +198,7 @@ def _engine_grad_norms(rank: int, world_size: int, cfg: Any, zero_stages: list[i
     from deepspeed.utils import safe_get_full_grad
 
     from dataloading.features import FeatureSettings
-    from trainer.data import SyntheticSource
+    from dataloading.synth.batches import SyntheticSource
     from trainer.models import AVSAModel
     from trainer.train import make_engine, setup_distributed
 

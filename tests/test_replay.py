@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataloading.batch import Batch, to_uint8
+from dataloading.batch import Batch, BatchSource, to_uint8
 from dataloading.config import DataConfig
 from dataloading.feature_stats import FeatureStats
 from dataloading.loader import build_loader
@@ -23,7 +23,7 @@ from dataloading.replay import ReplayCache, ReplaySource, cache_key, cache_path,
 from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
 from trainer.config import Config, load_config
-from trainer.data import BatchSource, make_source
+from trainer.data import make_source
 
 SIZES = [6, 7]  # 13 clips: a loader epoch of 2-clip batches leaves one out, the cache keeps all
 PASSES = 2

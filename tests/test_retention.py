@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from cluster.stack import Stack
+from dataloading.synth.batches import SyntheticSource
 from evaluation.discovery import checkpoints_of
 from evaluation.markers import Marker
 from tests.distributed import run_distributed
@@ -32,7 +33,6 @@ from tests.helpers import (
 from trainer import retention
 from trainer.checkpoint import Checkpointer, read_text, resolve, tag_for_step
 from trainer.config import Config, EvalConfig
-from trainer.data import SyntheticSource
 from trainer.retention import DELETING, Saved, marker_key, prune, saved_checkpoints, to_delete
 
 

@@ -209,8 +209,8 @@ def _resume_each(rank: int, world_size: int, cfg: Any, tags: list[str]) -> list[
     import deepspeed
 
     from dataloading.features import FeatureSettings
+    from dataloading.synth.batches import SyntheticSource
     from trainer.checkpoint import Checkpointer
-    from trainer.data import SyntheticSource
     from trainer.deepspeed_config import deepspeed_config
     from trainer.models import AVSAModel
     from trainer.train import setup_distributed

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from dataloading.batch import BatchSource
 from dataloading.features import FeatureSettings
+from dataloading.synth.batches import SyntheticSource
 from tests.distributed import run_distributed
 from tests.helpers import tiny_config
 from trainer.config import Config
-from trainer.data import BatchSource, SyntheticSource
 from trainer.deepspeed_config import deepspeed_config, resolve_precision
 
 

@@ -40,12 +40,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dataloading.batch import BatchSource
 from dataloading.config import StorageConfig
 from dataloading.feature_stats import STATS_FILE, FeatureStats
 from dataloading.storage import filesystem, join, upload_atomic, write_bytes_atomic
 from trainer import safe_load
 from trainer.config import Config, dump_config
-from trainer.data import BatchSource
 from trainer.elastic import load_resharded
 
 log = logging.getLogger(__name__)

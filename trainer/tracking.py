@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dataloading.batch import Batch
 from trainer.config import Config
 from trainer.credentials import is_secret
-from trainer.data import Batch
 from trainer.mlflow_ui import training_experiment, ui_url
 from trainer.outbox import Outbox, quick_http_failures, with_retries
 from trainer.typed_config import flatten

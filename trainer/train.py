@@ -25,10 +25,11 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from dataloading.batch import Batch, BatchSource
 from dataloading.features import FeatureSettings
 from trainer.checkpoint import Checkpointer, read_meta, resolve
 from trainer.config import Config
-from trainer.data import Batch, BatchSource, make_source
+from trainer.data import make_source
 from trainer.deepspeed_config import deepspeed_config, input_dtype, restart_warmup
 from trainer.deepspeed_env import import_deepspeed
 from trainer.elastic import uses_universal

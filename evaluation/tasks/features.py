@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from dataloading.features import FeatureExtractor
+from dataloading.synth.batches import SYNTHETIC_SCHEME
 from evaluation.datasets import HeldOutClips, LabeledSet, held_out_clips, read_split
 from evaluation.tasks import Context
-from trainer.data import SYNTHETIC_SCHEME
 
 log = logging.getLogger(__name__)
 
