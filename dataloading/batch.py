@@ -43,7 +43,7 @@ class Batch:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)  # azimuth, elevation and fov are neighbouring tensors: name them
 class Clip:
     """One sample prepared by a loader worker: decoded FOA window, viewpoints and the video part.
 

@@ -70,7 +70,7 @@ class Skipped:
     truncated: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)  # many neighbouring fields of one type: a swap must not pass unnoticed
 class _Sample:
     """A sample read and planned for decoding: its members, JSON, generator and windows.
 
@@ -112,9 +112,19 @@ class _Sample:
         audio_s = min(max(audio_s, 0.0), max(duration - cfg.audio_seconds, 0.0))
         mp4, decode_start = trim_window(members["mp4"], start_frame, cfg.frames, stride, clip_fps)
         return cls(
-            position, key, shard, meta, rng, members["flac"], mp4, start_frame, decode_start, stride, start_s,
-            round(audio_s * cfg.sample_rate),
-        )  # fmt: skip
+            position=position,
+            key=key,
+            shard=shard,
+            meta=meta,
+            rng=rng,
+            flac=members["flac"],
+            mp4=mp4,
+            start_frame=start_frame,
+            decode_start=decode_start,
+            stride=stride,
+            start_s=start_s,
+            audio_start=round(audio_s * cfg.sample_rate),
+        )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -260,15 +270,15 @@ class ClipStream(IterableDataset):
             )
         )
         clip = Clip(
-            sample.key,
-            sample.shard,
-            sample.position,
-            sample.meta.source,
-            torch.from_numpy(audio),
-            azimuth,
-            elevation,
-            fov,
-            sample.start_s,
+            key=sample.key,
+            shard=sample.shard,
+            position=sample.position,
+            source=sample.meta.source,
+            foa=torch.from_numpy(audio),
+            azimuth=azimuth,
+            elevation=elevation,
+            fov=fov,
+            start_s=sample.start_s,
         )
         if frames is None:  # GPU path: crops and augmentations happen on the device
             clip.mp4, clip.frame_window, clip.size = (
