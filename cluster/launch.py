@@ -137,21 +137,13 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     train(from_dict(Config, loop_config["config"]), resume=loop_config["resume"])
 
 
-def run_ray(
-    cfg: Config,
-    workers: int,
-    gpus_per_worker: float = 0,
-    max_failures: int = 0,
-    resume: str | None = None,
-    placement: str = "PACK",
-    min_workers: int | None = None,
-) -> int:
-    """Train with ``workers`` Ray Train workers on the Ray cluster this process is connected to,
-    placed by the Ray placement strategy ``placement``.
+def run_ray(cfg: Config, resume: str | None = None) -> int:
+    """Train with ``launch.workers`` Ray Train workers on the Ray cluster this process is connected to,
+    placed by the Ray placement strategy ``launch.placement``.
 
-    After a failure Ray restarts the whole worker group (up to ``max_failures`` times) wherever
-    ``placement`` allows: with SPREAD, on the nodes still alive when a node is gone. With
-    ``min_workers`` below ``workers`` the group is elastic (Ray Train v2's ``num_workers=(min,
+    After a failure Ray restarts the whole worker group (up to ``launch.max_failures`` times) wherever
+    the placement allows: with SPREAD, on the nodes still alive when a node is gone. With
+    ``launch.min_workers`` below ``launch.workers`` the group is elastic (Ray Train v2's ``num_workers=(min,
     max)``): a restart takes as many workers as the cluster has room for, at least ``min_workers``,
     and Ray may restart a healthy group to grow it again when room appears. Each restart resumes
     from the newest checkpoint on its own world size (:mod:`trainer.elastic`).
@@ -166,20 +158,22 @@ def run_ray(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = {"CPU": 1, "GPU": gpus_per_worker} if gpus_per_worker else {"CPU": 1}
+    la = cfg.launch
+    gpus, workers, low = la.gpus_per_worker, la.workers, la.min_workers
+    resources = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"config": without_secrets(cfg), "resume": resume or "auto"},
-        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=(min_workers, workers) if min_workers and min_workers < workers else workers,
-            use_gpu=gpus_per_worker > 0,
+            num_workers=(low, workers) if 0 < low < workers else workers,
+            use_gpu=gpus > 0,
             resources_per_worker=resources,
-            placement_strategy=placement,
+            placement_strategy=la.placement,
         ),
         run_config=RunConfig(
             name=f"avsa-train-{time.strftime('%Y%m%d-%H%M%S')}",
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=la.max_failures),
             worker_runtime_env={"env_vars": secret_env(cfg)},
         ),
     )

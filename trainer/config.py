@@ -226,6 +226,27 @@ class EvalConfig:
     URL); empty: train.checkpoint_url."""
 
 
+Placement = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]  # Ray placement group strategies
+
+
+@dataclass
+class LaunchConfig:
+    """Where the ranks of `avsa train --ray` run: Ray Train workers, one rank each."""
+
+    workers: int = 2
+    """Ray Train workers (ranks)."""
+    min_workers: int = 0
+    """Restart on as few as this many workers when the cluster shrank (elastic); each restart resumes
+    the newest checkpoint on its world size. 0: every restart waits for all launch.workers."""
+    gpus_per_worker: float = 0.0
+    """GPUs per Ray worker (0: CPU ranks with gloo; otherwise NCCL)."""
+    placement: Placement = "PACK"
+    """Where Ray puts the workers: PACK fills a node first (least network traffic), SPREAD puts them on
+    different nodes where it can, STRICT_* insist."""
+    max_failures: int = 0
+    """Restarts of the worker group after a worker or node failure."""
+
+
 @dataclass
 class Config:
     """Root of the tree; ``Config()`` is the paper configuration."""
@@ -237,6 +258,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

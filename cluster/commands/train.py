@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from cluster.cli import add_config_arguments
+from cluster.cli import add_config_arguments, add_config_flag
 from trainer.config import Config
 
 EPILOG = """\
@@ -16,9 +16,6 @@ examples:
   ray job submit -- avsa train --ray --workers 8 --min-workers 4 --max-failures 3   # elastic
   avsa train --hostfile hosts.txt          # lines like "node-1 slots=8"; DeepSpeed launcher
 """
-
-
-PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,32 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="ARGS",
         help='extra arguments for the deepspeed launcher with --hostfile, e.g. "--no_ssh --node_rank 0"',
     )
-    parser.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (default 2)")
-    parser.add_argument(
-        "--min-workers",
-        type=int,
-        metavar="M",
-        help="with --ray: restart on as few as M workers when the cluster shrank (elastic; default: "
-        "always --workers); each restart resumes the newest checkpoint on its world size",
-    )
-    parser.add_argument(
-        "--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per Ray worker (default 0)"
-    )
-    parser.add_argument(
-        "--placement",
-        choices=PLACEMENTS,
-        default="PACK",
-        help="where Ray puts the workers: PACK fills a node first (least network traffic), SPREAD "
-        "puts them on different nodes where it can, STRICT_SPREAD insists (default PACK)",
-    )
-    parser.add_argument(
-        "--max-failures",
-        type=int,
-        default=0,
-        metavar="F",
-        help="Ray restarts after a worker failure (default 0)",
-    )
-    add_config_arguments(parser, "data", "model", "train", "tracking", "storage")
+    # Short spellings of the launch section's keys (saved with the run's config like every other).
+    for key, flag, metavar in (
+        ("launch.workers", "--workers", "N"),
+        ("launch.min_workers", "--min-workers", "M"),
+        ("launch.gpus_per_worker", "--gpus-per-worker", "G"),
+        ("launch.placement", "--placement", None),
+        ("launch.max_failures", "--max-failures", "F"),
+    ):
+        add_config_flag(parser, key, flag, metavar=metavar)
+    add_config_arguments(parser, "data", "model", "train", "launch", "tracking", "storage")
     parser.set_defaults(func=run)
 
 
@@ -82,15 +63,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from cluster import launch
 
     if args.ray:
-        return launch.run_ray(
-            cfg,
-            args.workers,
-            args.gpus_per_worker,
-            args.max_failures,
-            args.resume,
-            args.placement,
-            args.min_workers,
-        )
+        return launch.run_ray(cfg, args.resume)
     if args.hostfile:
         return launch.run_hostfile(cfg, args.hostfile, args.resume, shlex.split(args.launcher_args))
     return launch.run_local(cfg, args.resume)
