@@ -274,6 +274,7 @@ def resolved_storage(storage: StorageConfig | None) -> StorageConfig:
         access_key_id=options.get("key"),
         secret_access_key=options.get("secret"),
         region=options.get("client_kwargs", {}).get("region_name"),
+        retry_s=(storage or StorageConfig()).retry_s,
     )
 
 

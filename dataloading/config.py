@@ -38,6 +38,10 @@ class StorageConfig:
     """S3 secret key; null: $AWS_SECRET_ACCESS_KEY. Never saved with a config or checkpoint."""
     region: str | None = None
     """S3 region; null: $AWS_DEFAULT_REGION."""
+    retry_s: float = 180.0
+    """About how long a request to S3 is retried while the store is unreachable or answers 500, 502,
+    503 (SlowDown) or 504, with exponential backoff and jitter; errors that retrying cannot fix (403,
+    NoSuchKey) fail at once. 0: no retries."""
 
 
 @dataclass

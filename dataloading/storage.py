@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,14 +35,24 @@ CREDENTIAL_ENV = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AW
 _held: dict[int, AbstractFileSystem] = {}
 
 
+def retry_attempts(retry_s: float) -> int:
+    """botocore ``max_attempts`` that keep retrying for about ``retry_s`` seconds in its standard mode,
+    whose wait before attempt n is uniform in [0, min(2^n, 20)] s: ~8 s over the first five, then ~10 s
+    each. (botocore bounds attempts, not time; its standard mode covers every transient error: no
+    answer, a timeout, a dropped connection, 500/502/503/504 and throttling.)"""
+    return 1 if retry_s <= 0 else 5 + math.ceil(max(retry_s - 8.0, 0.0) / 10.0)
+
+
 def storage_options(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
-    """fsspec options for ``url``: S3 endpoint and credentials from ``storage`` or the AWS env vars."""
+    """fsspec options for ``url``: S3 endpoint and credentials from ``storage`` or the AWS env vars,
+    and retries of transient errors for about ``storage.retry_s`` (:func:`retry_attempts`)."""
     if not url.startswith(("s3://", "s3a://")):
         return {}
     storage = storage or StorageConfig()
     env = os.environ
     endpoint = storage.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {"client_kwargs": {}}
+    retries = {"mode": "standard", "max_attempts": retry_attempts(storage.retry_s)}
+    options: dict[str, Any] = {"client_kwargs": {}, "config_kwargs": {"retries": retries}}
     if endpoint:
         options["endpoint_url"] = endpoint
     key = storage.access_key_id or env.get(CREDENTIAL_ENV["access_key_id"])
