@@ -43,6 +43,17 @@ def retry_attempts(retry_s: float) -> int:
     return 1 if retry_s <= 0 else 5 + math.ceil(max(retry_s - 8.0, 0.0) / 10.0)
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether a storage error may go away by itself (the store gave no answer, dropped the connection,
+    timed out, or answered 5xx / SlowDown), once :func:`retry_attempts` retries have run out."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or exc.response.get("Error", {}).get("Code") == "SlowDown"
+    return isinstance(exc, ConnectionError | HTTPClientError | TimeoutError | ConnectionResetError)
+
+
 def storage_options(url: str, storage: StorageConfig | None = None) -> dict[str, Any]:
     """fsspec options for ``url``: S3 endpoint and credentials from ``storage`` or the AWS env vars,
     and retries of transient errors for about ``storage.retry_s`` (:func:`retry_attempts`)."""

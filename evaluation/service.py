@@ -33,15 +33,24 @@ from contextlib import contextmanager
 from mlflow.tracking import MlflowClient
 
 from dataloading.config import StorageConfig
+from dataloading.storage import transient
 from evaluation.discovery import Checkpoint, discover
 from evaluation.markers import REASON_CHARS, Marker, marker_key, this_owner
 from evaluation.publish import commit, publish, start_eval_run
 from evaluation.suite import Baselines, Report, evaluate_checkpoint, results_from_metrics
 from trainer.config import EvalConfig
+from trainer.outbox import brief, is_transient
 
 log = logging.getLogger(__name__)
 
 CLAIMABLE = ("queued", "stale")
+
+
+def outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tracking server or the object store is unreachable for now."""
+    return is_transient(exc) or transient(exc)
+
+
 MAX_ATTEMPTS = 3
 
 
@@ -107,11 +116,24 @@ class EvalService:
         log.info(
             "evaluation service %s polling %s every %.0f s", this_owner(), self.client.tracking_uri, poll_s
         )
+        down_since: float | None = None  # an outage is said once when it starts and once when it ends
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:
-                log.exception("sweep failed; retrying in %.0f s", poll_s)
+            except Exception as exc:
+                if not outage(exc):
+                    log.exception("sweep failed; retrying in %.0f s", poll_s)
+                elif down_since is None:
+                    log.warning(
+                        "sweep failed: a service is unreachable (%s); retrying every %.0f s",
+                        brief(exc),
+                        poll_s,
+                    )
+                    down_since = time.monotonic()
+            else:
+                if down_since is not None:
+                    log.info("sweeps work again after %.0f s", time.monotonic() - down_since)
+                    down_since = None
             stop.wait(poll_s)
 
     def evaluate(self, ckpt: Checkpoint) -> Marker | None:
@@ -159,6 +181,8 @@ class EvalService:
                     stop.set()
                     commit(self.client, ckpt, metrics, {marker_key(ckpt.step): final.to_tag()})
             except Exception as exc:
+                if outage(exc):  # not the checkpoint's fault: its lease runs out and a later sweep retakes it
+                    raise
                 reason = "".join(traceback.format_exception_only(exc)).strip()[-REASON_CHARS:]
                 log.exception("evaluation of %s failed", ckpt.url)
                 final = Marker("failed", attempt, eval_run=claim.eval_run, reason=reason)

@@ -55,7 +55,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, MlflowException):
         status = exc.get_http_status_code()
         return status == 429 or status >= 500
-    return isinstance(exc, OSError | requests.RequestException)
+    # Not every OSError: a missing file or a refused permission stays so.
+    return isinstance(exc, ConnectionError | TimeoutError | requests.ConnectionError | requests.Timeout)
 
 
 class Backoff:
