@@ -26,7 +26,7 @@ from trainer.config import Config, StackConfig
 pytestmark = pytest.mark.integration
 
 OUTAGE_S = 60.0
-MEASURED = 250  # steps timed before the kill and again during the outage
+MEASURED = 150  # steps timed before the kill and again during the outage
 
 
 class Captured(logging.Handler):
