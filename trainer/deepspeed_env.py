@@ -10,10 +10,13 @@ Every process that imports DeepSpeed goes through :func:`import_deepspeed`:
   it; training's collectives go through ``torch.distributed``.
 - torch's deprecation notice for ``all_gather_into_tensor``, which DeepSpeed's ZeRO still calls, is not
   printed once per rank per run: it is DeepSpeed's to act on, not a user's.
+- Nor is WarmupLR's "Attempting to get learning rate from scheduler before it has started": its own
+  constructor asks before its first step, in every rank of every run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from types import ModuleType
@@ -32,4 +35,14 @@ def import_deepspeed() -> ModuleType:
     warnings.filterwarnings(
         "ignore", message=r".*all_gather_into_tensor` is deprecated", category=FutureWarning
     )
+    ds_log = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _SchedulerNotStarted) for f in ds_log.filters):
+        ds_log.addFilter(_SchedulerNotStarted())
     return deepspeed
+
+
+class _SchedulerNotStarted(logging.Filter):
+    """Drops WarmupLR's warning that its constructor read the learning rate before its first step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "get learning rate from scheduler before it has started" not in record.getMessage()

@@ -14,6 +14,8 @@ job, with torch and safetensors alone: DeepSpeed is imported inside :func:`conso
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -49,7 +51,8 @@ def consolidated_state_dict(
         if any(name.endswith("optim_states.pt") for name in os.listdir(local)):
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints each file it merges: noise here
+                state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
         else:
             saved = safe_load.load(os.path.join(local, "mp_rank_00_model_states.pt"))
             state = {k: v.float() if v.is_floating_point() else v for k, v in saved["module"].items()}
