@@ -10,7 +10,9 @@ Per checkpoint (see :mod:`evaluation.markers` for the tag it keeps on the traini
    last write is what both read back.
 2. evaluate while a heartbeat thread renews the lease every ``lease_s / 3``; a killed service stops
    renewing, so after the lease (or at once, on the same host, since its pid is gone) the checkpoint
-   is claimable again and the next attempt's evaluation run replaces the interrupted one.
+   is claimable again and the next attempt's evaluation run replaces the interrupted one. An
+   evaluation cut by an outage (tracking server or object store unreachable) gives its claim back as
+   soon as the server answers again, so its retake does not wait the lease out.
 3. publish (:mod:`evaluation.publish`): details and figures while the lease is still renewed, then
    the training run's metrics in one batch with the ``done`` marker; any exception instead ends in a
    ``failed`` marker with the reason, and the service goes on.
@@ -29,6 +31,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 from mlflow.tracking import MlflowClient
 
@@ -39,7 +42,7 @@ from evaluation.markers import REASON_CHARS, Marker, marker_key, this_owner
 from evaluation.publish import commit, publish, start_eval_run
 from evaluation.suite import Baselines, Report, evaluate_checkpoint, results_from_metrics
 from trainer.config import EvalConfig
-from trainer.outbox import brief, is_transient
+from trainer.outbox import brief, is_transient, quick_http_failures
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ class EvalService:
         trusted_roots: Sequence[str],
         settle_s: float = 1.0,
     ) -> None:
+        quick_http_failures()  # an unreachable server fails a call at once; the sweeps decide when to retry
         self.client = MlflowClient(tracking_uri)
         self.suite, self.storage = suite, storage
         self.trusted_roots = tuple(trusted_roots)
@@ -93,6 +97,8 @@ class EvalService:
         self.lease_s, self.settle_s = suite.lease_s, settle_s
         self._lock = threading.Lock()  # orders heartbeat renewals before the final marker
         self._baselines = Baselines()  # random init and the like, shared by a run's checkpoints
+        self._cut: list[tuple[Checkpoint, Marker]] = []  # claims an outage cut short, to give back
+        self._down_since: float | None = None  # an outage is said once when it starts and once when it ends
 
     def queue(self) -> list[Checkpoint]:
         """Checkpoints that are not evaluated and not being evaluated, oldest first."""
@@ -100,8 +106,13 @@ class EvalService:
 
     def run_once(self) -> list[Marker]:
         """Evaluate every claimable checkpoint once; returns the final markers of those it took."""
+        self._give_back_cut_claims()
+        queue = self.queue()
+        if self._down_since is not None:
+            log.info("the services answer again after %.0f s", time.monotonic() - self._down_since)
+            self._down_since = None
         finished = []
-        for ckpt in self.queue():
+        for ckpt in queue:
             marker = self.evaluate(ckpt)
             if marker is not None:
                 finished.append(marker)
@@ -116,24 +127,19 @@ class EvalService:
         log.info(
             "evaluation service %s polling %s every %.0f s", this_owner(), self.client.tracking_uri, poll_s
         )
-        down_since: float | None = None  # an outage is said once when it starts and once when it ends
         while not stop.is_set():
             try:
                 self.run_once()
             except Exception as exc:
                 if not outage(exc):
                     log.exception("sweep failed; retrying in %.0f s", poll_s)
-                elif down_since is None:
+                elif self._down_since is None:
                     log.warning(
                         "sweep failed: a service is unreachable (%s); retrying every %.0f s",
                         brief(exc),
                         poll_s,
                     )
-                    down_since = time.monotonic()
-            else:
-                if down_since is not None:
-                    log.info("sweeps work again after %.0f s", time.monotonic() - down_since)
-                    down_since = None
+                    self._down_since = time.monotonic()
             stop.wait(poll_s)
 
     def evaluate(self, ckpt: Checkpoint) -> Marker | None:
@@ -181,7 +187,8 @@ class EvalService:
                     stop.set()
                     commit(self.client, ckpt, metrics, {marker_key(ckpt.step): final.to_tag()})
             except Exception as exc:
-                if outage(exc):  # not the checkpoint's fault: its lease runs out and a later sweep retakes it
+                if outage(exc):  # not the checkpoint's fault: a later sweep retakes it
+                    self._cut.append((ckpt, claim))
                     raise
                 reason = "".join(traceback.format_exception_only(exc)).strip()[-REASON_CHARS:]
                 log.exception("evaluation of %s failed", ckpt.url)
@@ -193,6 +200,14 @@ class EvalService:
                     self._write(ckpt, final)
         log.info("run %s step %d: %s", ckpt.run_id, ckpt.step, final.state)
         return final
+
+    def _give_back_cut_claims(self) -> None:
+        """Expire the leases of the evaluations an outage cut short (raises while it lasts)."""
+        while self._cut:
+            ckpt, claim = self._cut[-1]
+            self._write(ckpt, replace(claim, lease_until=0.0))
+            self._cut.pop()
+            log.info("run %s step %d: evaluation cut by an outage; queued again", ckpt.run_id, ckpt.step)
 
     def _marker(self, ckpt: Checkpoint) -> Marker | None:
         tag = self.client.get_run(ckpt.run_id).data.tags.get(marker_key(ckpt.step))
@@ -207,6 +222,7 @@ class EvalService:
         stop = threading.Event()
 
         def beat() -> None:
+            failing = False  # said once per outage, not at every beat
             while not stop.wait(self.lease_s / 3):
                 with self._lock:
                     if stop.is_set():
@@ -214,8 +230,12 @@ class EvalService:
                     marker.lease_until = time.time() + self.lease_s
                     try:
                         self._write(ckpt, marker)
-                    except Exception:
-                        log.warning("lease renewal failed; retrying", exc_info=True)
+                    except Exception as exc:
+                        if not failing:
+                            log.warning("lease renewal failed (%s); retrying", brief(exc))
+                        failing = True
+                    else:
+                        failing = False
 
         thread = threading.Thread(target=beat, name="eval-heartbeat", daemon=True)
         thread.start()

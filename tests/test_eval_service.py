@@ -18,10 +18,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from cluster.processes import process_tree
 from cluster.stack import Stack
 from dataloading.dcase import parse_labels
 from evaluation.discovery import Checkpoint, checkpoints_of
@@ -43,6 +45,7 @@ from trainer.data import TINY
 pytestmark = pytest.mark.integration
 
 STEPS = (2, 4)
+STORAGE_KEYS = ("endpoint_url", "access_key_id", "secret_access_key")
 
 
 def _train(rank: int, world_size: int, cfg: Config) -> str | None:
@@ -51,27 +54,26 @@ def _train(rank: int, world_size: int, cfg: Config) -> str | None:
     return train(cfg).run_id
 
 
-@pytest.fixture(scope="module")
-def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A 4-step tiny run tracked on the stack's MLflow, with checkpoints after steps 2 and 4, and
-    small labeled eval sets."""
-    tmp = tmp_path_factory.mktemp("evalsvc")
+def _tracked_run(stack: Stack, tmp: Path, trusted: str, checkpoint_url: str) -> Trained:
+    """A 4-step tiny run tracked on the stack's MLflow, with checkpoints after steps 2 and 4 under
+    ``checkpoint_url``, and small labeled eval sets."""
     uri = stack.client_env()["MLFLOW_TRACKING_URI"]
     experiment = f"eval-service-{uuid.uuid4().hex[:8]}"
+    storage = stack.storage()
     overrides = {
         **TINY,
-        "train.checkpoint_url": str(tmp / "ckpt"),
+        "train.checkpoint_url": checkpoint_url,
         "train.steps_per_epoch": 2,
         "train.avc_epochs": 1,
         "train.avsa_epochs": 1,
         "train.checkpoint_every": 2,
         "tracking.uri": uri,
         "tracking.experiment": experiment,
+        **{f"storage.{k}": getattr(storage, k) for k in STORAGE_KEYS},
     }
     (run_id,) = run_distributed(_train, 1, load_config(None, overrides), timeout_s=300)
     write_classification_set(str(tmp / "cls"), per_class=6)
     write_doa_set(str(tmp / "doa"), clips=20)
-    trusted = str(tmp_path_factory.getbasetemp())
     data = ["--classification", str(tmp / "cls"), "--doa", str(tmp / "doa"), "--experiment", experiment]
     data += ["--eval.trusted_roots", f"[{trusted}]"]
     suite = EvalConfig(
@@ -79,6 +81,13 @@ def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     )
     env = {**os.environ, **stack.client_env()}
     return Trained(uri, run_id, env, experiment, [*SERVICE_ARGS, *data], suite, trusted)
+
+
+@pytest.fixture(scope="module")
+def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A tracked run with local checkpoints (see :func:`_tracked_run`)."""
+    tmp = tmp_path_factory.mktemp("evalsvc")
+    return _tracked_run(stack, tmp, str(tmp_path_factory.getbasetemp()), str(tmp / "ckpt"))
 
 
 @pytest.fixture
@@ -175,6 +184,53 @@ def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
     assert "random init" in format_table(reports)
 
     _check_plots(client, trained.run_id, markers[STEPS[-1]].eval_run, tmp_path)
+
+
+def test_an_s3_and_mlflow_outage_mid_evaluation_leaves_each_checkpoint_evaluated_once(
+    stack: Stack,
+    service_process: list[subprocess.Popen],
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    root = f"s3://{stack.cfg.bucket}/evalsvc-{uuid.uuid4().hex[:8]}"
+    tmp = tmp_path_factory.mktemp("evalsvc-outage")
+    run = _tracked_run(stack, tmp, root, f"{root}/ckpt")
+    client = MlflowClient(run.uri)
+    log = tmp_path / "service.log"
+    service = start_service(run, log)
+    service_process.append(service)
+    _wait(
+        lambda: any(m.eval_run for m in _markers(client, run.run_id).values()),
+        240,
+        "running evaluation",
+        service,
+        log,
+    )
+    for name in ("s3", "mlflow"):  # both servers die mid-evaluation, and come back 20 s later
+        for proc in process_tree(psutil.Process(stack.status()[name]["pid"])):
+            proc.kill()
+    time.sleep(20)
+    stack.heal(["s3", "mlflow"])
+    _wait(
+        lambda: [m.state for m in _markers(client, run.run_id).values()] == ["done", "done"],
+        400,
+        "completion of both checkpoints after the outage",
+        service,
+        log,
+    )
+
+    assert service.poll() is None  # the service rode through the outage
+    for key in [k for k in client.get_run(run.run_id).data.metrics if k.startswith("eval/")]:
+        assert sorted(m.step for m in client.get_metric_history(run.run_id, key)) == list(STEPS), key
+    evals = client.search_runs(
+        [client.get_experiment_by_name(run.experiment).experiment_id],
+        filter_string=f"tags.`avsa.eval.parent_run` = '{run.run_id}'",
+    )
+    finished = sorted(int(r.data.tags["avsa.eval.step"]) for r in evals if r.info.status == "FINISHED")
+    assert finished == list(STEPS)  # one finished evaluation per checkpoint; a cut one is KILLED
+    said = log.read_text()
+    assert "Traceback" not in said, said[-4000:]
+    assert "unreachable" in said or "retrying" in said, said[-4000:]
 
 
 def _open_image(client: MlflowClient, run_id: str, path: str, tmp: Path) -> Image.Image:

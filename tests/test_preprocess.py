@@ -13,14 +13,17 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from cluster.preprocess import TASK_ATTEMPTS, run, run_on_pool
+from cluster.processes import process_tree
 from cluster.stack import Stack
 from dataloading.config import PreprocessConfig
 from dataloading.schema import MANIFEST_NAME, ShardResult
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = PreprocessConfig(clip_seconds=1.0, shard_size=2, video_size=(256, 128), fps=16)
+OUTAGE_S = 30.0
 FLAGS = ["--clip-seconds", "1", "--shard-size", "2", "--size", "256x128", "--fps", "16", "--no-progress"]
 
 
@@ -154,6 +158,39 @@ def test_killed_actor_is_restarted_and_the_dataset_is_complete_then_a_rerun_is_a
     assert again["run"]["shards"] == {"skipped": VIDEOS * CLIPS_PER_VIDEO}
     assert without_run(again) == without_run(manifest)
     assert not [p.name for p in Path(output).iterdir() if TEMP_MARK in p.name]
+
+
+def test_a_30_s_s3_outage_mid_preprocessing_loses_and_duplicates_nothing(
+    stack: Stack, ray_head: str, s3_raw: str
+) -> None:
+    cfg = PreprocessConfig(**{**CFG.__dict__, "shard_size": 1})
+    output = s3_raw.replace("/raw-", "/outage-")
+    outage: dict[str, float] = {}
+
+    def kill_s3_once(result: ShardResult) -> None:
+        if outage:
+            return
+        for proc in process_tree(psutil.Process(stack.status()["s3"]["pid"])):
+            proc.kill()  # the actors are reading inputs and writing shards; the driver still has to
+        outage["start"] = time.monotonic()  # write the manifest
+
+        def heal() -> None:
+            time.sleep(OUTAGE_S)
+            stack.heal(["s3"])
+            outage["end"] = time.monotonic()
+
+        threading.Thread(target=heal, daemon=True).start()
+
+    manifest = run(s3_raw, output, cfg, stack.storage(), progress=False, on_shard=kill_s3_once).to_dict()
+    assert time.monotonic() > outage["end"] and outage["end"] - outage["start"] >= OUTAGE_S
+    assert manifest["totals"]["accepted"] == manifest["totals"]["inputs"] == VIDEOS
+    assert manifest["run"]["shards"] == {"written": VIDEOS * CLIPS_PER_VIDEO}
+    assert all(e["clips"] == CLIPS_PER_VIDEO and e["failed_clips"] == 0 for e in manifest["inputs"].values())
+    check_dataset(output, manifest, stack.storage())  # each shard once, its checksum and its samples
+    fs, path = filesystem(output, stack.storage())
+    tars = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True) if p.endswith(".tar"))
+    assert tars == sorted(f"{name}.tar" for name in manifest["shards"])  # none missing, none extra
+    assert not [p for p in fs.ls(path, detail=False) if TEMP_MARK in p]
 
 
 class Poisoned:
