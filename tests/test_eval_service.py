@@ -118,20 +118,27 @@ def _wait(
         time.sleep(0.5)
 
 
+def _start_until_evaluating(run: Trained, log: Path, procs: list[subprocess.Popen]) -> subprocess.Popen:
+    """A service started on ``run``, once it is evaluating one of its checkpoints."""
+    client = MlflowClient(run.uri)
+    service = start_service(run, log)
+    procs.append(service)
+    _wait(
+        lambda: any(m.eval_run for m in _markers(client, run.run_id).values()),
+        240,
+        "running evaluation",
+        service,
+        log,
+    )
+    return service
+
+
 def test_each_checkpoint_evaluated_exactly_once_across_a_sigkill(
     trained: Trained, service_process: list[subprocess.Popen], tmp_path: Path
 ) -> None:
     client = MlflowClient(trained.uri)
     log = tmp_path / "service.log"
-    first = start_service(trained, log)
-    service_process.append(first)
-    _wait(
-        lambda: any(m.eval_run for m in _markers(client, trained.run_id).values()),
-        240,
-        "running evaluation",
-        first,
-        log,
-    )
+    first = _start_until_evaluating(trained, log, service_process)
     os.kill(first.pid, signal.SIGKILL)  # mid-evaluation: no cleanup, the lease is left behind
     first.wait(30)
     interrupted = {s: m for s, m in _markers(client, trained.run_id).items() if m.state == "running"}
@@ -197,15 +204,7 @@ def test_an_s3_and_mlflow_outage_mid_evaluation_leaves_each_checkpoint_evaluated
     run = _tracked_run(stack, tmp, root, f"{root}/ckpt")
     client = MlflowClient(run.uri)
     log = tmp_path / "service.log"
-    service = start_service(run, log)
-    service_process.append(service)
-    _wait(
-        lambda: any(m.eval_run for m in _markers(client, run.run_id).values()),
-        240,
-        "running evaluation",
-        service,
-        log,
-    )
+    service = _start_until_evaluating(run, log, service_process)
     for name in ("s3", "mlflow"):  # both servers die mid-evaluation, and come back 20 s later
         for proc in process_tree(psutil.Process(stack.status()[name]["pid"])):
             proc.kill()
