@@ -10,14 +10,16 @@ from cluster.cli import add_config_arguments
 from trainer.config import Config
 
 EPILOG = """\
-The plan (default cluster/experiments/science.yaml) names the data to generate, the worlds, the
-seeds, the optimizer steps every trained arm gets, overrides for every arm and each arm's own. A unit
-(world, arm, seed) is trained and evaluated once: its report is kept beside it, so an interrupted
-experiment continues where it stopped when run again. Results go to the plan's `results` folder
-(science.md with a table per world, science.csv, science.png) and to MLflow (sqlite in the plan's
-folder).
+The plan (default cluster/experiments/science.yaml) names the data to
+generate, the worlds, the seeds, the optimizer steps every trained arm gets,
+overrides for every arm and each arm's own. A unit (world, arm, seed) is
+trained and evaluated once: its report is kept beside it, so an interrupted
+experiment continues where it stopped when run again. Results go to the
+plan's `results` folder (science.md with a table per world, science.csv,
+science.png) and to MLflow (sqlite in the plan's folder).
 
-The science plan takes about 90 minutes on 2 cores; run it in the background and watch it:
+The science plan takes about 95 minutes on 2 cores; run it in the background
+and watch it:
   nohup avsa experiment > experiment.log 2>&1 &
   avsa experiment --status
 """
