@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import math
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
@@ -33,6 +35,45 @@ CREDENTIAL_ENV = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AW
 # read timeout. Still referenced here, an inherited instance is never finalized in the child: it stays
 # unused (fsspec builds the child its own) and its socket copies close when the child exits.
 _held: dict[int, AbstractFileSystem] = {}
+
+log = logging.getLogger(__name__)
+
+
+class _RetryNotice(logging.Handler):
+    """Says once per outage that S3 requests are being retried: botocore retries silently (a debug line
+    per retry), so a run waiting out an outage would otherwise look hung. An outage is over for this
+    notice after ``QUIET_S`` seconds without a retry."""
+
+    QUIET_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last_retry = -math.inf
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not message.startswith("Retry needed"):
+            return
+        now = time.monotonic()
+        if now - self.last_retry > self.QUIET_S:
+            log.warning(
+                "the object store gave no answer or an error it may recover from; retrying with backoff for "
+                "up to storage.retry_s"
+                if "quota" not in message
+                else "the object store keeps failing and botocore's retry quota is spent: requests fail "
+                "at once until one succeeds"
+            )
+        self.last_retry = now
+
+
+def _notice_retries() -> None:
+    """Route botocore's retry lines (aiobotocore logs through the same logger) to :class:`_RetryNotice`
+    alone, once per process."""
+    retries = logging.getLogger("botocore.retries.standard")
+    if not any(isinstance(h, _RetryNotice) for h in retries.handlers):
+        retries.addHandler(_RetryNotice())
+        retries.setLevel(logging.DEBUG)
+        retries.propagate = False  # its debug lines reach no other handler
 
 
 def retry_attempts(retry_s: float) -> int:
@@ -87,6 +128,7 @@ def filesystem(url: str, storage: StorageConfig | None = None) -> tuple[Abstract
     fs, path = fsspec.core.url_to_fs(url, **storage_options(url, storage))
     if fs.async_impl:
         _held.setdefault(id(fs), fs)
+        _notice_retries()
     return fs, path
 
 

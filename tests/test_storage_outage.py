@@ -4,6 +4,7 @@ healing; a permanent error still fails at once, naming the object."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -51,8 +52,13 @@ def _train(rank: int, world_size: int, cfg: Config, stack_cfg: StackConfig | Non
 
         threading.Thread(target=heal, daemon=True).start()
 
+    notices: list[str] = []  # what the rank said about the store while it retried
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: notices.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("dataloading.storage").addHandler(handler)
     result = train(cfg, on_step=on_step)
     return {
+        "notices": notices,
         "step": result.step,
         "state": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
         "outage": outage,
@@ -95,6 +101,8 @@ def test_a_30_s_outage_mid_training_changes_no_weight(tmp_path: Path, stack: Sta
     assert out["step"] == straight["step"] == 16  # 8 batches of 2 per stage
     assert out["outage"]["end"] - out["outage"]["start"] >= OUTAGE_S
     assert out["finished"] > out["outage"]["end"]  # the run waited the outage out instead of ending
+    assert sum("retrying with backoff" in n for n in out["notices"]) == 1  # said once, not per retry
+    assert not straight["notices"]
     for name, tensor in straight["state"].items():
         assert torch.equal(out["state"][name], tensor), name  # nothing read twice or skipped
     across = f"{root}/ckpt-outage/step_00000004"  # written while the store was down
