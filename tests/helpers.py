@@ -7,6 +7,7 @@ schema records. Synthetic training shards that skip preprocessing are in
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -475,3 +476,19 @@ def finish_job(job: subprocess.Popen, timeout_s: float = 480) -> str:
 def run_job(env: dict[str, str], *entrypoint: str, timeout_s: float = 480, **options: Any) -> str:
     """Submit a job, wait for it, assert it succeeded; its logs (see :func:`submit_job`)."""
     return finish_job(submit_job(env, *entrypoint, **options), timeout_s)
+
+
+# ----- what a rank logged ------------------------------------------------------------------------------
+class Captured(logging.Handler):
+    """The messages the loggers ``names`` emit at INFO and above, kept for a test (e.g. returned from a
+    rank run by :func:`tests.distributed.run_distributed`)."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        for name in names:
+            logging.getLogger(name).addHandler(self)
+            logging.getLogger(name).setLevel(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())

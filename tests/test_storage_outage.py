@@ -4,7 +4,6 @@ healing; a permanent error still fails at once, naming the object."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ from cluster.stack import Stack
 from dataloading.storage import filesystem, write_bytes_atomic
 from dataloading.synth.samples import write_dataset
 from tests.distributed import run_distributed
-from tests.helpers import tiny_config
+from tests.helpers import Captured, tiny_config
 from trainer.config import Config, StackConfig
 
 pytestmark = pytest.mark.integration
@@ -52,13 +51,12 @@ def _train(rank: int, world_size: int, cfg: Config, stack_cfg: StackConfig | Non
 
         threading.Thread(target=heal, daemon=True).start()
 
-    notices: list[str] = []  # what the rank said about the store while it retried
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: notices.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("dataloading.storage").addHandler(handler)
+    notices = Captured("dataloading.storage")  # what the rank said about the store while it retried
+    started = time.monotonic()
     result = train(cfg, on_step=on_step)
     return {
-        "notices": notices,
+        "notices": notices.lines,
+        "started": started,
         "step": result.step,
         "state": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
         "outage": outage,
@@ -102,6 +100,8 @@ def test_a_30_s_outage_mid_training_changes_no_weight(tmp_path: Path, stack: Sta
     assert out["outage"]["end"] - out["outage"]["start"] >= OUTAGE_S
     assert out["finished"] > out["outage"]["end"]  # the run waited the outage out instead of ending
     assert sum("retrying with backoff" in n for n in out["notices"]) == 1  # said once, not per retry
+    took = [r["finished"] - r["started"] for r in (straight, out)]
+    print(f"straight run {took[0]:.1f} s, with the {OUTAGE_S:.0f}-s outage {took[1]:.1f} s")
     assert not straight["notices"]
     for name, tensor in straight["state"].items():
         assert torch.equal(out["state"][name], tensor), name  # nothing read twice or skipped
