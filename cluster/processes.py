@@ -94,11 +94,26 @@ def process_tree(root: psutil.Process) -> list[psutil.Process]:
     return list(members.values())
 
 
-def stop(managed: Sequence[ManagedProcess], grace_s: float = 10.0) -> None:
-    """SIGTERM the process trees of ``managed`` together, then SIGKILL what is left after ``grace_s``."""
-    terminate(
-        [proc for m in managed if (root := m.handle()) is not None for proc in process_tree(root)], grace_s
-    )
+GRACE_S = 10.0  # how long a stopped service may take to exit before it is killed
+
+
+def stop(managed: Sequence[ManagedProcess], grace_s: Mapping[str, float] | None = None) -> None:
+    """SIGTERM the roots of ``managed`` together and let each take its own children down (a TERM to
+    every member at once kept ``ray start --block``'s alive for the whole grace); SIGKILL what is left
+    of a tree after its grace (``grace_s`` by service name, else ``GRACE_S``), counted from the TERM."""
+    graces = grace_s or {}
+    trees = {m.name: process_tree(root) for m in managed if (root := m.handle()) is not None}
+    for tree in trees.values():
+        with contextlib.suppress(psutil.Error):
+            tree[0].send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    for name, tree in sorted(trees.items(), key=lambda item: graces.get(item[0], GRACE_S)):
+        left_s = sent + graces.get(name, GRACE_S) - time.monotonic()
+        _, alive = psutil.wait_procs(tree, timeout=max(0.0, left_s))
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
 
 
 def leftovers(managed: ManagedProcess) -> list[psutil.Process]:
@@ -115,7 +130,7 @@ def leftovers(managed: ManagedProcess) -> list[psutil.Process]:
     return found
 
 
-def terminate(tree: Sequence[psutil.Process], grace_s: float = 10.0) -> None:
+def terminate(tree: Sequence[psutil.Process], grace_s: float = GRACE_S) -> None:
     """SIGTERM every process of ``tree``, then SIGKILL what is left after ``grace_s``."""
     for proc in tree:
         with contextlib.suppress(psutil.Error):
