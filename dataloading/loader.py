@@ -51,7 +51,7 @@ from dataloading.feature_stats import FeatureStats
 from dataloading.geometry import crop_views, stacked_remap_maps, unstack_remapped
 from dataloading.schema import DetectedObject, SampleMeta, SchemaError
 from dataloading.shards import BadSample, CompletePlan, ShardReader, list_shards
-from dataloading.viewpoints import sample_viewpoints
+from dataloading.viewpoints import Cues, sample_viewpoints
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +260,11 @@ class ClipStream(IterableDataset):
             torch.from_numpy(angles).float()
             for angles in sample_viewpoints(
                 cfg.viewpoint_sampler,
+                Cues(objects=_objects(sample.meta.objects), foa=audio, labels=_labels(sample.meta.labels)),
                 cfg.viewpoints,
                 rng,
                 math.radians(cfg.max_elevation_deg),
                 math.radians(cfg.min_separation_deg),
-                objects=_objects(sample.meta.objects),
-                foa=audio,
-                labels=_labels(sample.meta.labels),
             )
         )
         clip = Clip(

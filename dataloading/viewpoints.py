@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +20,18 @@ from dataloading.config import ViewpointSampler
 from dataloading.foa import beam_weights, direction_vector
 
 Directions = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Cues:
+    """What a clip says about where to look: directions ``[M, 2]`` (azimuth, elevation; radians) of its
+    detected ``objects`` and of its labelled sound events (``labels``; absent for unlabelled datasets),
+    and its ``foa`` audio ``[4, samples]``, whose loudest directions the sound-peak samplers use."""
+
+    objects: np.ndarray | None = None
+    foa: np.ndarray | torch.Tensor | None = None
+    labels: np.ndarray | None = None
+
 
 # Random draws per attempt and attempts per viewpoint before the separation is relaxed.
 _DRAWS, _ATTEMPTS = 64, 16
@@ -160,51 +173,39 @@ def listed_viewpoints(
 
 
 def mix_viewpoints(
-    k: int,
-    rng: np.random.Generator,
-    max_elevation: float,
-    min_separation: float,
-    objects: np.ndarray | None = None,
-    foa: np.ndarray | torch.Tensor | None = None,
-    labels: np.ndarray | None = None,
+    cues: Cues, k: int, rng: np.random.Generator, max_elevation: float, min_separation: float
 ) -> Directions:
     """Labelled sound events first where the clip has them (the truth of where sound comes from), then
     objects, each in random order, then sound peaks, then random viewpoints to make up K."""
-    az, el = _shuffled(objects, rng)
-    if labels is not None and len(labels):  # unlabelled clips draw exactly what they drew before labels
-        label_az, label_el = _shuffled(labels, rng)
+    az, el = _shuffled(cues.objects, rng)
+    if cues.labels is not None and len(cues.labels):  # unlabelled clips draw what they drew before labels
+        label_az, label_el = _shuffled(cues.labels, rng)
         az, el = np.concatenate((label_az, az)), np.concatenate((label_el, el))
-    if foa is not None:
-        peak_az, peak_el, _ = sound_peaks(foa, max_elevation)
+    if cues.foa is not None:
+        peak_az, peak_el, _ = sound_peaks(cues.foa, max_elevation)
         az, el = np.concatenate((az, peak_az)), np.concatenate((el, peak_el))
     return _select((az, el), k, rng, max_elevation, min_separation)
 
 
 def sample_viewpoints(
     sampler: ViewpointSampler,
+    cues: Cues,
     k: int,
     rng: np.random.Generator,
     max_elevation: float,
     min_separation: float,
-    objects: np.ndarray | None = None,
-    foa: np.ndarray | torch.Tensor | None = None,
-    labels: np.ndarray | None = None,
 ) -> Directions:
-    """Dispatch on the configured sampler name (``DataConfig.viewpoint_sampler``); angles in radians.
-
-    ``objects`` and ``labels`` are directions ``[M, 2]`` (azimuth, elevation) from the clip's JSON:
-    detected objects, and labelled sound events (absent for unlabelled datasets).
-    """
+    """Dispatch on the configured sampler name (``DataConfig.viewpoint_sampler``); angles in radians."""
     if sampler == "random":
         return random_viewpoints(k, rng, max_elevation, min_separation)
     if sampler == "objects":
-        return listed_viewpoints(objects, k, rng, max_elevation, min_separation)
+        return listed_viewpoints(cues.objects, k, rng, max_elevation, min_separation)
     if sampler == "labels":
-        return listed_viewpoints(labels, k, rng, max_elevation, min_separation)
+        return listed_viewpoints(cues.labels, k, rng, max_elevation, min_separation)
     if sampler == "audio":
-        if foa is None:
+        if cues.foa is None:
             raise ValueError("the audio sampler needs the clip's FOA")
-        return audio_viewpoints(foa, k, rng, max_elevation, min_separation)
+        return audio_viewpoints(cues.foa, k, rng, max_elevation, min_separation)
     if sampler == "mix":
-        return mix_viewpoints(k, rng, max_elevation, min_separation, objects, foa, labels)
+        return mix_viewpoints(cues, k, rng, max_elevation, min_separation)
     raise ValueError(f"unknown viewpoint sampler {sampler!r}")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dataloading.foa import encode_plane_wave
 from dataloading.loader import _labels
 from dataloading.viewpoints import (
+    Cues,
     angular_distance,
     audio_viewpoints,
     listed_viewpoints,
@@ -109,13 +110,13 @@ def test_object_viewpoints_vary_with_seed_when_more_objects_than_k() -> None:
 
 def test_mix_takes_objects_then_sounds_then_random() -> None:
     objects = np.array([[2.8, 0.1]])
-    az, el = mix_viewpoints(4, np.random.default_rng(0), MAX_EL, MIN_SEP, objects, _two_sources())
+    az, el = mix_viewpoints(Cues(objects, _two_sources()), 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
     _check_limits(az, el, 4, MAX_EL, MIN_SEP)
     assert (az[0], el[0]) == (2.8, 0.1)
     assert _min_angle_to(az[1:3], el[1:3], 1.0, 0.2) < 5.0
     assert _min_angle_to(az[1:3], el[1:3], -2.0, -0.1) < 5.0
     # without any candidates the mix is purely random, and still honours the limits
-    _check_limits(*mix_viewpoints(4, np.random.default_rng(0), MAX_EL, MIN_SEP), 4, MAX_EL, MIN_SEP)
+    _check_limits(*mix_viewpoints(Cues(), 4, np.random.default_rng(0), MAX_EL, MIN_SEP), 4, MAX_EL, MIN_SEP)
 
 
 def test_label_viewpoints_look_at_each_labelled_source_of_the_clip() -> None:
@@ -135,15 +136,15 @@ def test_label_viewpoints_look_at_each_labelled_source_of_the_clip() -> None:
     _check_limits(az, el, 4, MAX_EL, MIN_SEP)
     for target in labels:
         assert _min_angle_to(az, el, *target) < 1e-6
-    again = sample_viewpoints("labels", 4, np.random.default_rng(0), MAX_EL, MIN_SEP, labels=labels)
+    again = sample_viewpoints("labels", Cues(labels=labels), 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
     np.testing.assert_array_equal(az, again[0])
     objects = np.array([[2.8, 0.1], [-2.0, 0.0]])
-    mix_az, _ = mix_viewpoints(2, np.random.default_rng(1), MAX_EL, MIN_SEP, objects, labels=labels)
+    mix_az, _ = mix_viewpoints(Cues(objects, labels=labels), 2, np.random.default_rng(1), MAX_EL, MIN_SEP)
     assert sorted(np.round(np.degrees(mix_az))) == [-45.0, 92.0]  # labels before objects
     # a clip without labels draws what it drew before labels existed
-    plain = mix_viewpoints(4, np.random.default_rng(2), MAX_EL, MIN_SEP, objects, _two_sources())
+    plain = mix_viewpoints(Cues(objects, _two_sources()), 4, np.random.default_rng(2), MAX_EL, MIN_SEP)
     empty = mix_viewpoints(
-        4, np.random.default_rng(2), MAX_EL, MIN_SEP, objects, _two_sources(), _labels(None)
+        Cues(objects, _two_sources(), _labels(None)), 4, np.random.default_rng(2), MAX_EL, MIN_SEP
     )
     np.testing.assert_array_equal(plain, empty)
 
@@ -156,21 +157,13 @@ def test_the_labels_sampler_is_a_config_choice() -> None:
 
 @pytest.mark.parametrize("sampler", ["random", "audio", "objects", "labels", "mix"])
 def test_dispatch(sampler: str) -> None:
-    az, el = sample_viewpoints(
-        sampler,
-        4,
-        np.random.default_rng(3),
-        MAX_EL,
-        MIN_SEP,
-        objects=np.array([[1.0, 0.0]]),
-        foa=_two_sources(),
-        labels=np.array([[-1.0, 0.1]]),
-    )
+    cues = Cues(objects=np.array([[1.0, 0.0]]), foa=_two_sources(), labels=np.array([[-1.0, 0.1]]))
+    az, el = sample_viewpoints(sampler, cues, 4, np.random.default_rng(3), MAX_EL, MIN_SEP)
     _check_limits(az, el, 4, MAX_EL, MIN_SEP)
 
 
 def test_dispatch_errors() -> None:
     with pytest.raises(ValueError, match="FOA"):
-        sample_viewpoints("audio", 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
+        sample_viewpoints("audio", Cues(), 4, np.random.default_rng(0), MAX_EL, MIN_SEP)
     with pytest.raises(ValueError, match="unknown"):
-        sample_viewpoints("loudest", 4, np.random.default_rng(0), MAX_EL, MIN_SEP)  # type: ignore[arg-type]
+        sample_viewpoints("loudest", Cues(), 4, np.random.default_rng(0), MAX_EL, MIN_SEP)  # type: ignore[arg-type]
