@@ -331,6 +331,18 @@ class Trained:
     suite: EvalConfig
     trusted: str  # the folder every test's checkpoints are under
 
+    def run(self) -> Any:
+        """The tracked training run (an MLflow ``Run``)."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri).get_run(self.run_id)
+
+    def run_beside(self, name: str) -> str:
+        """A new, empty run named ``name`` in the training run's experiment; returns its id."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri).create_run(self.run().info.experiment_id, run_name=name).info.run_id
+
     def service(self, device: str = "auto") -> EvalService:
         """An in-process service watching only this module's experiment."""
         suite = replace(self.suite, experiments=(self.experiment,), device=device)

@@ -286,9 +286,8 @@ def _copy_checkpoint(good: str, folder: Path, run_id: str, step: int) -> Path:
 def test_a_corrupt_checkpoint_gets_a_failure_record_and_the_service_goes_on(
     trained: Trained, tmp_path: Path
 ) -> None:
-    client = MlflowClient(trained.uri)
-    source = client.get_run(trained.run_id)
-    broken_run = client.create_run(source.info.experiment_id, run_name="corrupt").info.run_id
+    client, source = MlflowClient(trained.uri), trained.run()
+    broken_run = trained.run_beside("corrupt")
     good = source.data.tags["checkpoint.latest"]
     root = tmp_path / "ckpt"
     for step, damage in ((2, "truncate"), (4, "none")):
@@ -316,8 +315,7 @@ def test_a_run_whose_checkpoints_cannot_be_listed_is_reported_and_does_not_hold_
     trained: Trained, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = MlflowClient(trained.uri)
-    source = client.get_run(trained.run_id)
-    gone = client.create_run(source.info.experiment_id, run_name="deleted-checkpoints").info.run_id
+    gone = trained.run_beside("deleted-checkpoints")
     client.set_tag(gone, "checkpoint.latest", str(tmp_path / "removed" / "step_00000002"))
     client.set_terminated(gone)
 
@@ -333,9 +331,8 @@ def test_a_run_whose_checkpoints_cannot_be_listed_is_reported_and_does_not_hold_
 
 
 def test_a_checkpoint_interrupted_too_often_is_given_up(trained: Trained, tmp_path: Path) -> None:
-    client = MlflowClient(trained.uri)
-    source = client.get_run(trained.run_id)
-    run_id = client.create_run(source.info.experiment_id, run_name="crashes").info.run_id
+    client, source = MlflowClient(trained.uri), trained.run()
+    run_id = trained.run_beside("crashes")
     ckpt = Checkpoint(run_id, source.info.experiment_id, 2, str(tmp_path / "never-read"), None)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -351,9 +348,8 @@ def test_a_checkpoint_interrupted_too_often_is_given_up(trained: Trained, tmp_pa
 def test_seld_through_the_service_logs_metrics_table_plots_and_dcase_csvs(
     trained: Trained, tmp_path: Path
 ) -> None:
-    client = MlflowClient(trained.uri)
-    source = client.get_run(trained.run_id)
-    run_id = client.create_run(source.info.experiment_id, run_name="seld").info.run_id
+    client, source = MlflowClient(trained.uri), trained.run()
+    run_id = trained.run_beside("seld")
     folder = _copy_checkpoint(
         source.data.tags["checkpoint.latest"], tmp_path / "ckpt" / "step_00000004", run_id, 4
     )
