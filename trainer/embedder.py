@@ -26,7 +26,7 @@ from dataloading.storage import filesystem, join
 from trainer.models.audio import AudioEncoder
 from trainer.models.video import VideoEncoder
 
-Angle = Tensor | float | None
+Angle = Tensor | float | None  # radians: per clip and viewpoint, one for all, or None (unsteered)
 #: Export folder layout version; :func:`read_export_config` refuses others.
 FORMAT_VERSION = 2
 
@@ -44,11 +44,7 @@ class AudioEmbedder(nn.Module):
         self.encoder, self.extractor, self.sample_rate = encoder, extractor, sample_rate
 
     def features(
-        self,
-        foa: Tensor,
-        sample_rate: int,
-        azimuth: Tensor | float | None = None,
-        elevation: Tensor | float | None = None,
+        self, foa: Tensor, sample_rate: int, azimuth: Angle = None, elevation: Angle = None
     ) -> Tensor:
         """The normalised features ``[..., C, n_mels, frames]`` the encoder is fed."""
         if foa.shape[-2] != 4:
@@ -59,12 +55,10 @@ class AudioEmbedder(nn.Module):
         return self.extractor(foa, azimuth, elevation)
 
     def forward(
-        self,
-        foa: Tensor,
-        sample_rate: int,
-        azimuth: Tensor | float | None = None,
-        elevation: Tensor | float | None = None,
+        self, foa: Tensor, sample_rate: int, azimuth: Angle = None, elevation: Angle = None
     ) -> Tensor:
+        """Embeddings ``[..., D]`` of FOA ``[..., 4, samples]`` at ``sample_rate`` Hz, steered toward
+        (``azimuth``, ``elevation``) in radians first when they are given."""
         feats = self.features(foa.to(next(self.encoder.parameters()).device), sample_rate, azimuth, elevation)
         lead = feats.shape[:-3]
         return self.encoder(feats.reshape(-1, *feats.shape[-3:])).reshape(*lead, -1)
