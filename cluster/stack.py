@@ -290,11 +290,17 @@ class Stack:
     def kill_node(self, host: str) -> list[int]:
         """SIGKILL every process of the Ray worker node on virtual host ``host`` at once, as when a
         machine loses power (no process gets to say goodbye); returns the PIDs killed."""
+        return self.kill(f"ray@{host}")
+
+    def kill(self, service: str) -> list[int]:
+        """SIGKILL every process of ``service`` (``s3``, ``mlflow``, ``ray``, ``ray@<host>``) at once, as
+        in a crash or a lost machine; ``avsa stack up`` (:meth:`heal`) brings it back. Returns the PIDs
+        killed."""
         state = self._require_state()
-        proc = state.services.get(f"ray@{host}")
+        proc = state.services.get(service)
         root = proc.handle() if proc else None
         if root is None:
-            raise StackError(f"no running Ray worker node on host {host!r}; see `avsa stack status`")
+            raise StackError(f"service {service!r} is not running; see `avsa stack status`")
         tree = processes.process_tree(root)
         for member in tree:
             with contextlib.suppress(psutil.Error):

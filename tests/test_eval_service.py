@@ -18,12 +18,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cluster.processes import process_tree
 from cluster.stack import Stack
 from dataloading.dcase import parse_labels
 from evaluation.discovery import Checkpoint, checkpoints_of
@@ -206,8 +204,7 @@ def test_an_s3_and_mlflow_outage_mid_evaluation_leaves_each_checkpoint_evaluated
     log = tmp_path / "service.log"
     service = _start_until_evaluating(run, log, service_process)
     for name in ("s3", "mlflow"):  # both servers die mid-evaluation, and come back 20 s later
-        for proc in process_tree(psutil.Process(stack.status()[name]["pid"])):
-            proc.kill()
+        stack.kill(name)
     time.sleep(20)
     stack.heal(["s3", "mlflow"])
     _wait(

@@ -19,11 +19,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from cluster.preprocess import TASK_ATTEMPTS, run, run_on_pool
-from cluster.processes import process_tree
 from cluster.stack import Stack
 from dataloading.config import PreprocessConfig
 from dataloading.schema import MANIFEST_NAME, ShardResult
@@ -170,8 +168,7 @@ def test_a_30_s_s3_outage_mid_preprocessing_loses_and_duplicates_nothing(
     def kill_s3_once(result: ShardResult) -> None:
         if outage:
             return
-        for proc in process_tree(psutil.Process(stack.status()["s3"]["pid"])):
-            proc.kill()  # the actors are reading inputs and writing shards; the driver still has to
+        stack.kill("s3")  # the actors are reading inputs and writing shards; the driver still has to
         outage["start"] = time.monotonic()  # write the manifest
 
         def heal() -> None:

@@ -11,11 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import torch
 
-from cluster.processes import process_tree
 from cluster.stack import Stack
 from dataloading.storage import filesystem, write_bytes_atomic
 from dataloading.synth.samples import write_dataset
@@ -40,8 +38,7 @@ def _train(rank: int, world_size: int, cfg: Config, stack_cfg: StackConfig | Non
         if stack_cfg is None or step != KILL_AFTER:
             return
         stack = Stack(stack_cfg)
-        for proc in process_tree(psutil.Process(stack.status()["s3"]["pid"])):
-            proc.kill()
+        stack.kill("s3")
         outage["start"] = time.monotonic()
 
         def heal() -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import signal
 import statistics
 import subprocess
 import sys
@@ -12,11 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cluster.processes import process_tree
 from cluster.stack import Stack, free_stack_config
 from tests.distributed import run_distributed
 from tests.helpers import Captured, tiny_config
@@ -42,8 +39,7 @@ def _ride_through(
     def on_step(step: int) -> None:
         times.append(time.perf_counter())
         if step == MEASURED:  # the server and its uvicorn workers, by PID
-            for proc in process_tree(psutil.Process(stack.status()["mlflow"]["pid"])):
-                proc.send_signal(signal.SIGKILL)
+            stack.kill("mlflow")
             killed.append(time.monotonic())
         if heal and step == 2 * MEASURED:
             time.sleep(max(0.0, killed[0] + OUTAGE_S - time.monotonic()))
